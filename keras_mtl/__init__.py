@@ -1,0 +1,8 @@
+"""keras-mtl: compact multi-task audio models (ASC, SED, speech tasks) for microcontrollers."""
+import os
+
+# tf_keras (Keras 2) everywhere: must be set before TensorFlow is first imported.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"

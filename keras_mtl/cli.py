@@ -1,0 +1,41 @@
+"""Shared command-line plumbing: logging setup and one-line errors for user mistakes."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from keras_mtl.errors import UserError
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("matplotlib", "absl", "h5py", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Call ``main``; a UserError becomes ``error: <message>`` on stderr and exit code 2."""
+    try:
+        code = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def parse_task_values(text: str, what: str, cast=str) -> dict | object:
+    """'64' -> 64 (all tasks); 'asc=64,sed=16' -> {'asc': 64, 'sed': 16}."""
+    if "=" not in text:
+        return cast(text)
+    out = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise UserError(f"{what}: expected task=value pairs, got {part!r}")
+        key, value = part.split("=", 1)
+        out[key.strip().lower()] = cast(value.strip())
+    return out

@@ -1,0 +1,135 @@
+"""Run configuration: dataclasses filled from a preset YAML, an optional user YAML and the CLI."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from keras_mtl.data.synthetic import SyntheticConfig
+from keras_mtl.errors import ConfigError
+from keras_mtl.features import AugmentConfig, FrontEndConfig
+from keras_mtl.models import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation settings. ``batch_size`` maps task -> batch size; ``steps_per_epoch``
+    defaults to the number of batches in the largest task's training set."""
+
+    epochs: int = 12
+    batch_size: dict = dataclasses.field(default_factory=lambda: {"asc": 64, "sed": 16})
+    default_batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.1
+    steps_per_epoch: int | None = None
+    augment: bool = True
+
+    def batch_for(self, task_name: str) -> int:
+        return int(self.batch_size.get(task_name, self.default_batch_size))
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ConfigError("training.epochs must be at least 1")
+        if any(int(b) < 1 for b in self.batch_size.values()) or self.default_batch_size < 1:
+            raise ConfigError("batch sizes must be at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    tasks: tuple = ("asc", "sed")
+    strategy: str = "soft"
+    seed: int = 0
+    preset: str = "default"
+    data_root: dict | str | None = None
+    output_dir: str | None = None
+    cache_dir: str | None = None
+    loss_weights: dict | None = None
+    frontend: FrontEndConfig = dataclasses.field(default_factory=FrontEndConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+SECTIONS = {
+    "frontend": FrontEndConfig,
+    "augment": AugmentConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "synthetic": SyntheticConfig,
+}
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("keras_mtl") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_preset(name: str) -> dict:
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(preset_names())})")
+    return yaml.safe_load((resources.files("keras_mtl") / "presets" / f"{name}.yaml").read_text()) or {}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("batch_size", "loss_weights", "data_root"):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build(data: dict) -> RunConfig:
+    """RunConfig from a nested dict; unknown keys are errors that name the key."""
+    data = dict(data)
+    kwargs = {}
+    for section, cls in SECTIONS.items():
+        values = data.pop(section, None) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown key(s) in {section}: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        try:
+            kwargs[section] = cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid {section} settings: {exc}") from None
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    if "tasks" in data:
+        tasks = data["tasks"]
+        data["tasks"] = tuple(tasks.split(",") if isinstance(tasks, str) else tasks)
+    return RunConfig(**data, **kwargs)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,51 @@
+"""Audio file I/O with soundfile and soxr (no tensorflow-io: its ops do not load on TF 2.21)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from keras_mtl.errors import DataError
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+    """Read ``path`` as float32 mono at ``sample_rate`` (channels averaged, soxr resampling).
+
+    Raises DataError naming the file when it is missing, unreadable, empty or not finite.
+    """
+    try:
+        data, file_rate = sf.read(os.fspath(path), dtype="float32", always_2d=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: audio file not found") from None
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable audio ({_reason(exc)})") from None
+    if data.shape[0] == 0:
+        raise DataError(f"{path}: empty audio file (0 samples)")
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.all(np.isfinite(mono)):
+        raise DataError(f"{path}: audio contains NaN or infinite samples")
+    if file_rate != sample_rate:
+        mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ").astype(np.float32)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def fix_length(signal: np.ndarray, n_samples: int) -> np.ndarray:
+    """Zero-pad at the end or crop the end so the signal has exactly ``n_samples`` samples."""
+    if len(signal) >= n_samples:
+        return signal[:n_samples]
+    return np.pad(signal, (0, n_samples - len(signal)))
+
+
+def write_wav(path: str | os.PathLike, signal: np.ndarray, sample_rate: int) -> None:
+    """Write 16-bit PCM atomically (temporary file, then rename)."""
+    from keras_mtl.fileio import atomic_path
+
+    with atomic_path(path, suffix=".wav") as tmp:
+        sf.write(os.fspath(tmp), np.clip(signal, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

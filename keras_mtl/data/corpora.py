@@ -1,0 +1,53 @@
+"""Where each task's corpus lives under a data root, and reading its splits."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable
+
+from keras_mtl.data import desed, tau22
+from keras_mtl.data.items import AudioItem
+from keras_mtl.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+    name: str
+    subfolder: str  # its folder inside a combined data root (the synthetic layout)
+    looks_like: Callable[[Path], bool]
+    read: Callable[..., list[AudioItem]]
+
+
+CORPORA = {
+    "tau22": Corpus("tau22", "tau22", tau22.looks_like_tau22, tau22.read_tau22),
+    "desed": Corpus("desed", "desed", desed.looks_like_desed, desed.read_desed),
+}
+
+
+def corpus_root(task, data_root: str | os.PathLike) -> Path:
+    """The folder of ``task``'s corpus: ``data_root`` itself if it has the corpus layout,
+    else its subfolder named after the corpus (e.g. ``<root>/tau22``)."""
+    corpus = CORPORA[task.corpus]
+    root = Path(data_root)
+    if not root.exists():
+        raise DataError(f"data root {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"data root {root} is not a folder")
+    if corpus.looks_like(root):
+        return root
+    sub = root / corpus.subfolder
+    if sub.is_dir():
+        return sub
+    raise DataError(
+        f"{root}: no {corpus.name} data for task {task.name} (expected the {corpus.name} layout here or in {sub})"
+    )
+
+
+def read_split(task, root: Path, split: str) -> list[AudioItem]:
+    items = CORPORA[task.corpus].read(root, split, classes=task.classes)
+    if task.level == "frame" and split in (task.train_split, task.test_split):
+        missing = [item.key for item in items if item.events is None]
+        if missing:
+            raise DataError(f"{root}: split {split!r} has clips without strong labels, e.g. {missing[0]}")
+    return items

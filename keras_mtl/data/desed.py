@@ -1,0 +1,150 @@
+"""Reader for the DESED layout of the DCASE task 4 baseline.
+
+    <root>/audio/train/synthetic21_train/soundscapes_16k/*.wav   strong, synthetic
+    <root>/metadata/train/synthetic21_train/soundscapes.tsv      filename onset offset event_label
+    <root>/audio/train/weak_16k/*.wav                            weak
+    <root>/metadata/train/weak.tsv                               filename event_labels (comma list)
+    <root>/audio/train/unlabel_in_domain_16k/*.wav               unlabelled
+    <root>/audio/validation/validation_16k/*.wav                 strong, used as test set
+    <root>/metadata/validation/validation.tsv
+    <root>/metadata/validation/validation_durations.tsv          filename duration
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from keras_mtl.data.items import AudioItem, Event
+from keras_mtl.data.tables import iter_audio_files, parse_float, read_table
+from keras_mtl.errors import DataError
+
+CLASSES = (
+    "Alarm_bell_ringing",
+    "Blender",
+    "Cat",
+    "Dishes",
+    "Dog",
+    "Electric_shaver_toothbrush",
+    "Frying",
+    "Running_water",
+    "Speech",
+    "Vacuum_cleaner",
+)
+
+# split -> (kind, audio folder, metadata tsv, durations tsv)
+LAYOUT = {
+    "synthetic_train": (
+        "strong",
+        "audio/train/synthetic21_train/soundscapes_16k",
+        "metadata/train/synthetic21_train/soundscapes.tsv",
+        None,
+    ),
+    "weak": ("weak", "audio/train/weak_16k", "metadata/train/weak.tsv", None),
+    "unlabeled": ("unlabeled", "audio/train/unlabel_in_domain_16k", None, None),
+    "validation": (
+        "strong",
+        "audio/validation/validation_16k",
+        "metadata/validation/validation.tsv",
+        "metadata/validation/validation_durations.tsv",
+    ),
+}
+
+
+def looks_like_desed(root: Path) -> bool:
+    return (root / "audio").is_dir() and (root / "metadata").is_dir()
+
+
+def read_desed(root: str | Path, split: str, classes=CLASSES) -> list[AudioItem]:
+    """Items of one split: 'synthetic_train', 'weak', 'unlabeled' or 'validation'."""
+    root = Path(root)
+    if split not in LAYOUT:
+        raise DataError(f"DESED has no split {split!r} (known: {', '.join(LAYOUT)})")
+    if not root.is_dir():
+        raise DataError(f"{root}: DESED folder not found")
+    kind, audio_dir, tsv, durations_tsv = LAYOUT[split]
+    audio_dir = root / audio_dir
+    if not audio_dir.is_dir():
+        raise DataError(f"{root}: not a DESED folder ({audio_dir.relative_to(root)} is missing)")
+    if kind == "unlabeled":
+        items = [AudioItem(path=p, key=p.name) for p in iter_audio_files(audio_dir)]
+    elif kind == "weak":
+        items = _read_weak(root / tsv, audio_dir, classes)
+    else:
+        durations = _read_durations(root / durations_tsv) if durations_tsv else None
+        items = _read_strong(root / tsv, audio_dir, classes, durations)
+    if not items:
+        raise DataError(f"{audio_dir}: no clips in DESED split {split!r}")
+    return items
+
+
+def read_strong_tsv(path: Path, classes=CLASSES) -> dict[str, list[Event]]:
+    """filename -> events; a row with an empty onset/offset/label lists a clip with no event."""
+    known = set(classes)
+    events: dict[str, list[Event]] = defaultdict(list)
+    for row in read_table(path, required=("filename", "onset", "offset", "event_label")):
+        filename = row.get("filename")
+        if not filename:
+            raise DataError(f"{path}:{row.line}: empty filename")
+        label = row.get("event_label")
+        if not label and not row.get("onset") and not row.get("offset"):
+            events.setdefault(filename, [])
+            continue
+        if label not in known:
+            raise DataError(f"{path}:{row.line}: unknown event label {label!r} (known: {', '.join(classes)})")
+        onset, offset = parse_float(row, "onset", path), parse_float(row, "offset", path)
+        if onset < 0:
+            raise DataError(f"{path}:{row.line}: negative onset {onset}")
+        if onset > offset:
+            raise DataError(f"{path}:{row.line}: onset {onset} is after offset {offset}")
+        events[filename].append(Event(onset, offset, label))
+    return dict(events)
+
+
+def _read_strong(tsv: Path, audio_dir: Path, classes, durations: dict[str, float] | None) -> list[AudioItem]:
+    events = read_strong_tsv(tsv, classes)
+    names = list(durations) if durations is not None else sorted(events)
+    items = []
+    for name in names:
+        path = audio_dir / name
+        if not path.is_file():
+            raise DataError(f"{tsv}: audio file {path} not found")
+        items.append(
+            AudioItem(
+                path=path,
+                key=name,
+                events=tuple(sorted(events.get(name, []), key=lambda e: (e.onset, e.label))),
+                tags=tuple(sorted({e.label for e in events.get(name, [])})),
+                duration=durations.get(name) if durations else None,
+            )
+        )
+    if durations is not None:
+        for name in events:
+            if name not in durations:
+                raise DataError(f"{tsv}: {name} has events but no entry in the durations file")
+    return items
+
+
+def _read_weak(tsv: Path, audio_dir: Path, classes) -> list[AudioItem]:
+    known = set(classes)
+    items = []
+    for row in read_table(tsv, required=("filename", "event_labels")):
+        name = row.get("filename")
+        tags = tuple(t.strip() for t in row.get("event_labels").split(",") if t.strip())
+        for tag in tags:
+            if tag not in known:
+                raise DataError(f"{tsv}:{row.line}: unknown event label {tag!r} (known: {', '.join(classes)})")
+        path = audio_dir / name
+        if not path.is_file():
+            raise DataError(f"{tsv}:{row.line}: audio file {path} not found")
+        items.append(AudioItem(path=path, key=name, tags=tags))
+    return items
+
+
+def _read_durations(path: Path) -> dict[str, float]:
+    durations = {}
+    for row in read_table(path, required=("filename", "duration")):
+        value = parse_float(row, "duration", path)
+        if value <= 0:
+            raise DataError(f"{path}:{row.line}: duration {value} is not positive")
+        durations[row.get("filename")] = value
+    return durations

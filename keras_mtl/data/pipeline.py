@@ -1,0 +1,117 @@
+"""From audio items to tf.data pipelines: cached log-mel features, targets, batching.
+
+Features are computed once per file and front-end config (``FeatureCache``); every epoch
+after the first reads them from memory (``Dataset.cache``), so no audio is decoded and no
+STFT computed again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from keras_mtl.backend import tf
+from keras_mtl.data.audio import fix_length, load_audio
+from keras_mtl.data.items import AudioItem
+from keras_mtl.features import AugmentConfig, FeatureCache, FrontEndConfig, LogMel, spec_augment
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TaskSplit:
+    """One split of one task, with its features in the cache and its targets in memory."""
+
+    task: object
+    split: str
+    items: list[AudioItem]
+    feature_paths: list[Path]
+    targets: list[np.ndarray]
+    input_frames: int
+    output_frames: int
+    frame_seconds: float  # duration of one output frame
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load_features(self, index: int) -> np.ndarray:
+        return np.load(self.feature_paths[index])
+
+
+class FeatureExtractor:
+    """Computes (or finds in the cache) the log-mel features of audio items."""
+
+    def __init__(self, frontend: FrontEndConfig, cache_dir: str | Path):
+        self.frontend = frontend
+        self.cache = FeatureCache(cache_dir, frontend)
+        self._logmel = LogMel(frontend)
+
+    def prepare(self, task, split: str, items: list[AudioItem], time_pool_factor: int) -> TaskSplit:
+        n_samples = int(round(task.clip_seconds * self.frontend.sample_rate))
+        input_frames = self.frontend.n_frames(n_samples)
+        output_frames = input_frames // time_pool_factor
+        frame_seconds = self.frontend.frame_seconds * time_pool_factor
+        paths = []
+        computed = 0
+        bar = tqdm(items, desc=f"features {task.name}/{split}", unit="clip", disable=None, leave=False)
+        for item in bar:
+            path = self.cache.path_for(item.path, n_samples)
+            if not path.exists():
+                audio = fix_length(load_audio(item.path, self.frontend.sample_rate), n_samples)
+                self.cache.store(item.path, n_samples, self._logmel(audio))
+                computed += 1
+            paths.append(path)
+        bar.close()
+        log.info("%s/%s: %d clips (%d features computed, %d from cache)", task.name, split, len(items), computed, len(items) - computed)
+        targets = [task.target(item, output_frames, frame_seconds) for item in items]
+        return TaskSplit(task, split, items, paths, targets, input_frames, output_frames, frame_seconds)
+
+
+def feature_statistics(splits: list[TaskSplit], max_clips: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Per-mel-band mean and variance over (a deterministic subset of) the training features."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for split in splits:
+        step = max(1, len(split) // max_clips)
+        for index in range(0, len(split), step):
+            x = split.load_features(index).astype(np.float64)
+            total = total + x.sum(axis=0)
+            total_sq = total_sq + (x**2).sum(axis=0)
+            count += x.shape[0]
+    mean = total / count
+    var = np.maximum(total_sq / count - mean**2, 1e-6)
+    return mean.astype(np.float32), var.astype(np.float32)
+
+
+def make_dataset(
+    split: TaskSplit,
+    batch_size: int,
+    training: bool,
+    augment: AugmentConfig | None = None,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """(features, target) batches. Training: cached, shuffled each epoch, masked, repeated forever."""
+    n_mels = split.load_features(0).shape[1]
+
+    def generate():
+        for index in range(len(split)):
+            yield split.load_features(index), split.targets[index]
+
+    dataset = tf.data.Dataset.from_generator(
+        generate,
+        output_signature=(
+            tf.TensorSpec(shape=(split.input_frames, n_mels), dtype=tf.float16),
+            split.task.target_spec(split.output_frames),
+        ),
+    ).cache()
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+        dataset = dataset.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+        if augment is not None:
+            dataset = dataset.map(lambda x, y: (spec_augment(x, augment), y), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.repeat().batch(batch_size, drop_remainder=len(split) >= batch_size)
+    else:
+        dataset = dataset.batch(batch_size)
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,63 @@
+"""Reader for the TAU Urban Acoustic Scenes 2022 Mobile development layout.
+
+    <root>/meta.csv                          filename, scene_label, identifier, source_label (tab)
+    <root>/audio/<scene>-<city>-<loc>-<segment>-<device>.wav
+    <root>/evaluation_setup/fold1_train.csv  filename, scene_label (tab)
+    <root>/evaluation_setup/fold1_evaluate.csv
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from keras_mtl.data.items import AudioItem
+from keras_mtl.data.tables import read_table
+from keras_mtl.errors import DataError
+
+SCENES = (
+    "airport",
+    "bus",
+    "metro",
+    "metro_station",
+    "park",
+    "public_square",
+    "shopping_mall",
+    "street_pedestrian",
+    "street_traffic",
+    "tram",
+)
+
+SPLIT_FILES = {
+    "train": "evaluation_setup/fold1_train.csv",
+    "test": "evaluation_setup/fold1_evaluate.csv",
+}
+
+
+def looks_like_tau22(root: Path) -> bool:
+    return (root / "meta.csv").is_file() and (root / "evaluation_setup").is_dir()
+
+
+def read_tau22(root: str | Path, split: str, classes=SCENES) -> list[AudioItem]:
+    """Items of one split ('train' = fold1_train, 'test' = fold1_evaluate)."""
+    root = Path(root)
+    if split not in SPLIT_FILES:
+        raise DataError(f"TAU22 has no split {split!r} (known: {', '.join(SPLIT_FILES)})")
+    if not root.is_dir():
+        raise DataError(f"{root}: TAU22 folder not found")
+    if not (root / "meta.csv").is_file():
+        raise DataError(f"{root}: not a TAU22 folder (meta.csv is missing)")
+    setup = root / SPLIT_FILES[split]
+    known = set(classes)
+    items = []
+    for row in read_table(setup, required=("filename", "scene_label"), delimiter="\t"):
+        filename, label = row.get("filename"), row.get("scene_label")
+        if not filename:
+            raise DataError(f"{setup}:{row.line}: empty filename")
+        if label not in known:
+            raise DataError(f"{setup}:{row.line}: unknown scene label {label!r} (known: {', '.join(classes)})")
+        path = root / filename
+        if not path.is_file():
+            raise DataError(f"{setup}:{row.line}: audio file {path} not found")
+        items.append(AudioItem(path=path, key=filename, label=label))
+    if not items:
+        raise DataError(f"{setup}: no clips listed")
+    return items

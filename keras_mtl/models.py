@@ -1,0 +1,154 @@
+"""Multi-task model builder (seed 000, Fig. 4c): shared CNN encoder, one decoder per task.
+
+The encoder is fully convolutional in time, so 1 s ASC clips and 10 s SED clips go through
+the same layers; it maps log-mel frames (time, n_mels) to per-frame embeddings. Clip tasks
+get temporal attention pooling + a linear classifier, frame tasks a GRU + per-frame sigmoid.
+The first ``shared_blocks`` conv blocks are shared (``shared/...``); later blocks, if any,
+are copied per task (``asc/conv5``) -- the knob of hierarchical MTL.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+
+from keras_mtl.backend import keras, tf
+from keras_mtl.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Encoder and decoder sizes. ``pools`` are (time, freq) max-pooling factors per block."""
+
+    n_mels: int = 128
+    channels: tuple = (16, 32, 48, 64, 64)
+    pools: tuple = ((2, 4), (2, 4), (1, 2), (1, 2), (1, 2))
+    kernel_size: int = 3
+    dropout: float = 0.1
+    shared_blocks: int | None = None
+    gru_units: int = 64
+    bidirectional: bool = False
+    head_dropout: float = 0.2
+    bn_momentum: float = 0.9
+
+    def __post_init__(self):
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "pools", tuple(tuple(int(v) for v in p) for p in self.pools))
+        if len(self.channels) != len(self.pools):
+            raise ConfigError(f"model: {len(self.channels)} channel counts but {len(self.pools)} pool sizes")
+        if self.shared_blocks is not None and not 0 <= self.shared_blocks <= len(self.channels):
+            raise ConfigError(f"model: shared_blocks must be between 0 and {len(self.channels)}")
+        if self.n_mels % self.freq_pool_factor:
+            raise ConfigError(f"model: n_mels {self.n_mels} is not divisible by the frequency pooling {self.freq_pool_factor}")
+
+    @property
+    def time_pool_factor(self) -> int:
+        return math.prod(p[0] for p in self.pools)
+
+    @property
+    def freq_pool_factor(self) -> int:
+        return math.prod(p[1] for p in self.pools)
+
+    @property
+    def n_shared(self) -> int:
+        return len(self.channels) if self.shared_blocks is None else self.shared_blocks
+
+    def output_frames(self, input_frames: int) -> int:
+        return input_frames // self.time_pool_factor
+
+
+@keras.utils.register_keras_serializable(package="keras_mtl")
+class TemporalAttentionPooling(keras.layers.Layer):
+    """Attention pooling over time: softmax_t(w . h_t + b) weighted sum of the frames h_t."""
+
+    def build(self, input_shape):
+        self.score_kernel = self.add_weight(name="score_kernel", shape=(int(input_shape[-1]), 1), initializer="glorot_uniform")
+        self.score_bias = self.add_weight(name="score_bias", shape=(1,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, frames):
+        scores = tf.tensordot(frames, self.score_kernel, axes=1) + self.score_bias  # (B, T, 1)
+        weights = tf.nn.softmax(scores, axis=1)
+        return tf.reduce_sum(weights * frames, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+
+def _conv_block(x, prefix: str, index: int, channels: int, pool, config: ModelConfig):
+    x = keras.layers.Conv2D(channels, config.kernel_size, padding="same", use_bias=False, name=f"{prefix}/conv{index}")(x)
+    x = keras.layers.BatchNormalization(momentum=config.bn_momentum, name=f"{prefix}/bn{index}")(x)
+    x = keras.layers.ReLU(name=f"{prefix}/relu{index}")(x)
+    if tuple(pool) != (1, 1):
+        x = keras.layers.MaxPooling2D(pool_size=tuple(pool), name=f"{prefix}/pool{index}")(x)
+    if config.dropout:
+        x = keras.layers.Dropout(config.dropout, name=f"{prefix}/dropout{index}")(x)
+    return x
+
+
+def _to_frames(x, prefix: str, config: ModelConfig):
+    freq = config.n_mels // config.freq_pool_factor
+    return keras.layers.Reshape((-1, freq * config.channels[-1]), name=f"{prefix}/frames")(x)
+
+
+def _clip_head(frames, task, config: ModelConfig):
+    x = TemporalAttentionPooling(name=f"{task.name}/attention")(frames)
+    if config.head_dropout:
+        x = keras.layers.Dropout(config.head_dropout, name=f"{task.name}/dropout")(x)
+    return keras.layers.Dense(task.n_classes, activation="softmax", name=f"{task.name}/classifier")(x)
+
+
+def _frame_head(frames, task, config: ModelConfig):
+    gru = keras.layers.GRU(config.gru_units, return_sequences=True, name=f"{task.name}/gru")
+    if config.bidirectional:
+        x = keras.layers.Bidirectional(gru, name=f"{task.name}/bigru")(frames)
+    else:
+        x = gru(frames)
+    if config.head_dropout:
+        x = keras.layers.Dropout(config.head_dropout, name=f"{task.name}/dropout")(x)
+    return keras.layers.Dense(task.n_classes, activation="sigmoid", name=f"{task.name}/classifier")(x)
+
+
+HEADS = {"clip": _clip_head, "frame": _frame_head}
+
+
+def build_model(tasks: Sequence, config: ModelConfig, feature_mean=None, feature_var=None) -> keras.Model:
+    """Functional model: input ``mel`` (batch, time, n_mels) -> {task name: prediction}.
+
+    ``feature_mean``/``feature_var`` (per mel band, from the training set) initialise the
+    input normalisation; without them it is the identity.
+    """
+    if not tasks:
+        raise ConfigError("build_model needs at least one task")
+    mean = np.zeros(config.n_mels, np.float32) if feature_mean is None else np.asarray(feature_mean, np.float32)
+    var = np.ones(config.n_mels, np.float32) if feature_var is None else np.asarray(feature_var, np.float32)
+    mel = keras.Input(shape=(None, config.n_mels), name="mel")
+    x = keras.layers.Normalization(axis=-1, mean=mean, variance=var, name="shared/input_norm")(mel)
+    x = keras.layers.Reshape((-1, config.n_mels, 1), name="shared/expand")(x)
+    blocks = list(zip(config.channels, config.pools))
+    for i, (channels, pool) in enumerate(blocks[: config.n_shared], start=1):
+        x = _conv_block(x, "shared", i, channels, pool, config)
+    shared_frames = _to_frames(x, "shared", config) if config.n_shared == len(blocks) else None
+    outputs = {}
+    for task in tasks:
+        if task.level not in HEADS:
+            raise ConfigError(f"task {task.name}: no decoder for level {task.level!r}")
+        frames = shared_frames
+        if frames is None:
+            y = x
+            for i, (channels, pool) in enumerate(blocks[config.n_shared :], start=config.n_shared + 1):
+                y = _conv_block(y, task.name, i, channels, pool, config)
+            frames = _to_frames(y, task.name, config)
+        outputs[task.name] = HEADS[task.level](frames, task, config)
+    return keras.Model(mel, outputs, name="mtl_" + "_".join(t.name for t in tasks))
+
+
+def task_submodel(model: keras.Model, task_name: str) -> keras.Model:
+    """The path of ``model`` that predicts one task (shares its layers and weights)."""
+    return keras.Model(model.input, model.output[task_name], name=f"{task_name}_path")
+
+
+def shared_layers(model: keras.Model) -> list:
+    return [layer for layer in model.layers if layer.name.startswith("shared/")]

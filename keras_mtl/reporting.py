@@ -1,0 +1,54 @@
+"""Human-facing output of a run: the training-curve plot and the closing results table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from keras_mtl import fileio
+from keras_mtl.profiling import human
+
+
+def plot_history(rows: list[dict], tasks, path: Path) -> None:
+    """Loss per task (train and held-out) and each task's Keras metric, per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for task in tasks:
+        for key, style in ((f"{task.name}_loss", "-"), (f"val_{task.name}_loss", "--")):
+            if key in rows[0]:
+                axes[0].plot(epochs, [r.get(key) for r in rows], style, label=key)
+        for key in rows[0]:
+            if key.startswith((f"{task.name}_", f"val_{task.name}_")) and not key.endswith("_loss"):
+                axes[1].plot(epochs, [r.get(key) for r in rows], "--" if key.startswith("val_") else "-", label=key)
+    axes[0].set_title("loss")
+    axes[1].set_title("metrics (val_ = held-out split)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def results_table(metrics: dict) -> str:
+    rows = [("task", "split", "metric", "value", "params", "MACs / 1 s")]
+    for name, result in metrics["tasks"].items():
+        m = result["metrics"]
+        rows.append((name, result["split"], result["headline"]["name"], f"{result['headline']['value']:.4f}",
+                     human(result["params"]), human(result["macs_per_second"])))
+        for extra in ("macro_accuracy", "segment_f1_macro", "psds1"):
+            if extra in m:
+                rows.append(("", "", extra, f"{m[extra]:.4f}", "", ""))
+    total = metrics["model"]
+    rows.append(("model", "", "", "", human(total["params"]), human(total["macs_per_second"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""Task registry: what each task predicts, its loss, its targets and its DCASE metrics.
+
+A task is clip level (one softmax class per clip; decoder: temporal attention + linear) or
+frame level (multi-label sigmoid per output frame; decoder: GRU). New tasks register with
+``register_task``; the model builder, strategies and metrics use only this interface.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from keras_mtl import metrics
+from keras_mtl.backend import keras, tf
+from keras_mtl.data import desed, tau22
+from keras_mtl.data.items import AudioItem
+from keras_mtl.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Common task description. ``corpus`` names the reader in ``keras_mtl.data.corpora``."""
+
+    name: str
+    classes: tuple[str, ...]
+    clip_seconds: float
+    corpus: str
+    train_split: str
+    test_split: str
+    description: str = ""
+
+    level = "clip"
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipClassificationTask(Task):
+    """One class per clip: softmax cross-entropy, accuracy."""
+
+    level = "clip"
+
+    def target(self, item: AudioItem, n_frames: int, frame_seconds: float) -> np.ndarray:
+        return np.asarray(self.classes.index(item.label), dtype=np.int32)
+
+    def target_spec(self, n_frames: int) -> tf.TensorSpec:
+        return tf.TensorSpec(shape=(), dtype=tf.int32)
+
+    def loss(self, y_true, y_pred):
+        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y_true, y_pred))
+
+    def keras_metrics(self) -> list:
+        return [keras.metrics.SparseCategoricalAccuracy(name=f"{self.name}_accuracy")]
+
+    def evaluate(self, predictions: list[np.ndarray], items: list[AudioItem], frame_seconds: float, **options) -> dict:
+        y_true = np.asarray([self.classes.index(item.label) for item in items])
+        return metrics.classification_metrics(y_true, np.stack(predictions), self.classes)
+
+    headline = "accuracy"
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameDetectionTask(Task):
+    """Multi-label activity per output frame: binary cross-entropy, DCASE event/segment F1, PSDS1."""
+
+    level = "frame"
+    median_filter_frames: int = 7
+    threshold: float = 0.5
+
+    def target(self, item: AudioItem, n_frames: int, frame_seconds: float) -> np.ndarray:
+        return metrics.events_to_frames(item.events or (), self.classes, n_frames, frame_seconds)
+
+    def target_spec(self, n_frames: int) -> tf.TensorSpec:
+        return tf.TensorSpec(shape=(n_frames, self.n_classes), dtype=tf.float32)
+
+    def loss(self, y_true, y_pred):
+        return tf.reduce_mean(keras.losses.binary_crossentropy(y_true, y_pred))
+
+    def keras_metrics(self) -> list:
+        return [metrics.FrameF1(name=f"{self.name}_frame_f1")]
+
+    def evaluate(self, predictions: list[np.ndarray], items: list[AudioItem], frame_seconds: float, **options) -> dict:
+        return metrics.sed_metrics(
+            predictions,
+            items,
+            self.classes,
+            frame_seconds,
+            clip_seconds=self.clip_seconds,
+            median_filter_frames=self.median_filter_frames,
+            threshold=self.threshold,
+            **options,
+        )
+
+    headline = "event_f1_macro"
+
+
+_REGISTRY: dict[str, Callable[[], Task]] = {}
+
+
+def register_task(name: str, factory: Callable[[], Task]) -> None:
+    """Make ``name`` usable in ``--task-set``. ``factory()`` returns the Task."""
+    _REGISTRY[name] = factory
+
+
+def known_tasks() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str) -> Task:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown task {name!r} (known: {', '.join(known_tasks())})")
+    return _REGISTRY[name]()
+
+
+def parse_task_set(spec: str) -> list[Task]:
+    """'asc,sed' -> [Task, Task]; unknown or repeated names are errors."""
+    names = [part.strip().lower() for part in spec.split(",") if part.strip()]
+    if not names:
+        raise ConfigError("empty --task-set (give e.g. asc,sed)")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"a task is repeated in --task-set {spec!r}")
+    return [get_task(name) for name in names]
+
+
+register_task(
+    "asc",
+    lambda: ClipClassificationTask(
+        name="asc",
+        classes=tau22.SCENES,
+        clip_seconds=1.0,
+        corpus="tau22",
+        train_split="train",
+        test_split="test",
+        description="acoustic scene classification (TAU Urban Acoustic Scenes 2022 Mobile, 10 scenes)",
+    ),
+)
+register_task(
+    "sed",
+    lambda: FrameDetectionTask(
+        name="sed",
+        classes=desed.CLASSES,
+        clip_seconds=10.0,
+        corpus="desed",
+        train_split="synthetic_train",
+        test_split="validation",
+        description="sound event detection (DESED, 10 domestic classes)",
+    ),
+)

@@ -1,0 +1,254 @@
+"""One training run: data -> features -> model -> strategy -> DCASE metrics -> run folder.
+
+Run folder (``runs/<time>-<tasks>-<strategy>/``):
+    config.yaml          the full resolved configuration (reusable with --config)
+    model_summary.txt    Keras summary
+    profile.txt          params and MACs per 1 s of audio, per layer
+    model.keras          the trained functional network (tf_keras format)
+    history.csv          per-epoch training and validation losses/metrics
+    metrics.json         per task: DCASE metrics, params, MACs / 1 s; plus run facts
+    training_curves.png  loss and headline metric per epoch
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from keras_mtl import fileio, profiling, reporting
+from keras_mtl.backend import keras, tf
+from keras_mtl.config import RunConfig
+from keras_mtl.data import corpora, synthetic
+from keras_mtl.data.pipeline import FeatureExtractor, TaskSplit, feature_statistics, make_dataset
+from keras_mtl.errors import ConfigError
+from keras_mtl.models import build_model
+from keras_mtl.strategies import get_strategy, make_optimizer
+from keras_mtl.tasks import get_task
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _in_checkout() -> bool:
+    return (REPO_ROOT / "datasets").is_dir() and (REPO_ROOT / "keras_mtl").is_dir()
+
+
+def default_data_dir() -> Path:
+    """Where the built-in synthetic data is generated."""
+    if os.environ.get("KERAS_MTL_DATA_DIR"):
+        return Path(os.environ["KERAS_MTL_DATA_DIR"])
+    return REPO_ROOT / "datasets" / "synthetic" if _in_checkout() else Path.home() / ".cache" / "keras_mtl" / "synthetic"
+
+
+def default_cache_dir() -> Path:
+    """Where log-mel features are cached."""
+    if os.environ.get("KERAS_MTL_CACHE_DIR"):
+        return Path(os.environ["KERAS_MTL_CACHE_DIR"])
+    return REPO_ROOT / "datasets" / ".cache" / "features" if _in_checkout() else Path.home() / ".cache" / "keras_mtl" / "features"
+
+
+def default_output_dir(config: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = REPO_ROOT / "runs" if _in_checkout() else Path.cwd() / "runs"
+    return base / f"{stamp}-{'+'.join(config.tasks)}-{config.strategy}"
+
+
+@dataclasses.dataclass
+class PreparedData:
+    train: dict[str, TaskSplit]
+    test: dict[str, TaskSplit]
+    roots: dict[str, Path]
+
+
+def task_roots(config: RunConfig, tasks) -> dict[str, Path]:
+    """The corpus folder of each task, generating the synthetic set when no data root is given."""
+    if config.data_root is None:
+        base = synthetic.ensure_synthetic(default_data_dir(), config.synthetic)
+        return {task.name: corpora.corpus_root(task, base) for task in tasks}
+    if isinstance(config.data_root, dict):
+        unknown = set(config.data_root) - {t.name for t in tasks}
+        if unknown:
+            raise ConfigError(f"--data-root names task(s) not in the task set: {', '.join(sorted(unknown))}")
+        missing = [t.name for t in tasks if t.name not in config.data_root]
+        if missing:
+            raise ConfigError(f"--data-root gives no folder for task(s): {', '.join(missing)}")
+        return {task.name: corpora.corpus_root(task, config.data_root[task.name]) for task in tasks}
+    return {task.name: corpora.corpus_root(task, config.data_root) for task in tasks}
+
+
+def prepare_data(config: RunConfig, tasks) -> PreparedData:
+    """Read every split and make sure its features are cached; all input errors surface here."""
+    roots = task_roots(config, tasks)
+    items = {}
+    for task in tasks:
+        items[task.name] = (
+            corpora.read_split(task, roots[task.name], task.train_split),
+            corpora.read_split(task, roots[task.name], task.test_split),
+        )
+    extractor = FeatureExtractor(config.frontend, config.cache_dir or default_cache_dir())
+    factor = config.model.time_pool_factor
+    train, test = {}, {}
+    for task in tasks:
+        train_items, test_items = items[task.name]
+        train[task.name] = extractor.prepare(task, task.train_split, train_items, factor)
+        test[task.name] = extractor.prepare(task, task.test_split, test_items, factor)
+    return PreparedData(train, test, roots)
+
+
+class EpochValidation(keras.callbacks.Callback):
+    """After each epoch: every task's loss and Keras metrics on its held-out split (``val_*``)."""
+
+    def __init__(self, strategy, datasets: dict):
+        super().__init__()
+        self.strategy = strategy
+        self.datasets = datasets
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        for task in self.strategy.tasks:
+            path = self.strategy.paths[task.name]
+            metrics = task.keras_metrics()
+            losses, weights = [], []
+            for features, targets in self.datasets[task.name]:
+                predictions = path(features, training=False)
+                losses.append(float(task.loss(targets, predictions)))
+                weights.append(int(features.shape[0]))
+                for metric in metrics:
+                    metric.update_state(targets, predictions)
+            logs[f"val_{task.name}_loss"] = float(np.average(losses, weights=weights))
+            for metric in metrics:
+                logs[f"val_{metric.name}"] = float(metric.result())
+
+
+class HistoryWriter(keras.callbacks.Callback):
+    """Writes history.csv after every epoch (atomically), so a crashed run keeps its curve."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.rows: list[dict] = []
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, "seconds": round(time.monotonic() - self.started, 2)}
+        row.update({k: float(v) for k, v in (logs or {}).items()})
+        self.rows.append(row)
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        fileio.write_text(self.path, buffer.getvalue())
+
+
+def predict_split(path_model, split: TaskSplit, batch_size: int) -> list[np.ndarray]:
+    outputs = []
+    for features, _ in make_dataset(split, batch_size, training=False):
+        outputs.extend(np.asarray(path_model(features, training=False)))
+    return outputs
+
+
+def train(config: RunConfig, dry_run: bool = False) -> dict:
+    """Run one experiment; returns the metrics dict (also written to the run folder)."""
+    keras.utils.set_random_seed(config.seed)
+    tasks = [get_task(name) for name in config.tasks]
+    strategy_cls = get_strategy(config.strategy)
+    started = time.monotonic()
+
+    if dry_run:
+        network = build_model(tasks, config.model)
+        return _describe(network, tasks, config, output_dir=None)
+
+    data = prepare_data(config, tasks)
+    prep_seconds = time.monotonic() - started
+    mean, var = feature_statistics(list(data.train.values()))
+    network = build_model(tasks, config.model, feature_mean=mean, feature_var=var)
+    strategy = strategy_cls(network, tasks, loss_weights=config.loss_weights)
+
+    tc = config.training
+    steps = tc.steps_per_epoch or max(math.ceil(len(data.train[t.name]) / tc.batch_for(t.name)) for t in tasks)
+    strategy.compile(optimizer=make_optimizer(tc.learning_rate, steps * tc.epochs, tc.weight_decay, tc.warmup_fraction))
+    augment = config.augment if tc.augment else None
+    train_ds = tf.data.Dataset.zip({
+        t.name: make_dataset(data.train[t.name], tc.batch_for(t.name), training=True, augment=augment, seed=config.seed)
+        for t in tasks
+    })
+    val_ds = {t.name: make_dataset(data.test[t.name], tc.batch_for(t.name), training=False) for t in tasks}
+
+    out = Path(config.output_dir) if config.output_dir else default_output_dir(config)
+    out.mkdir(parents=True, exist_ok=True)
+    info = _describe(network, tasks, config, output_dir=out)
+    log.info("run folder: %s", out)
+    log.info("training %s on %s: %d epochs x %d steps", config.strategy, "+".join(config.tasks), tc.epochs, steps)
+
+    history_writer = HistoryWriter(out / "history.csv")
+    fit_started = time.monotonic()
+    strategy.fit(
+        train_ds,
+        epochs=tc.epochs,
+        steps_per_epoch=steps,
+        callbacks=[EpochValidation(strategy, val_ds), history_writer],
+        verbose=1 if _interactive() else 2,
+    )
+    fit_seconds = time.monotonic() - fit_started
+
+    with fileio.atomic_path(out / "model.keras") as tmp:
+        network.save(tmp)
+
+    results = {}
+    for task in tasks:
+        split = data.test[task.name]
+        predictions = predict_split(strategy.paths[task.name], split, tc.batch_for(task.name))
+        task_metrics = task.evaluate(predictions, split.items, split.frame_seconds)
+        results[task.name] = {
+            "split": split.split,
+            "metrics": task_metrics,
+            "headline": {"name": task.headline, "value": task_metrics[task.headline]},
+            "params": info["profile"]["task_paths"][task.name]["params"],
+            "macs_per_second": info["profile"]["task_paths"][task.name]["macs_per_second"],
+            "train_clips": len(data.train[task.name]),
+        }
+    metrics = {
+        "tasks": results,
+        "model": info["profile"]["total"],
+        "shared": info["profile"]["parts"]["shared"],
+        "strategy": config.strategy,
+        "epochs": tc.epochs,
+        "steps_per_epoch": steps,
+        "seconds": {"data": round(prep_seconds, 1), "training": round(fit_seconds, 1),
+                    "total": round(time.monotonic() - started, 1)},
+        "data_roots": {k: str(v) for k, v in data.roots.items()},
+        "output_dir": str(out),
+    }
+    fileio.write_json(out / "metrics.json", metrics)
+    reporting.plot_history(history_writer.rows, tasks, out / "training_curves.png")
+    return metrics
+
+
+def _describe(network, tasks, config: RunConfig, output_dir: Path | None) -> dict:
+    """Summary and profile; written to the run folder when there is one."""
+    lines = []
+    network.summary(line_length=110, print_fn=lambda line, *args, **kwargs: lines.append(line))
+    summary = "\n".join(lines)
+    layers = profiling.profile(network, config.frontend)
+    table = profiling.format_table(layers)
+    prof = profiling.summarize(layers, [t.name for t in tasks])
+    if output_dir is not None:
+        fileio.write_text(output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        fileio.write_text(output_dir / "model_summary.txt", summary + "\n")
+        fileio.write_text(output_dir / "profile.txt", table + "\n")
+    return {"summary": summary, "profile_table": table, "profile": prof}
+
+
+def _interactive() -> bool:
+    import sys
+
+    return sys.stdout.isatty()

@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Train a multi-task audio model and write a run folder.
+
+    python scripts/train.py --task-set asc,sed
+    python scripts/train.py --task-set asc --epochs 5 --output-dir runs/asc-only
+    python scripts/train.py --task-set asc,sed --data-root asc=/data/TAU22 --data-root sed=/data/dcase/dataset
+    python scripts/train.py --task-set asc,sed --dry-run
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from keras_mtl import cli, config as run_config
+from keras_mtl.errors import ConfigError
+from keras_mtl.tasks import known_tasks, parse_task_set
+
+log = logging.getLogger("train")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task-set", default="asc,sed", help=f"comma-separated tasks (known: {', '.join(known_tasks())})")
+    p.add_argument("--strategy", default="soft", help="multi-task strategy (default: soft)")
+    p.add_argument("--preset", default="default", help=f"built-in configuration ({', '.join(run_config.preset_names())})")
+    p.add_argument("--config", help="YAML file overriding the preset (e.g. a run folder's config.yaml)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", help="one size for all tasks, or task=N,... (e.g. asc=64,sed=16)")
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--data-root", action="append",
+                   help="folder with the corpora (tau22/, desed/ or one corpus layout); or task=DIR, repeatable. "
+                        "Default: the built-in synthetic data")
+    p.add_argument("--difficulty", type=float, help="difficulty of the built-in synthetic data (default 1.0)")
+    p.add_argument("--output-dir", help="run folder (default: runs/<time>-<tasks>-<strategy>/)")
+    p.add_argument("--cache-dir", help="feature cache folder")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dry-run", action="store_true", help="build the model, print its summary and profile, do not train")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def resolve_config(args) -> run_config.RunConfig:
+    data = run_config.load_preset(args.preset)
+    if args.config:
+        data = run_config.merge(data, run_config.load_yaml(args.config))
+    tasks = [t.name for t in parse_task_set(args.task_set)]
+    override = {"tasks": tasks, "strategy": args.strategy.strip().lower(), "preset": args.preset}
+    training = {}
+    if args.epochs is not None:
+        training["epochs"] = args.epochs
+    if args.learning_rate is not None:
+        training["learning_rate"] = args.learning_rate
+    if args.batch_size:
+        sizes = cli.parse_task_values(args.batch_size, "--batch-size", int)
+        training["batch_size"] = sizes if isinstance(sizes, dict) else {t: sizes for t in tasks}
+    if training:
+        override["training"] = training
+    if args.data_root:
+        roots = [cli.parse_task_values(r, "--data-root") for r in args.data_root]
+        if len(roots) == 1 and isinstance(roots[0], str):
+            override["data_root"] = roots[0]
+        elif all(isinstance(r, dict) for r in roots):
+            override["data_root"] = {k: v for r in roots for k, v in r.items()}
+        else:
+            raise ConfigError("--data-root: give either one folder, or task=DIR for each task")
+    if args.difficulty is not None:
+        override["synthetic"] = {"difficulty": args.difficulty}
+    for key in ("seed", "output_dir", "cache_dir"):
+        if getattr(args, key) is not None:
+            override[key] = getattr(args, key)
+    return run_config.build(run_config.merge(data, override))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.verbose, args.quiet)
+    config = resolve_config(args)
+    from keras_mtl import reporting, training  # imports TensorFlow
+
+    if args.dry_run:
+        info = training.train(config, dry_run=True)
+        print(info["summary"])
+        print()
+        print(info["profile_table"])
+        return 0
+    metrics = training.train(config)
+    print()
+    print(reporting.results_table(metrics))
+    print(f"\nrun folder: {metrics['output_dir']}  ({metrics['seconds']['total']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run_main(main)
