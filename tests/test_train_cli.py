@@ -1,0 +1,138 @@
+"""scripts/train.py end to end on the tiny preset, and one-line errors for bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = REPO / "scripts" / "train.py"
+
+
+def run_train(*args, env_dirs: Path, timeout=600):
+    env = dict(os.environ)
+    env["KERAS_MTL_DATA_DIR"] = str(env_dirs / "data")
+    env["KERAS_MTL_CACHE_DIR"] = str(env_dirs / "cache")
+    return subprocess.run([sys.executable, str(TRAIN), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_train_end_to_end_on_tiny_preset(tmp_path):
+    out = tmp_path / "run"
+    result = run_train("--preset", "tiny", "--task-set", "asc,sed", "--output-dir", str(out), env_dirs=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("config.yaml", "model_summary.txt", "profile.txt", "model.keras", "history.csv",
+                 "metrics.json", "training_curves.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["tasks"]) == {"asc", "sed"}
+    asc, sed = metrics["tasks"]["asc"]["metrics"], metrics["tasks"]["sed"]["metrics"]
+    assert 0.0 <= asc["accuracy"] <= 1.0 and asc["n_clips"] == 20
+    for key in ("event_f1_macro", "segment_f1_macro", "psds1"):
+        assert 0.0 <= sed[key] <= 1.0
+    assert metrics["model"]["params"] > 0 and metrics["tasks"]["sed"]["macs_per_second"] > 0
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert len(rows) == 2 and {"asc_loss", "sed_loss", "val_asc_loss", "val_sed_frame_f1"} <= set(rows[0])
+    summary = (out / "model_summary.txt").read_text()
+    assert "shared/conv1" in summary and "asc/attention" in summary and "sed/gru" in summary
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["tasks"] == ["asc", "sed"] and config["strategy"] == "soft"
+    assert "asc" in result.stdout and "event_f1_macro" in result.stdout  # closing results table
+
+    from keras_mtl.backend import keras
+    from keras_mtl import models  # noqa: F401  (registers the custom layers)
+
+    model = keras.models.load_model(out / "model.keras")
+    assert set(model.output) == {"asc", "sed"}
+
+    # The rerun reuses the generated data and the feature cache.
+    again = run_train("--preset", "tiny", "--task-set", "asc", "--output-dir", str(tmp_path / "run2"), env_dirs=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 features computed" in again.stderr
+    assert set(json.loads((tmp_path / "run2" / "metrics.json").read_text())["tasks"]) == {"asc"}
+
+
+def test_dry_run_prints_summary_and_profile(tmp_path):
+    result = run_train("--task-set", "asc,sed", "--dry-run", env_dirs=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "shared/conv1" in result.stdout and "MACs / 1 s" in result.stdout
+    assert not (tmp_path / "data").exists()  # nothing generated
+
+
+def test_unknown_task(tmp_path):
+    assert_one_line_error(run_train("--task-set", "asc,foo", env_dirs=tmp_path), "unknown task 'foo'", "asc, sed")
+
+
+def test_unknown_strategy(tmp_path):
+    assert_one_line_error(run_train("--strategy", "magic", "--dry-run", env_dirs=tmp_path), "unknown strategy 'magic'")
+
+
+def test_missing_data_root(tmp_path):
+    missing = tmp_path / "nowhere"
+    assert_one_line_error(run_train("--data-root", str(missing), env_dirs=tmp_path), str(missing), "does not exist")
+
+
+@pytest.fixture()
+def corpus_copy(tmp_path, tiny_corpus):
+    root = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, root)
+    return root
+
+
+def _tiny(corpus, tmp_path, tasks="asc,sed"):
+    return run_train("--preset", "tiny", "--task-set", tasks, "--data-root", str(corpus),
+                     "--output-dir", str(tmp_path / "run"), env_dirs=tmp_path)
+
+
+def test_unreadable_wav(tmp_path, corpus_copy):
+    victim = sorted((corpus_copy / "tau22" / "audio").glob("*.wav"))[0]
+    victim.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    assert_one_line_error(_tiny(corpus_copy, tmp_path, "asc"), victim.name, "unreadable audio")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_empty_wav(tmp_path, corpus_copy):
+    victim = sorted((corpus_copy / "desed" / "audio" / "validation" / "validation_16k").glob("*.wav"))[0]
+    sf.write(victim, np.zeros(0, np.float32), 16000)
+    assert_one_line_error(_tiny(corpus_copy, tmp_path, "sed"), victim.name, "empty audio file")
+
+
+def test_tsv_onset_after_offset(tmp_path, corpus_copy):
+    tsv = corpus_copy / "desed" / "metadata" / "train" / "synthetic21_train" / "soundscapes.tsv"
+    lines = tsv.read_text().splitlines()
+    name, onset, offset, label = lines[2].split("\t")
+    lines[2] = "\t".join([name, offset, onset, label])
+    tsv.write_text("\n".join(lines) + "\n")
+    assert_one_line_error(_tiny(corpus_copy, tmp_path), "soundscapes.tsv:3:", "is after offset")
+
+
+def test_tsv_unknown_class(tmp_path, corpus_copy):
+    tsv = corpus_copy / "desed" / "metadata" / "validation" / "validation.tsv"
+    lines = tsv.read_text().splitlines()
+    lines[1] = lines[1].rsplit("\t", 1)[0] + "\tTrumpet"
+    tsv.write_text("\n".join(lines) + "\n")
+    assert_one_line_error(_tiny(corpus_copy, tmp_path), "validation.tsv:2:", "unknown event label 'Trumpet'")
+
+
+def test_bad_batch_size_and_config_key(tmp_path):
+    assert_one_line_error(run_train("--batch-size", "asc=0", "--dry-run", env_dirs=tmp_path), "batch sizes")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  channelz: [1]\n")
+    assert_one_line_error(run_train("--config", str(bad), "--dry-run", env_dirs=tmp_path), "unknown key(s) in model: channelz")
