@@ -11,18 +11,18 @@ from __future__ import annotations
 import argparse
 import logging
 
-from keras_mtl import cli, config as run_config
-from keras_mtl.errors import ConfigError
-from keras_mtl.tasks import known_tasks, parse_task_set
+from keras_mtl import cli
 
 log = logging.getLogger("train")
+# TensorFlow is imported inside main(): worker processes spawned for data synthesis
+# re-import this module and must stay light.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task-set", default="asc,sed", help=f"comma-separated tasks (known: {', '.join(known_tasks())})")
+    p.add_argument("--task-set", default="asc,sed", help="comma-separated tasks: asc, sed")
     p.add_argument("--strategy", default="soft", help="multi-task strategy (default: soft)")
-    p.add_argument("--preset", default="default", help=f"built-in configuration ({', '.join(run_config.preset_names())})")
+    p.add_argument("--preset", default="default", help="built-in configuration: default, tiny, paper")
     p.add_argument("--config", help="YAML file overriding the preset (e.g. a run folder's config.yaml)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", help="one size for all tasks, or task=N,... (e.g. asc=64,sed=16)")
@@ -40,7 +40,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_config(args) -> run_config.RunConfig:
+def resolve_config(args):
+    from keras_mtl import config as run_config
+    from keras_mtl.errors import ConfigError
+    from keras_mtl.tasks import parse_task_set
+
     data = run_config.load_preset(args.preset)
     if args.config:
         data = run_config.merge(data, run_config.load_yaml(args.config))

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from keras_mtl.backend import tf
 from keras_mtl.data.audio import fix_length, load_audio
 from keras_mtl.data.items import AudioItem
+from keras_mtl.errors import DataError
 from keras_mtl.features import AugmentConfig, FeatureCache, FrontEndConfig, LogMel, spec_augment
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,10 @@ class FeatureExtractor:
         computed = 0
         bar = tqdm(items, desc=f"features {task.name}/{split}", unit="clip", disable=None, leave=False)
         for item in bar:
-            path = self.cache.path_for(item.path, n_samples)
+            try:
+                path = self.cache.path_for(item.path, n_samples)
+            except FileNotFoundError:
+                raise DataError(f"{item.path}: audio file not found") from None
             if not path.exists():
                 audio = fix_length(load_audio(item.path, self.frontend.sample_rate), n_samples)
                 self.cache.store(item.path, n_samples, self._logmel(audio))
@@ -106,11 +110,18 @@ def make_dataset(
             split.task.target_spec(split.output_frames),
         ),
     ).cache()
-    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+
+    def to_float(features, target):
+        return tf.cast(features, tf.float32), target
+
+    def mask(features, target):
+        return spec_augment(features, augment), target
+
+    dataset = dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
     if training:
         dataset = dataset.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
         if augment is not None:
-            dataset = dataset.map(lambda x, y: (spec_augment(x, augment), y), num_parallel_calls=tf.data.AUTOTUNE)
+            dataset = dataset.map(mask, num_parallel_calls=tf.data.AUTOTUNE)
         dataset = dataset.repeat().batch(batch_size, drop_remainder=len(split) >= batch_size)
     else:
         dataset = dataset.batch(batch_size)

@@ -25,7 +25,7 @@ from keras_mtl.data.audio import write_wav
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague", "stockholm", "vienna")
 TRAIN_DEVICES = ("a", "a", "a", "b", "c", "s1", "s2", "s3")
 TEST_DEVICES = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")
@@ -91,7 +91,7 @@ def _rng(config: SyntheticConfig, split: str, index: int, stream: int = 0) -> np
 
 def _device_eq(config: SyntheticConfig, device: str) -> list[float]:
     rng = np.random.default_rng([config.seed, 99, sum(ord(c) * 31**i for i, c in enumerate(device))])
-    return list(rng.normal(0, 3.0 * config.difficulty, size=len(sounds.BAND_CENTERS_HZ)))
+    return list(rng.normal(0, 2.0 * config.difficulty, size=len(sounds.BAND_CENTERS_HZ)))
 
 
 def _location_spec(config: SyntheticConfig, scene: str, location: int) -> dict:
@@ -99,7 +99,7 @@ def _location_spec(config: SyntheticConfig, scene: str, location: int) -> dict:
     rng = np.random.default_rng([config.seed, 77, tau22.SCENES.index(scene), location])
     d = config.difficulty
     spec = json.loads(json.dumps(sounds.SCENE_SPECS[scene]))
-    spec["gains"] = list(np.asarray(spec["gains"]) + rng.normal(0, 2.5 * d, size=len(spec["gains"])))
+    spec["gains"] = list(np.asarray(spec["gains"]) + rng.normal(0, 2.0 * d, size=len(spec["gains"])))
     spec["mod"] = [spec["mod"][0] * float(np.exp(rng.normal(0, 0.3 * d))), spec["mod"][1]]
     for key in ("babble", "clicks", "chirps"):
         spec[key] = spec[key] * float(np.exp(rng.normal(0, 0.4 * d)))
@@ -110,7 +110,7 @@ def _clip_spec(config: SyntheticConfig, rng, base: dict, device: str | None) -> 
     """Per-clip variation: a pull towards another scene, small jitter and the device colour."""
     d = config.difficulty
     other = sounds.SCENE_SPECS[tau22.SCENES[int(rng.integers(len(tau22.SCENES)))]]
-    w = float(rng.uniform(0, min(0.49, 0.45 * d)))
+    w = float(rng.uniform(0, min(0.49, 0.35 * d)))
     gains = (1 - w) * np.asarray(base["gains"]) + w * np.asarray(other["gains"])
     gains = gains + rng.normal(0, 1.5 * d, size=len(gains))
     if device is not None:
@@ -163,7 +163,7 @@ def _plan_asc(config: SyntheticConfig, split: str, per_scene: int) -> list[dict]
 
 def _plan_sed(config: SyntheticConfig, split: str, count: int) -> list[dict]:
     d = config.difficulty
-    snr_low, snr_high = 12.0 - 12.0 * d, 22.0 - 6.0 * d
+    snr_low, snr_high = 12.0 - 7.0 * d, 22.0 - 4.0 * d
     length = config.sed_clip_seconds
     plans = []
     for index in range(count):
