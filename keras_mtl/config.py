@@ -48,6 +48,7 @@ class RunConfig:
     output_dir: str | None = None
     cache_dir: str | None = None
     loss_weights: dict | None = None
+    custom_tasks: dict | None = None  # name -> {"level", "manifest", "seconds"} (user-defined tasks)
     frontend: FrontEndConfig = dataclasses.field(default_factory=FrontEndConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -94,7 +95,7 @@ def load_preset(name: str) -> dict:
 def merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("batch_size", "loss_weights", "data_root"):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("batch_size", "loss_weights", "data_root", "custom_tasks"):
             out[key] = merge(out[key], value)
         else:
             out[key] = value

@@ -29,6 +29,7 @@ class Task:
     train_split: str
     test_split: str
     description: str = ""
+    source: str | None = None  # manifest file of a user-defined task
 
     level = "clip"
 
@@ -115,14 +116,55 @@ def get_task(name: str) -> Task:
     return _REGISTRY[name]()
 
 
-def parse_task_set(spec: str) -> list[Task]:
-    """'asc,sed' -> [Task, Task]; unknown or repeated names are errors."""
+def parse_task_set(spec: str, custom: dict | None = None) -> list[Task]:
+    """'asc,sed' -> [Task, Task]; unknown or repeated names are errors. ``custom`` as in ``resolve_tasks``."""
     names = [part.strip().lower() for part in spec.split(",") if part.strip()]
     if not names:
         raise ConfigError("empty --task-set (give e.g. asc,sed)")
     if len(set(names)) != len(names):
         raise ConfigError(f"a task is repeated in --task-set {spec!r}")
-    return [get_task(name) for name in names]
+    return resolve_tasks(names, custom)
+
+
+def resolve_tasks(names, custom: dict | None = None) -> list[Task]:
+    """Tasks by name; ``custom`` maps a name to a manifest task spec
+    ``{"level": "clip"|"frame", "manifest": path, "seconds": float|None}``."""
+    custom = custom or {}
+    unused = set(custom) - set(names)
+    if unused:
+        raise ConfigError(f"--task defines {', '.join(sorted(unused))} but --task-set does not use it")
+    tasks = []
+    for name in names:
+        if name in custom:
+            spec = custom[name]
+            tasks.append(manifest_task(name, spec.get("level", "clip"), spec["manifest"], spec.get("seconds")))
+        else:
+            tasks.append(get_task(name))
+    return tasks
+
+
+def manifest_task(name: str, level: str, manifest, seconds: float | None = None) -> Task:
+    """A user-defined task read from a manifest (see ``keras_mtl.data.manifest``)."""
+    from pathlib import Path
+
+    from keras_mtl.data import manifest as manifest_io
+
+    if level not in ("clip", "frame"):
+        raise ConfigError(f"task {name}: level must be clip or frame, not {level!r}")
+    path = Path(manifest)
+    items = manifest_io.read_clip_manifest(path) if level == "clip" else manifest_io.read_frame_manifest(path)
+    for split in ("train", "test"):
+        if not items[split]:
+            raise ConfigError(f"task {name}: manifest {path} has no {split} clips")
+    classes = manifest_io.manifest_classes(items, level)
+    if level == "clip" and len(classes) < 2:
+        raise ConfigError(f"task {name}: manifest {path} has fewer than two labels")
+    if level == "frame" and not classes:
+        raise ConfigError(f"task {name}: manifest {path} has no events")
+    clip_seconds = float(seconds) if seconds else manifest_io.clip_seconds_for(items)
+    cls = ClipClassificationTask if level == "clip" else FrameDetectionTask
+    return cls(name=name, classes=classes, clip_seconds=clip_seconds, corpus=f"manifest_{level}", train_split="train",
+               test_split="test", description=f"user task from {path}", source=str(path))
 
 
 register_task(

@@ -31,7 +31,7 @@ from keras_mtl.data.pipeline import FeatureExtractor, TaskSplit, feature_statist
 from keras_mtl.errors import ConfigError
 from keras_mtl.models import build_model
 from keras_mtl.strategies import get_strategy, make_optimizer
-from keras_mtl.tasks import get_task
+from keras_mtl.tasks import resolve_tasks
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,18 +70,24 @@ class PreparedData:
 
 def task_roots(config: RunConfig, tasks) -> dict[str, Path]:
     """The corpus folder of each task, generating the synthetic set when no data root is given."""
+    roots = {task.name: corpora.corpus_root(task, None) for task in tasks if not corpora.needs_data_root(task)}
+    rest = [task for task in tasks if corpora.needs_data_root(task)]
+    if not rest:
+        return roots
     if config.data_root is None:
         base = synthetic.ensure_synthetic(default_data_dir(), config.synthetic)
-        return {task.name: corpora.corpus_root(task, base) for task in tasks}
-    if isinstance(config.data_root, dict):
-        unknown = set(config.data_root) - {t.name for t in tasks}
+        roots.update({task.name: corpora.corpus_root(task, base) for task in rest})
+    elif isinstance(config.data_root, dict):
+        unknown = set(config.data_root) - {t.name for t in rest}
         if unknown:
             raise ConfigError(f"--data-root names task(s) not in the task set: {', '.join(sorted(unknown))}")
-        missing = [t.name for t in tasks if t.name not in config.data_root]
+        missing = [t.name for t in rest if t.name not in config.data_root]
         if missing:
             raise ConfigError(f"--data-root gives no folder for task(s): {', '.join(missing)}")
-        return {task.name: corpora.corpus_root(task, config.data_root[task.name]) for task in tasks}
-    return {task.name: corpora.corpus_root(task, config.data_root) for task in tasks}
+        roots.update({task.name: corpora.corpus_root(task, config.data_root[task.name]) for task in rest})
+    else:
+        roots.update({task.name: corpora.corpus_root(task, config.data_root) for task in rest})
+    return {task.name: roots[task.name] for task in tasks}
 
 
 def prepare_data(config: RunConfig, tasks) -> PreparedData:
@@ -159,7 +165,7 @@ def predict_split(path_model, split: TaskSplit, batch_size: int) -> list[np.ndar
 def train(config: RunConfig, dry_run: bool = False) -> dict:
     """Run one experiment; returns the metrics dict (also written to the run folder)."""
     keras.utils.set_random_seed(config.seed)
-    tasks = [get_task(name) for name in config.tasks]
+    tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
     strategy_cls = get_strategy(config.strategy)
     started = time.monotonic()
 

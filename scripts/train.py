@@ -21,6 +21,9 @@ log = logging.getLogger("train")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task-set", default="asc,sed", help="comma-separated tasks: asc, sed")
+    p.add_argument("--task", action="append", default=[], metavar="NAME=LEVEL:MANIFEST[:seconds=S]",
+                   help="define a task from a manifest, no code: clip level (filename,label[,split] CSV) or frame "
+                        "level (DESED-style strong tsv), e.g. --task mytask=clip:data/manifest.csv; repeatable")
     p.add_argument("--strategy", default="soft", help="multi-task strategy (default: soft)")
     p.add_argument("--preset", default="default", help="built-in configuration: default, tiny, paper")
     p.add_argument("--config", help="YAML file overriding the preset (e.g. a run folder's config.yaml)")
@@ -48,8 +51,11 @@ def resolve_config(args):
     data = run_config.load_preset(args.preset)
     if args.config:
         data = run_config.merge(data, run_config.load_yaml(args.config))
-    tasks = [t.name for t in parse_task_set(args.task_set)]
+    custom = dict(parse_task_definition(text) for text in args.task)
+    tasks = [t.name for t in parse_task_set(args.task_set, custom)]
     override = {"tasks": tasks, "strategy": args.strategy.strip().lower(), "preset": args.preset}
+    if custom:
+        override["custom_tasks"] = custom
     training = {}
     if args.epochs is not None:
         training["epochs"] = args.epochs
@@ -74,6 +80,25 @@ def resolve_config(args):
         if getattr(args, key) is not None:
             override[key] = getattr(args, key)
     return run_config.build(run_config.merge(data, override))
+
+
+def parse_task_definition(text: str):
+    """'digits=clip:fsdd.csv:seconds=2' -> ('digits', {'level': 'clip', 'manifest': 'fsdd.csv', 'seconds': 2.0})."""
+    from keras_mtl.errors import ConfigError
+
+    name, sep, rest = text.partition("=")
+    level, sep2, manifest = rest.partition(":")
+    if not sep or not sep2 or not name.strip() or not manifest:
+        raise ConfigError(f"--task {text!r}: expected NAME=clip:MANIFEST or NAME=frame:MANIFEST")
+    seconds = None
+    head, colon, tail = manifest.rpartition(":")
+    if colon and tail.startswith("seconds="):
+        manifest = head
+        try:
+            seconds = float(tail.split("=", 1)[1])
+        except ValueError:
+            raise ConfigError(f"--task {text!r}: seconds must be a number") from None
+    return name.strip().lower(), {"level": level.strip().lower(), "manifest": manifest, "seconds": seconds}
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from keras_mtl.data import desed, tau22
+from keras_mtl.data import desed, manifest, tau22
 from keras_mtl.data.items import AudioItem
 from keras_mtl.errors import DataError
 
@@ -22,12 +22,23 @@ class Corpus:
 CORPORA = {
     "tau22": Corpus("tau22", "tau22", tau22.looks_like_tau22, tau22.read_tau22),
     "desed": Corpus("desed", "desed", desed.looks_like_desed, desed.read_desed),
+    "manifest_clip": Corpus("manifest_clip", "", lambda root: root.is_file(),
+                            lambda root, split, classes: manifest.read_clip_manifest(root)[split]),
+    "manifest_frame": Corpus("manifest_frame", "", lambda root: root.is_file(),
+                             lambda root, split, classes: manifest.read_frame_manifest(root)[split]),
 }
+
+
+def needs_data_root(task) -> bool:
+    """False for user-defined tasks, whose manifest says where the audio is."""
+    return task.source is None
 
 
 def corpus_root(task, data_root: str | os.PathLike) -> Path:
     """The folder of ``task``'s corpus: ``data_root`` itself if it has the corpus layout,
-    else its subfolder named after the corpus (e.g. ``<root>/tau22``)."""
+    else its subfolder named after the corpus (e.g. ``<root>/tau22``). A user task's root is its manifest."""
+    if task.source is not None:
+        return Path(task.source)
     corpus = CORPORA[task.corpus]
     root = Path(data_root)
     if not root.exists():
