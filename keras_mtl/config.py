@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from keras_mtl.data.speech_synth import SpeechSynthConfig
 from keras_mtl.data.synthetic import SyntheticConfig
 from keras_mtl.errors import ConfigError
 from keras_mtl.features import AugmentConfig, FrontEndConfig
@@ -54,6 +55,7 @@ class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    speech_synthetic: SpeechSynthConfig = dataclasses.field(default_factory=SpeechSynthConfig)
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -65,6 +67,7 @@ SECTIONS = {
     "model": ModelConfig,
     "training": TrainingConfig,
     "synthetic": SyntheticConfig,
+    "speech_synthetic": SpeechSynthConfig,
 }
 
 

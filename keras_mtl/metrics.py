@@ -125,9 +125,25 @@ def sed_metrics(
         "postprocessing": {"median_filter_frames": median_filter_frames, "threshold": threshold,
                            "frame_seconds": frame_seconds},
     }
+    result["frame_roc_auc"] = frame_roc_auc(predictions, items, classes, frame_seconds)
     if psds:
         result["psds1"] = psds1(predictions, items, classes, frame_seconds, clip_seconds)
     return result
+
+
+def frame_roc_auc(predictions, items, classes, frame_seconds: float) -> float | None:
+    """ROC-AUC of raw frame scores against frame targets, pooled over clips and classes."""
+    from sklearn.metrics import roc_auc_score
+
+    scores, targets = [], []
+    for frame_scores, item in zip(predictions, items):
+        frame_scores = np.asarray(frame_scores)
+        targets.append(events_to_frames(item.events or (), classes, len(frame_scores), frame_seconds).ravel())
+        scores.append(frame_scores.ravel())
+    y, s = np.concatenate(targets), np.concatenate(scores)
+    if y.min() == y.max():
+        return None  # undefined with a single class present
+    return float(roc_auc_score(y, s))
 
 
 def psds1(predictions, items, classes, frame_seconds: float, clip_seconds: float) -> float:

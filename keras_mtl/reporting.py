@@ -41,10 +41,11 @@ def results_table(metrics: dict) -> str:
     rows = [("task", "split", "metric", "value", "params", "MACs / 1 s")]
     for name, result in metrics["tasks"].items():
         m = result["metrics"]
-        rows.append((name, result["split"], result["headline"]["name"], f"{result['headline']['value']:.4f}",
+        value = result["headline"]["value"]
+        rows.append((name, result["split"], result["headline"]["name"], "n/a" if value is None else f"{value:.4f}",
                      human(result["params"]), human(result["macs_per_second"])))
         for extra in ("macro_accuracy", "segment_f1_macro", "psds1"):
-            if extra in m:
+            if m.get(extra) is not None:
                 rows.append(("", "", extra, f"{m[extra]:.4f}", "", ""))
     total = metrics["model"]
     rows.append(("model", "", "", "", human(total["params"]), human(total["macs_per_second"])))

@@ -13,7 +13,7 @@ import numpy as np
 
 from keras_mtl import metrics
 from keras_mtl.backend import keras, tf
-from keras_mtl.data import desed, tau22
+from keras_mtl.data import common_voice, desed, speech_commands, tau22, vad
 from keras_mtl.data.items import AudioItem
 from keras_mtl.errors import ConfigError
 
@@ -96,6 +96,13 @@ class FrameDetectionTask(Task):
         )
 
     headline = "event_f1_macro"
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivityDetectionTask(FrameDetectionTask):
+    """Frame-level activity (e.g. voice activity): headline metric is frame ROC-AUC (seed 001)."""
+
+    headline = "frame_roc_auc"
 
 
 _REGISTRY: dict[str, Callable[[], Task]] = {}
@@ -189,5 +196,54 @@ register_task(
         train_split="synthetic_train",
         test_split="validation",
         description="sound event detection (DESED, 10 domestic classes)",
+    ),
+)
+register_task(
+    "scr",
+    lambda: ClipClassificationTask(
+        name="scr",
+        classes=speech_commands.WORDS,
+        clip_seconds=1.0,
+        corpus="speech_commands",
+        train_split="train",
+        test_split="test",
+        description="spoken command recognition (Speech Commands v2, 35 words)",
+    ),
+)
+register_task(
+    "gc",
+    lambda: ClipClassificationTask(
+        name="gc",
+        classes=common_voice.GENDERS,
+        clip_seconds=3.0,
+        corpus="common_voice_gender",
+        train_split="train",
+        test_split="test",
+        description="speaker gender classification (Common Voice)",
+    ),
+)
+register_task(
+    "ac",
+    lambda: ClipClassificationTask(
+        name="ac",
+        classes=common_voice.AGE_GROUPS,
+        clip_seconds=3.0,
+        corpus="common_voice_age",
+        train_split="train",
+        test_split="test",
+        description="speaker age group: under 30, 30-60, over 60 (Common Voice, regrouped as in seed 001)",
+    ),
+)
+register_task(
+    "vad",
+    lambda: ActivityDetectionTask(
+        name="vad",
+        classes=vad.CLASSES,
+        clip_seconds=4.0,
+        corpus="vad",
+        train_split="train",
+        test_split="test",
+        description="voice activity detection (speech placed in noise, frame labels)",
+        median_filter_frames=5,
     ),
 )

@@ -26,7 +26,7 @@ import yaml
 from keras_mtl import fileio, profiling, reporting
 from keras_mtl.backend import keras, tf
 from keras_mtl.config import RunConfig
-from keras_mtl.data import corpora, synthetic
+from keras_mtl.data import corpora, speech_synth, synthetic
 from keras_mtl.data.pipeline import FeatureExtractor, TaskSplit, feature_statistics, make_dataset
 from keras_mtl.errors import ConfigError
 from keras_mtl.models import build_model
@@ -75,8 +75,13 @@ def task_roots(config: RunConfig, tasks) -> dict[str, Path]:
     if not rest:
         return roots
     if config.data_root is None:
-        base = synthetic.ensure_synthetic(default_data_dir(), config.synthetic)
-        roots.update({task.name: corpora.corpus_root(task, base) for task in rest})
+        bases = {}
+        for task in rest:
+            kind = corpora.CORPORA[task.corpus].synthetic
+            if kind not in bases:
+                bases[kind] = (synthetic.ensure_synthetic(default_data_dir(), config.synthetic) if kind == "sound"
+                               else speech_synth.ensure_speech_synthetic(default_data_dir(), config.speech_synthetic))
+            roots[task.name] = corpora.corpus_root(task, bases[kind])
     elif isinstance(config.data_root, dict):
         unknown = set(config.data_root) - {t.name for t in rest}
         if unknown:

@@ -20,7 +20,7 @@ log = logging.getLogger("train")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task-set", default="asc,sed", help="comma-separated tasks: asc, sed")
+    p.add_argument("--task-set", default="asc,sed", help="comma-separated tasks: asc, sed, scr, gc, ac, vad (or NAME from --task)")
     p.add_argument("--task", action="append", default=[], metavar="NAME=LEVEL:MANIFEST[:seconds=S]",
                    help="define a task from a manifest, no code: clip level (filename,label[,split] CSV) or frame "
                         "level (DESED-style strong tsv), e.g. --task mytask=clip:data/manifest.csv; repeatable")

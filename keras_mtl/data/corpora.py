@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from keras_mtl.data import desed, manifest, tau22
+from keras_mtl.data import common_voice, desed, manifest, speech_commands, tau22, vad
 from keras_mtl.data.items import AudioItem
 from keras_mtl.errors import DataError
 
@@ -17,11 +17,21 @@ class Corpus:
     subfolder: str  # its folder inside a combined data root (the synthetic layout)
     looks_like: Callable[[Path], bool]
     read: Callable[..., list[AudioItem]]
+    synthetic: str | None = None  # which built-in set provides it: "sound" or "speech"
 
 
 CORPORA = {
-    "tau22": Corpus("tau22", "tau22", tau22.looks_like_tau22, tau22.read_tau22),
-    "desed": Corpus("desed", "desed", desed.looks_like_desed, desed.read_desed),
+    "tau22": Corpus("tau22", "tau22", tau22.looks_like_tau22, tau22.read_tau22, "sound"),
+    "desed": Corpus("desed", "desed", desed.looks_like_desed, desed.read_desed, "sound"),
+    "speech_commands": Corpus("speech_commands", "speech_commands", speech_commands.looks_like_speech_commands,
+                              speech_commands.read_speech_commands, "speech"),
+    "common_voice_gender": Corpus("common_voice", "common_voice", common_voice.looks_like_common_voice,
+                                  lambda root, split, classes: common_voice.read_common_voice(root, split, "gender"),
+                                  "speech"),
+    "common_voice_age": Corpus("common_voice", "common_voice", common_voice.looks_like_common_voice,
+                               lambda root, split, classes: common_voice.read_common_voice(root, split, "age"),
+                               "speech"),
+    "vad": Corpus("vad", "vad", vad.looks_like_vad, vad.read_vad, "speech"),
     "manifest_clip": Corpus("manifest_clip", "", lambda root: root.is_file(),
                             lambda root, split, classes: manifest.read_clip_manifest(root)[split]),
     "manifest_frame": Corpus("manifest_frame", "", lambda root: root.is_file(),

@@ -85,7 +85,10 @@ def feature_statistics(splits: list[TaskSplit], max_clips: int = 2000) -> tuple[
             total_sq = total_sq + (x**2).sum(axis=0)
             count += x.shape[0]
     mean = total / count
-    var = np.maximum(total_sq / count - mean**2, 1e-6)
+    var = total_sq / count - mean**2
+    # Bands with (almost) no variance -- e.g. above the Nyquist frequency of 8 kHz recordings,
+    # where only resampling residue lives -- must not be blown up by the normalisation.
+    var = np.maximum(var, max(1e-6, 0.01 * float(np.median(var))))
     return mean.astype(np.float32), var.astype(np.float32)
 
 

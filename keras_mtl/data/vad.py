@@ -1,0 +1,130 @@
+"""Voice activity detection data: built by placing speech utterances into noise, or read from
+strong labels with a ``speech`` class.
+
+Layout (written by ``build_vad_set``, read by ``read_vad``; users with real annotations
+write the same files):
+
+    <root>/audio/train/*.wav, <root>/audio/test/*.wav
+    <root>/metadata/train.tsv, test.tsv                   filename onset offset event_label (speech)
+    <root>/metadata/train_durations.tsv, test_durations.tsv   filename duration
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from keras_mtl import fileio
+from keras_mtl.data.audio import load_audio, write_wav
+from keras_mtl.data.desed import read_strong_tsv
+from keras_mtl.data.items import AudioItem
+from keras_mtl.data.tables import parse_float, read_table
+from keras_mtl.errors import DataError
+
+log = logging.getLogger(__name__)
+CLASSES = ("speech",)
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class VadBuildConfig:
+    clip_seconds: float = 4.0
+    train_clips: int = 300
+    test_clips: int = 80
+    max_utterances: int = 3
+    snr_db: tuple = (-5.0, 20.0)
+    seed: int = 0
+    sample_rate: int = 16000
+
+
+def looks_like_vad(root: Path) -> bool:
+    return (root / "metadata" / "train.tsv").is_file() and (root / "audio" / "train").is_dir()
+
+
+def _active_span(signal: np.ndarray, sample_rate: int, floor_db: float = -35.0) -> tuple[int, int]:
+    """First and last sample of an utterance whose 10 ms energy is within ``floor_db`` of its peak."""
+    hop = sample_rate // 100
+    n = len(signal) // hop
+    if n == 0:
+        return 0, len(signal)
+    energy = 10 * np.log10(np.mean(signal[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
+    active = np.flatnonzero(energy > energy.max() + floor_db)
+    return int(active[0] * hop), int((active[-1] + 1) * hop)
+
+
+def build_vad_set(root: str | Path, speech: list[Path], noises: list[Path], config: VadBuildConfig) -> Path:
+    """Mix utterances into noise with exact speech labels; deterministic from ``config.seed``."""
+    root = Path(root)
+    if not speech:
+        raise DataError("VAD: no speech utterances to place")
+    if not noises:
+        raise DataError("VAD: no noise recordings to place them in")
+    sr = config.sample_rate
+    n = int(round(config.clip_seconds * sr))
+    noise_cache: dict[Path, np.ndarray] = {}
+    for split, count in (("train", config.train_clips), ("test", config.test_clips)):
+        rows, durations = [], []
+        # train and test draw from disjoint halves of the utterance list
+        pool = speech[: max(1, len(speech) // 2)] if split == "train" else speech[len(speech) // 2 :] or speech
+        for index in tqdm(range(count), desc=f"building VAD {split}", unit="clip", disable=None, leave=False):
+            rng = np.random.default_rng([config.seed, SPLITS.index(split), index])
+            noise_path = noises[int(rng.integers(len(noises)))]
+            if noise_path not in noise_cache:
+                noise_cache[noise_path] = load_audio(noise_path, sr)
+            noise = noise_cache[noise_path]
+            start = int(rng.integers(0, max(1, len(noise) - n)))
+            mix = np.resize(noise[start : start + n], n).astype(np.float32)
+            mix = mix / (np.sqrt(np.mean(mix**2)) + 1e-9) * 0.03
+            events = []
+            for _ in range(int(rng.integers(0, config.max_utterances + 1))):
+                utterance = load_audio(pool[int(rng.integers(len(pool)))], sr)
+                first, last = _active_span(utterance, sr)
+                utterance = utterance[first:last]
+                if len(utterance) == 0 or len(utterance) >= n:
+                    continue
+                onset = int(rng.integers(0, n - len(utterance)))
+                if any(onset < e[1] + sr // 10 and e[0] < onset + len(utterance) + sr // 10 for e in events):
+                    continue
+                gain = 0.03 * 10 ** (rng.uniform(*config.snr_db) / 20) / (np.sqrt(np.mean(utterance**2)) + 1e-9)
+                mix[onset : onset + len(utterance)] += gain * utterance
+                events.append((onset, onset + len(utterance)))
+            peak = float(np.max(np.abs(mix)))
+            if peak > 0.99:
+                mix *= 0.99 / peak
+            name = f"{split}_{index:05d}.wav"
+            write_wav(root / "audio" / split / name, mix, sr)
+            if events:
+                rows += [f"{name}\t{a / sr:.3f}\t{b / sr:.3f}\tspeech" for a, b in sorted(events)]
+            else:
+                rows.append(f"{name}\t\t\t")
+            durations.append(f"{name}\t{config.clip_seconds:.3f}")
+        fileio.write_text(root / "metadata" / f"{split}.tsv", "filename\tonset\toffset\tevent_label\n" + "\n".join(rows) + "\n")
+        fileio.write_text(root / "metadata" / f"{split}_durations.tsv", "filename\tduration\n" + "\n".join(durations) + "\n")
+    return root
+
+
+def read_vad(root: str | Path, split: str, classes=CLASSES) -> list[AudioItem]:
+    root = Path(root)
+    if split not in SPLITS:
+        raise DataError(f"VAD has no split {split!r} (known: {', '.join(SPLITS)})")
+    if not (root / "audio" / split).is_dir():
+        raise DataError(f"{root}: not a VAD folder (audio/{split} is missing)")
+    tsv = root / "metadata" / f"{split}.tsv"
+    events = read_strong_tsv(tsv, classes)
+    durations_path = root / "metadata" / f"{split}_durations.tsv"
+    durations = {r.get("filename"): parse_float(r, "duration", durations_path)
+                 for r in read_table(durations_path, required=("filename", "duration"))}
+    items = []
+    for name in sorted(set(events) | set(durations)):
+        path = root / "audio" / split / name
+        if not path.is_file():
+            raise DataError(f"{tsv}: audio file {path} not found")
+        found = tuple(sorted(events.get(name, []), key=lambda e: e.onset))
+        items.append(AudioItem(path=path, key=name, events=found, tags=tuple(sorted({e.label for e in found})),
+                               duration=durations.get(name)))
+    if not items:
+        raise DataError(f"{tsv}: no clips")
+    return items
