@@ -1,6 +1,10 @@
 """Offline synthetic speech with espeak-ng (the ``espeakng-loader`` wheel ships the library and
 voices), written in the Speech Commands, Common Voice and VAD layouts.
 
+Speakers, words, sentences, labels, splits, noise and SNRs are deterministic from the seed;
+espeak-ng's own waveform is not bit-exact between runs (it reads the clock), so two
+generations differ by a few samples per utterance, never in any label.
+
 Honest labels: the speakers are espeak-ng voice variants with pitch and rate jitter. Gender is
 the variant's declared gender. Age groups are *synthetic voice profiles* (pitch, pitch range,
 rate and a tremor), standing in for Common Voice's age buckets; they say nothing about how real
