@@ -87,7 +87,7 @@ def test_vad_builder_labels_match_the_audio(tmp_path):
 
 
 def test_synthetic_speech_is_deterministic_and_in_layout(tmp_path):
-    config = speech_synth.SpeechSynthConfig(speakers=4, cv_utterances=12, vad_train=4, vad_test=2)
+    config = speech_synth.SpeechSynthConfig(speakers=10, cv_utterances=12, vad_train=4, vad_test=2)
     a = speech_synth.generate_speech(tmp_path / "a", config)
     b = speech_synth.generate_speech(tmp_path / "b", config)
 

@@ -243,22 +243,22 @@ def generate_speech(root: str | Path, config: SpeechSynthConfig) -> Path:
     rows = {"train": [], "validation": [], "test": []}
     fmt, ext = ("MP3", "mp3") if "MP3" in sf.available_formats() else ("WAV", "wav")
     for index in tqdm(range(config.cv_utterances), desc="common voice", unit="clip", disable=None):
-        rng = np.random.default_rng([config.seed, 31, index])
+        rng = np.random.default_rng([config.seed, 31, index])  # metadata stream
         speaker = speakers[int(rng.integers(len(speakers)))]
         sentence = " ".join(SENTENCE_WORDS[int(i)] for i in rng.integers(0, len(SENTENCE_WORDS), size=int(rng.integers(3, 7))))
-        name = f"synthetic_en_{index:06d}.{ext}"
-        path = cv / "clips" / name
-        if not path.is_file():
-            spoken = _trim(_render_speech(engine, speaker, sentence, rng, sr), sr)[: 3 * sr]
-            audio = _mix(spoken, _noise(rng, len(spoken), sr), rng.uniform(snr_low + 5, snr_high + 5))
-            with fileio.atomic_path(path) as tmp:
-                sf.write(str(tmp), audio, sr, format=fmt)
-        age = rng.choice(AGE_BUCKET_NAMES[speaker.age_group])
-        gender, age = speaker.gender, str(age)
+        gender, age = speaker.gender, str(rng.choice(AGE_BUCKET_NAMES[speaker.age_group]))
         if rng.random() < 0.05:  # like Common Voice: some rows lack a label
             gender = ""
         if rng.random() < 0.05:
             age = ""
+        name = f"synthetic_en_{index:06d}.{ext}"
+        path = cv / "clips" / name
+        if not path.is_file():
+            audio_rng = np.random.default_rng([config.seed, 31, index, 1])
+            spoken = _trim(_render_speech(engine, speaker, sentence, audio_rng, sr), sr)[: 3 * sr]
+            audio = _mix(spoken, _noise(audio_rng, len(spoken), sr), audio_rng.uniform(snr_low + 5, snr_high + 5))
+            with fileio.atomic_path(path) as tmp:
+                sf.write(str(tmp), audio, sr, format=fmt)
         rows[_split_of(speaker)].append(
             "\t".join([speaker.ident, name, sentence, "2", "0", age, gender, "", "en", ""]))
     header = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccents\tlocale\tsegment"
