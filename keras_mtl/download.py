@@ -180,18 +180,12 @@ def extract(archive: Path, target: Path) -> None:
                     raise DataError(f"{archive}: refusing special member {member.name!r}")
             staging.mkdir()
             tf.extractall(staging, members=members, filter="data")
-    for item in staging.iterdir():
-        destination = target / item.name
-        if destination.is_dir() and item.is_dir():
-            _merge(item, destination)
-        else:
-            if destination.exists():
-                shutil.rmtree(destination) if destination.is_dir() else destination.unlink()
-            os.replace(item, destination)
+    _merge(staging, target)
     shutil.rmtree(staging, ignore_errors=True)
 
 
 def _merge(source: Path, destination: Path) -> None:
+    """Move everything in ``source`` into ``destination``, replacing files and merging folders."""
     for item in source.iterdir():
         target = destination / item.name
         if item.is_dir() and target.is_dir():

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 from keras_mtl.data.items import AudioItem, Event
@@ -79,25 +78,34 @@ def read_desed(root: str | Path, split: str, classes=CLASSES) -> list[AudioItem]
 
 def read_strong_tsv(path: Path, classes=CLASSES) -> dict[str, list[Event]]:
     """filename -> events; a row with an empty onset/offset/label lists a clip with no event."""
-    known = set(classes)
-    events: dict[str, list[Event]] = defaultdict(list)
+    events: dict[str, list[Event]] = {}
     for row in read_table(path, required=("filename", "onset", "offset", "event_label")):
         filename = row.get("filename")
         if not filename:
             raise DataError(f"{path}:{row.line}: empty filename")
-        label = row.get("event_label")
-        if not label and not row.get("onset") and not row.get("offset"):
-            events.setdefault(filename, [])
-            continue
-        if label not in known:
-            raise DataError(f"{path}:{row.line}: unknown event label {label!r} (known: {', '.join(classes)})")
-        onset, offset = parse_float(row, "onset", path), parse_float(row, "offset", path)
-        if onset < 0:
-            raise DataError(f"{path}:{row.line}: negative onset {onset}")
-        if onset > offset:
-            raise DataError(f"{path}:{row.line}: onset {onset} is after offset {offset}")
-        events[filename].append(Event(onset, offset, label))
+        event = parse_event(row, path, classes)
+        events.setdefault(filename, [])
+        if event is not None:
+            events[filename].append(event)
     return dict(events)
+
+
+def parse_event(row, path: Path, classes=None) -> Event | None:
+    """The event of a strong-label row; None for a row that lists a clip without events.
+    ``classes``: the allowed labels (None: any non-empty label)."""
+    label = row.get("event_label")
+    if not label and not row.get("onset") and not row.get("offset"):
+        return None
+    if classes is not None and label not in classes:
+        raise DataError(f"{path}:{row.line}: unknown event label {label!r} (known: {', '.join(classes)})")
+    if not label:
+        raise DataError(f"{path}:{row.line}: empty event_label")
+    onset, offset = parse_float(row, "onset", path), parse_float(row, "offset", path)
+    if onset < 0:
+        raise DataError(f"{path}:{row.line}: negative onset {onset}")
+    if onset > offset:
+        raise DataError(f"{path}:{row.line}: onset {onset} is after offset {offset}")
+    return Event(onset, offset, label)
 
 
 def _read_strong(tsv: Path, audio_dir: Path, classes, durations: dict[str, float] | None) -> list[AudioItem]:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import soundfile as sf
 
+from keras_mtl.data.desed import parse_event
 from keras_mtl.data.items import AudioItem, Event
-from keras_mtl.data.tables import parse_float, read_table
+from keras_mtl.data.tables import read_table
 from keras_mtl.errors import DataError
 
 SPLITS = ("train", "test")
@@ -70,17 +71,9 @@ def read_frame_manifest(manifest: str | Path) -> dict[str, list[AudioItem]]:
         filename = row.get("filename")
         if filename not in info:
             info[filename] = (_audio_path(manifest, row, filename), _split_of(row, manifest, filename))
-        label = row.get("event_label")
-        if not label and not row.get("onset") and not row.get("offset"):
-            continue
-        if not label:
-            raise DataError(f"{manifest}:{row.line}: empty event_label")
-        onset, offset = parse_float(row, "onset", manifest), parse_float(row, "offset", manifest)
-        if onset < 0:
-            raise DataError(f"{manifest}:{row.line}: negative onset {onset}")
-        if onset > offset:
-            raise DataError(f"{manifest}:{row.line}: onset {onset} is after offset {offset}")
-        events[filename].append(Event(onset, offset, label))
+        event = parse_event(row, manifest)
+        if event is not None:
+            events[filename].append(event)
     out: dict[str, list[AudioItem]] = {s: [] for s in SPLITS}
     for filename, (path, split) in info.items():
         found = tuple(sorted(events.get(filename, []), key=lambda e: (e.onset, e.label)))

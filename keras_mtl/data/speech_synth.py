@@ -32,13 +32,13 @@ from keras_mtl.data.speech_commands import WORDS
 from keras_mtl.errors import DataError
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 AGE_BUCKET_NAMES = {"under_30": ("teens", "twenties"), "30_60": ("thirties", "fourties", "fifties"),
                     "over_60": ("sixties", "seventies")}
 # espeak parameter ranges per synthetic age profile: (pitch 0-100, pitch range 0-100, words/min, tremor depth)
-AGE_PROFILES = {"under_30": ((8, 16), (60, 85), (175, 205), 0.0),
-                "30_60": ((-4, 4), (40, 60), (150, 172), 0.0),
-                "over_60": ((-16, -8), (15, 38), (118, 145), 0.12)}
+AGE_PROFILES = {"under_30": ((12, 20), (70, 95), (185, 215), 0.0),
+                "30_60": ((-3, 3), (40, 60), (148, 168), 0.0),
+                "over_60": ((-20, -12), (8, 28), (108, 132), 0.2)}
 SENTENCE_WORDS = (
     "the", "a", "house", "is", "near", "river", "we", "will", "go", "today", "music", "plays", "slowly",
     "bright", "morning", "city", "train", "leaves", "early", "garden", "seven", "people", "read", "books",
@@ -149,7 +149,7 @@ def make_speakers(config: SpeechSynthConfig, variants: dict[str, str]) -> list[S
         age_group = AGE_GROUPS[(index // 2) % len(AGE_GROUPS)]
         (p_lo, p_hi), (r_lo, r_hi), (w_lo, w_hi), tremor = AGE_PROFILES[age_group]
         spread = config.difficulty  # wider jitter -> profiles overlap more
-        base = 58 if gender == "female" else 40
+        base = (54 if gender == "female" else 44) + rng.normal(0, 4)  # overlapping pitch
         speakers.append(Speaker(
             ident=hashlib.sha1(f"{config.seed}-{index}".encode()).hexdigest()[:8],
             variant=variant, gender=gender, age_group=age_group,
