@@ -77,7 +77,7 @@ def test_dry_run_prints_summary_and_profile(tmp_path):
 
 
 def test_unknown_task(tmp_path):
-    assert_one_line_error(run_train("--task-set", "asc,foo", env_dirs=tmp_path), "unknown task 'foo'", "asc, sed")
+    assert_one_line_error(run_train("--task-set", "asc,foo", env_dirs=tmp_path), "unknown task 'foo'", "asc, gc, scr, sed, vad")
 
 
 def test_unknown_strategy(tmp_path):

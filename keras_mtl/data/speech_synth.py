@@ -32,7 +32,7 @@ from keras_mtl.data.speech_commands import WORDS
 from keras_mtl.errors import DataError
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 AGE_BUCKET_NAMES = {"under_30": ("teens", "twenties"), "30_60": ("thirties", "fourties", "fifties"),
                     "over_60": ("sixties", "seventies")}
 # espeak parameter ranges per synthetic age profile: (pitch 0-100, pitch range 0-100, words/min, tremor depth)
@@ -256,7 +256,7 @@ def generate_speech(root: str | Path, config: SpeechSynthConfig) -> Path:
         if not path.is_file():
             audio_rng = np.random.default_rng([config.seed, 31, index, 1])
             spoken = _trim(_render_speech(engine, speaker, sentence, audio_rng, sr), sr)[: 3 * sr]
-            audio = _mix(spoken, _noise(audio_rng, len(spoken), sr), audio_rng.uniform(snr_low + 5, snr_high + 5))
+            audio = _mix(spoken, _noise(audio_rng, len(spoken), sr), audio_rng.uniform(snr_low - 8, snr_high - 4))
             with fileio.atomic_path(path) as tmp:
                 sf.write(str(tmp), audio, sr, format=fmt)
         rows[_split_of(speaker)].append(
