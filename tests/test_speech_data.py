@@ -115,3 +115,19 @@ def test_synthetic_speech_is_deterministic_and_in_layout(tmp_path):
     assert {s.gender for s in speakers} == {"female", "male"}
     assert {s.age_group for s in speakers} == set(common_voice.AGE_GROUPS)
     assert vad.read_vad(a / "vad", "train")
+
+
+def test_unknown_label_column_and_wrong_layouts(tmp_path):
+    root = tmp_path / "cv"
+    _wav(root / "clips" / "a.mp3", fmt="MP3" if "MP3" in sf.available_formats() else "WAV")
+    (root / "train.tsv").write_text("client_id\tpath\tsentence\tsex\nx\ta.mp3\thi\tmale\n")
+    with pytest.raises(DataError, match=r"train\.tsv:1: missing column\(s\) gender"):
+        common_voice.read_common_voice(root, "train", "gender")
+    with pytest.raises(DataError, match="label column must be one of"):
+        common_voice.read_common_voice(root, "train", "accent")
+    with pytest.raises(DataError, match="clips/ is missing"):
+        common_voice.read_common_voice(tmp_path, "train", "gender")
+    with pytest.raises(DataError, match="audio/train is missing"):
+        vad.read_vad(tmp_path, "train")
+    with pytest.raises(DataError, match="Speech Commands folder not found"):
+        speech_commands.read_speech_commands(tmp_path / "nowhere", "train")
