@@ -160,15 +160,15 @@ class FeatureCache:
         if not info.exists():
             fileio.write_json(info, dataclasses.asdict(config))
 
-    def path_for(self, audio_path: str | os.PathLike, n_samples: int) -> Path:
+    def path_for(self, audio_path: str | os.PathLike, n_samples: int, pad: str = "zeros") -> Path:
         audio_path = Path(audio_path).resolve()
         stat = audio_path.stat()
-        key = f"{audio_path}|{stat.st_size}|{stat.st_mtime_ns}|{n_samples}"
+        key = f"{audio_path}|{stat.st_size}|{stat.st_mtime_ns}|{n_samples}" + ("" if pad == "zeros" else f"|{pad}")
         digest = hashlib.sha1(key.encode()).hexdigest()
         return self.root / digest[:2] / f"{digest[2:]}.npy"
 
-    def load(self, audio_path, n_samples: int) -> np.ndarray | None:
-        path = self.path_for(audio_path, n_samples)
+    def load(self, audio_path, n_samples: int, pad: str = "zeros") -> np.ndarray | None:
+        path = self.path_for(audio_path, n_samples, pad)
         if not path.exists():
             return None
         try:
@@ -177,8 +177,8 @@ class FeatureCache:
             log.warning("feature cache entry %s is unreadable; recomputing", path)
             return None
 
-    def store(self, audio_path, n_samples: int, features: np.ndarray) -> None:
-        path = self.path_for(audio_path, n_samples)
+    def store(self, audio_path, n_samples: int, features: np.ndarray, pad: str = "zeros") -> None:
+        path = self.path_for(audio_path, n_samples, pad)
         path.parent.mkdir(parents=True, exist_ok=True)
         with fileio.atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:

@@ -40,9 +40,10 @@ class Task:
 
 @dataclasses.dataclass(frozen=True)
 class ClipClassificationTask(Task):
-    """One class per clip: softmax cross-entropy, accuracy."""
+    """One class per clip: softmax cross-entropy, accuracy. Short clips are padded by repetition."""
 
     level = "clip"
+    pad_mode = "repeat"
 
     def target(self, item: AudioItem, n_frames: int, frame_seconds: float) -> np.ndarray:
         return np.asarray(self.classes.index(item.label), dtype=np.int32)
@@ -68,6 +69,7 @@ class FrameDetectionTask(Task):
     """Multi-label activity per output frame: binary cross-entropy, DCASE event/segment F1, PSDS1."""
 
     level = "frame"
+    pad_mode = "zeros"
     median_filter_frames: int = 7
     threshold: float = 0.5
 

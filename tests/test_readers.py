@@ -109,3 +109,12 @@ def test_load_audio_resamples_mixes_down_and_rejects_bad_files(tmp_path):
     (tmp_path / "junk.wav").write_bytes(b"RIFF0000WAVEjunk")
     with pytest.raises(DataError, match="junk.wav: unreadable audio"):
         load_audio(tmp_path / "junk.wav", 16000)
+
+
+def test_fix_length_pad_modes():
+    from keras_mtl.data.audio import fix_length
+
+    x = np.arange(1, 4, dtype=np.float32)
+    assert fix_length(x, 2).tolist() == [1, 2]
+    assert fix_length(x, 5).tolist() == [1, 2, 3, 0, 0]
+    assert fix_length(x, 8, "repeat").tolist() == [1, 2, 3, 1, 2, 3, 1, 2]

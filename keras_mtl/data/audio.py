@@ -31,10 +31,22 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def fix_length(signal: np.ndarray, n_samples: int) -> np.ndarray:
-    """Zero-pad at the end or crop the end so the signal has exactly ``n_samples`` samples."""
+PAD_MODES = ("zeros", "repeat")
+
+
+def fix_length(signal: np.ndarray, n_samples: int, pad: str = "zeros") -> np.ndarray:
+    """Crop the end, or pad at the end, so the signal has exactly ``n_samples`` samples.
+
+    ``pad="zeros"`` appends silence (frame tasks: labels stay aligned); ``pad="repeat"`` tiles
+    the clip (clip tasks: no digital silence, whose log-mel sits at the floor and would skew
+    the shared normalisation statistics).
+    """
     if len(signal) >= n_samples:
         return signal[:n_samples]
+    if pad == "repeat" and len(signal):
+        return np.tile(signal, -(-n_samples // len(signal)))[:n_samples]
+    if pad not in PAD_MODES:
+        raise ValueError(f"unknown pad mode {pad!r}")
     return np.pad(signal, (0, n_samples - len(signal)))
 
 

@@ -60,12 +60,12 @@ class FeatureExtractor:
         bar = tqdm(items, desc=f"features {task.name}/{split}", unit="clip", disable=None, leave=False)
         for item in bar:
             try:
-                path = self.cache.path_for(item.path, n_samples)
+                path = self.cache.path_for(item.path, n_samples, task.pad_mode)
             except FileNotFoundError:
                 raise DataError(f"{item.path}: audio file not found") from None
             if not path.exists():
-                audio = fix_length(load_audio(item.path, self.frontend.sample_rate), n_samples)
-                self.cache.store(item.path, n_samples, self._logmel(audio))
+                audio = fix_length(load_audio(item.path, self.frontend.sample_rate), n_samples, task.pad_mode)
+                self.cache.store(item.path, n_samples, self._logmel(audio), task.pad_mode)
                 computed += 1
             paths.append(path)
         bar.close()

@@ -32,7 +32,7 @@ from keras_mtl.data.speech_commands import WORDS
 from keras_mtl.errors import DataError
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 AGE_BUCKET_NAMES = {"under_30": ("teens", "twenties"), "30_60": ("thirties", "fourties", "fifties"),
                     "over_60": ("sixties", "seventies")}
 # espeak parameter ranges per synthetic age profile: (pitch 0-100, pitch range 0-100, words/min, tremor depth)
@@ -270,6 +270,7 @@ def generate_speech(root: str | Path, config: SpeechSynthConfig) -> Path:
     utterances = sorted((cv / "clips").glob(f"*.{ext}"))
     build_vad_set(root / "vad", utterances, sorted(noise_dir.glob("*.wav")),
                   VadBuildConfig(clip_seconds=config.vad_clip_seconds, train_clips=config.vad_train,
+                                 snr_db=(-12.0 - 4 * config.difficulty, 12.0 - 4 * config.difficulty),
                                  test_clips=config.vad_test, seed=config.seed, sample_rate=sr))
     fileio.write_json(root / "complete.json", {"format": FORMAT_VERSION, **dataclasses.asdict(config)})
     return root
