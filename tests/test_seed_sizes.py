@@ -1,0 +1,33 @@
+"""Model sizes against the seed papers' tables (shared/reference/seed_tables.md)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from keras_mtl import config as run_config
+from keras_mtl.models import build_model
+from keras_mtl.tasks import parse_task_set
+
+# seed 001, Table 2: size of the flat 4-task model (GC, AC, SCR, VAD) by number of shared layers
+TABLE2 = {0: 120_000, 4: 92_900, 5: 80_800, 6: 68_700, 7: 56_600, 8: 44_500}
+
+
+def _trainable(model) -> int:
+    return int(sum(w.shape.num_elements() for w in model.trainable_weights))
+
+
+@pytest.mark.parametrize("shared, size", sorted(TABLE2.items()))
+def test_seed001_flat_model_sizes(shared, size):
+    model_config = run_config.build(run_config.load_preset("seed001")).model
+    model = build_model(parse_task_set("gc,ac,scr,vad"), dataclasses.replace(model_config, shared_blocks=shared))
+    assert abs(_trainable(model) - size) <= 0.05 * size
+    names = {layer.name for layer in model.layers}
+    if 0 < shared < 8:
+        assert f"shared/conv{shared}" in names and f"gc/conv{shared + 1}" in names and f"vad/conv{shared + 1}" in names
+
+
+def test_seed001_single_task_template_is_about_30k():
+    model_config = run_config.build(run_config.load_preset("seed001")).model
+    sizes = [_trainable(build_model([task], model_config)) for task in parse_task_set("gc,ac,scr,vad")]
+    assert abs(sum(sizes) / 4 - 30_000) <= 0.05 * 30_000
