@@ -31,3 +31,26 @@ def test_seed001_single_task_template_is_about_30k():
     model_config = run_config.build(run_config.load_preset("seed001")).model
     sizes = [_trainable(build_model([task], model_config)) for task in parse_task_set("gc,ac,scr,vad")]
     assert abs(sum(sizes) / 4 - 30_000) <= 0.05 * 30_000
+
+
+def _profile(preset: str, task_set: str):
+    from keras_mtl import profiling
+
+    model_config = run_config.build(run_config.load_preset(preset)).model
+    model = build_model(parse_task_set(task_set), model_config)
+    layers = profiling.profile(model)
+    return sum(l.params for l in layers), sum(l.macs for l in layers)
+
+
+def test_seed000_table2_sizes():
+    """CNN (ASC) 60k / 29M, CRNN (SED) 628k / 43M, MT 633.5k / 43.2M, params / MACs per 1 s, within 5%."""
+    cnn = _profile("seed000_cnn", "asc")
+    crnn = _profile("seed000", "sed")
+    mt = _profile("seed000", "asc,sed")
+    for (params, macs), (ref_params, ref_macs) in ((cnn, (60e3, 29e6)), (crnn, (628e3, 43e6)), (mt, (633.5e3, 43.2e6))):
+        assert abs(params - ref_params) <= 0.05 * ref_params, (params, ref_params)
+        assert abs(macs - ref_macs) <= 0.05 * ref_macs, (macs, ref_macs)
+    # The paper: MT needs 7.8% fewer parameters and 40% fewer MACs than CNN + CRNN side by side.
+    param_saving = 1 - mt[0] / (cnn[0] + crnn[0])
+    mac_saving = 1 - mt[1] / (cnn[1] + crnn[1])
+    assert 0.06 <= param_saving <= 0.10 and 0.37 <= mac_saving <= 0.43
