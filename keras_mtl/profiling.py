@@ -24,6 +24,24 @@ class LayerProfile:
     output_shape: tuple
     params: int
     macs: int
+    input_elements: int = 0  # all inputs together, batch 1
+    int8_weight_bytes: int = 0
+
+
+def _int8_weight_bytes(layer) -> int:
+    """Bytes of the layer's weights after int8 conversion: kernels 1 byte per value, biases int32.
+
+    BatchNormalization folds into the preceding convolution's kernel and bias, so it costs
+    nothing here; a convolution without bias gains an int32 bias per output channel from it.
+    """
+    if isinstance(layer, keras.layers.BatchNormalization) or not layer.weights:
+        return 0
+    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+        kernel = int(np.prod(layer.weights[0].shape))
+        out_channels = int(layer.weights[0].shape[-1]) * (int(layer.weights[0].shape[-2])
+                                                          if isinstance(layer, keras.layers.DepthwiseConv2D) else 1)
+        return kernel + 4 * out_channels
+    return int(sum(np.prod(w.shape) for w in layer.trainable_weights))
 
 
 def _trainable_params(layer) -> int:
@@ -78,14 +96,23 @@ def profile(model: keras.Model, frontend: FrontEndConfig | None = None, seconds:
         source = inbound[0] if isinstance(inbound, (list, tuple)) else inbound
         in_shape = shapes[source.name]
         out_shape = shapes[layer.name]
+        sources = inbound if isinstance(inbound, (list, tuple)) else [inbound]
+        input_elements = int(sum(np.prod(shapes[src.name][1:]) for src in sources))
         result.append(LayerProfile(layer.name, type(layer).__name__, out_shape[1:], _trainable_params(layer),
-                                   _layer_macs(layer, in_shape, out_shape)))
+                                   _layer_macs(layer, in_shape, out_shape), input_elements, _int8_weight_bytes(layer)))
     return result
+
+
+def activation_bytes(layers: list[LayerProfile], bytes_per_value: int = 1) -> int:
+    """Peak activation memory estimate: the largest (inputs + output) of any one layer, int8 by default."""
+    return max((l.input_elements + int(np.prod(l.output_shape))) * bytes_per_value for l in layers) if layers else 0
 
 
 def summarize(layers: list[LayerProfile], task_names=()) -> dict:
     """Totals, the shared part, and each task's own part (its head and unshared blocks)."""
-    total = {"params": sum(l.params for l in layers), "macs_per_second": sum(l.macs for l in layers)}
+    total = {"params": sum(l.params for l in layers), "macs_per_second": sum(l.macs for l in layers),
+             "int8_weight_bytes": sum(l.int8_weight_bytes for l in layers),
+             "int8_activation_bytes": activation_bytes(layers)}
     parts = {}
     for prefix in ("shared", *task_names):
         own = [l for l in layers if l.name.split("/")[0] == prefix]

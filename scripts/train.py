@@ -112,6 +112,9 @@ def main(argv=None) -> int:
         print(info["summary"])
         print()
         print(info["profile_table"])
+        total = info["profile"]["total"]
+        print(f"\nint8 weights: {total['int8_weight_bytes']:,} bytes; "
+              f"peak activations (int8, batch 1, 1 s): {total['int8_activation_bytes']:,} bytes")
         return 0
     metrics = training.train(config)
     print()

@@ -52,3 +52,22 @@ def test_cp_mobile_with_grn_runs_and_counts_its_parameters():
     grn = [l for l in model.layers if l.name.endswith("/grn")]
     assert len(grn) == 6
     assert model.count_params() - build_cp_mobile(10).count_params() == sum(2 * l.gamma.shape[0] for l in grn)
+
+
+def test_profile_script_prints_the_baseline_totals():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "profile.py"
+    result = subprocess.run([sys.executable, str(script), "--model", "cp_mobile"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "61,148" in result.stdout and "29,419,156" in result.stdout and "int8 weights" in result.stdout
+
+
+def test_activation_estimate_is_the_largest_layer_input_plus_output():
+    layers = profiling.profile(build_cp_mobile(10), BASELINE_FRONTEND)
+    # the first stem conv: input 65x256x1, output 33x128x8
+    first = next(l for l in layers if l.name == "shared/in_c0/conv")
+    assert first.input_elements == 65 * 256 and np.prod(first.output_shape) == 33 * 128 * 8
+    assert profiling.activation_bytes(layers) == max(l.input_elements + int(np.prod(l.output_shape)) for l in layers)
