@@ -43,6 +43,8 @@ class TrainingConfig:
 class RunConfig:
     tasks: tuple = ("asc", "sed")
     strategy: str = "soft"
+    architecture: str = "mtl"  # see keras_mtl.architectures; "mtl" uses the model section
+    architecture_options: dict | None = None  # config fields of a non-mtl architecture
     seed: int = 0
     preset: str = "default"
     data_root: dict | str | None = None
@@ -98,7 +100,7 @@ def load_preset(name: str) -> dict:
 def merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("batch_size", "loss_weights", "data_root", "custom_tasks"):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("batch_size", "loss_weights", "data_root", "custom_tasks", "architecture_options"):
             out[key] = merge(out[key], value)
         else:
             out[key] = value

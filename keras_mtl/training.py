@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from keras_mtl import fileio, profiling, reporting
+from keras_mtl import architectures, fileio, profiling, reporting
 from keras_mtl.backend import keras, tf
 from keras_mtl.config import RunConfig
 from keras_mtl.data import corpora, speech_synth, synthetic
@@ -105,13 +105,29 @@ def prepare_data(config: RunConfig, tasks) -> PreparedData:
             corpora.read_split(task, roots[task.name], task.test_split),
         )
     extractor = FeatureExtractor(config.frontend, config.cache_dir or default_cache_dir())
-    factor = config.model.time_pool_factor
+    factor, ceil = time_resolution(config)
     train, test = {}, {}
     for task in tasks:
         train_items, test_items = items[task.name]
-        train[task.name] = extractor.prepare(task, task.train_split, train_items, factor)
-        test[task.name] = extractor.prepare(task, task.test_split, test_items, factor)
+        train[task.name] = extractor.prepare(task, task.train_split, train_items, factor, ceil)
+        test[task.name] = extractor.prepare(task, task.test_split, test_items, factor, ceil)
     return PreparedData(train, test, roots)
+
+
+def time_resolution(config: RunConfig) -> tuple[int, bool]:
+    """(input frames per output frame, whether the count rounds up) of the configured network."""
+    if config.architecture == "mtl":
+        return config.model.time_pool_factor, False
+    architecture = architectures.get_architecture(config.architecture)
+    options = config.architecture_options or {}
+    return architecture.time_pool_factor(options), architecture.ceil_frames
+
+
+def build_network(config: RunConfig, tasks, feature_mean=None, feature_var=None) -> keras.Model:
+    """The configured network: the multi-task builder (with input normalisation) or a registry model."""
+    if config.architecture == "mtl":
+        return build_model(tasks, config.model, feature_mean=feature_mean, feature_var=feature_var)
+    return architectures.build(config.architecture, tasks, **(config.architecture_options or {}))
 
 
 class EpochValidation(keras.callbacks.Callback):
@@ -175,13 +191,13 @@ def train(config: RunConfig, dry_run: bool = False) -> dict:
     started = time.monotonic()
 
     if dry_run:
-        network = build_model(tasks, config.model)
+        network = build_network(config, tasks)
         return _describe(network, tasks, config, output_dir=None)
 
     data = prepare_data(config, tasks)
     prep_seconds = time.monotonic() - started
     mean, var = feature_statistics(list(data.train.values()))
-    network = build_model(tasks, config.model, feature_mean=mean, feature_var=var)
+    network = build_network(config, tasks, feature_mean=mean, feature_var=var)
     strategy = strategy_cls(network, tasks, loss_weights=config.loss_weights)
 
     tc = config.training

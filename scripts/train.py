@@ -25,6 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="define a task from a manifest, no code: clip level (filename,label[,split] CSV) or frame "
                         "level (DESED-style strong tsv), e.g. --task mytask=clip:data/manifest.csv; repeatable")
     p.add_argument("--strategy", default="soft", help="multi-task strategy (default: soft)")
+    p.add_argument("--architecture", help="model family: mtl (default), cp_mobile, cp_mobile_rnn, georgiev_dnn")
     p.add_argument("--preset", default="default", help="built-in configuration: default, tiny, paper")
     p.add_argument("--config", help="YAML file overriding the preset (e.g. a run folder's config.yaml)")
     p.add_argument("--epochs", type=int)
@@ -76,7 +77,7 @@ def resolve_config(args):
             raise ConfigError("--data-root: give either one folder, or task=DIR for each task")
     if args.difficulty is not None:
         override["synthetic"] = {"difficulty": args.difficulty}
-    for key in ("seed", "output_dir", "cache_dir"):
+    for key in ("seed", "output_dir", "cache_dir", "architecture"):
         if getattr(args, key) is not None:
             override[key] = getattr(args, key)
     return run_config.build(run_config.merge(data, override))

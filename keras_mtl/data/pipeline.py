@@ -50,10 +50,12 @@ class FeatureExtractor:
         self.cache = FeatureCache(cache_dir, frontend)
         self._logmel = LogMel(frontend)
 
-    def prepare(self, task, split: str, items: list[AudioItem], time_pool_factor: int) -> TaskSplit:
+    def prepare(self, task, split: str, items: list[AudioItem], time_pool_factor: int, ceil_frames: bool = False) -> TaskSplit:
+        """``time_pool_factor``: input frames per output frame; ``ceil_frames``: the model rounds the
+        output frame count up (strided 'same' convolutions) instead of down (pooling)."""
         n_samples = int(round(task.clip_seconds * self.frontend.sample_rate))
         input_frames = self.frontend.n_frames(n_samples)
-        output_frames = input_frames // time_pool_factor
+        output_frames = -(-input_frames // time_pool_factor) if ceil_frames else input_frames // time_pool_factor
         frame_seconds = self.frontend.frame_seconds * time_pool_factor
         paths = []
         computed = 0

@@ -1,0 +1,123 @@
+"""Model registry: every architecture by name, built for a list of tasks.
+
+    mtl            shared CNN encoder + per-task decoders (keras_mtl.models; the CNN, CRNN and MT
+                   models of seed 000 and the seed 001 template are presets of it)
+    cp_mobile      CP-Mobile (+GRN with grn=True), clip tasks (keras_mtl.cp_mobile)
+    cp_mobile_rnn  CP-Mobile with two more blocks and per-task decoders (seed 000 Fig. 3): GRU for
+                   frame tasks, attention + linear for clip tasks
+    georgiev_dnn   seed 004's DNN: per-band mean and standard deviation of the log filterbank
+                   frames, three hidden layers of 128, 256 and 512 units, clip tasks
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+from keras_mtl import models
+from keras_mtl.backend import keras, tf
+from keras_mtl.cp_mobile import CPMobileConfig, build_cp_mobile, cp_mobile_encoder
+from keras_mtl.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    name: str
+    build: Callable[[Sequence, dict], keras.Model]
+    time_pool_factor: Callable[[dict], int]
+    levels: tuple = ("clip", "frame")
+    description: str = ""
+    ceil_frames: bool = False  # strided 'same' convolutions: ceil(n / factor) output frames, not floor
+
+    def output_frames(self, options: dict, input_frames: int) -> int:
+        factor = self.time_pool_factor(options)
+        return -(-input_frames // factor) if self.ceil_frames else input_frames // factor
+
+
+def _mtl(tasks, options: dict) -> keras.Model:
+    return models.build_model(tasks, models.ModelConfig(**options))
+
+
+def _single_clip_task(tasks, name: str):
+    if len(tasks) != 1 or tasks[0].level != "clip":
+        raise ConfigError(f"{name} takes exactly one clip-level task")
+    return tasks[0]
+
+
+def _cp_mobile(tasks, options: dict) -> keras.Model:
+    task = _single_clip_task(tasks, "cp_mobile")
+    return build_cp_mobile(task.n_classes, CPMobileConfig(**{"n_mels": 128, **options}), task_name=task.name)
+
+
+def _cp_mobile_rnn(tasks, options: dict) -> keras.Model:
+    options = dict(options)
+    gru_units = options.pop("gru_units", 128)
+    config = CPMobileConfig(**{"n_mels": 128, "blocks_per_stage": (3, 2, 3), **options})
+    mel = keras.Input(shape=(None, config.n_mels), name="mel")
+    x = keras.layers.Reshape((-1, config.n_mels, 1), name="shared/expand")(mel)
+    x = cp_mobile_encoder(x, config)
+    freq = math.ceil(config.n_mels / 4 / _freq_stride(config))
+    frames = keras.layers.Reshape((-1, freq * config.stage_channels()[-1]), name="shared/frames")(x)
+    head_config = models.ModelConfig(n_mels=config.n_mels, gru_units=gru_units, channels=(1,), pools=((1, 1),))
+    outputs = {t.name: models.HEADS[t.level](frames, t, head_config) for t in tasks}
+    return keras.Model(mel, outputs, name="cp_mobile_rnn")
+
+
+def _freq_stride(config: CPMobileConfig) -> int:
+    return math.prod(stride[1] for stride in config.strides.values())
+
+
+def _cp_time_factor(options: dict) -> int:
+    config = CPMobileConfig(**{k: v for k, v in options.items() if k != "gru_units"})
+    return 4 * math.prod(stride[0] for stride in config.strides.values())
+
+
+@keras.utils.register_keras_serializable(package="keras_mtl")
+class SummaryStatistics(keras.layers.Layer):
+    """Per-band mean and standard deviation over time: (batch, time, bands) -> (batch, 2 * bands)."""
+
+    def call(self, x):
+        mean, var = tf.nn.moments(x, axes=[1])
+        return tf.concat([mean, tf.sqrt(var + 1e-6)], axis=-1)
+
+
+def _georgiev_dnn(tasks, options: dict) -> keras.Model:
+    hidden = tuple(options.get("hidden", (128, 256, 512)))
+    n_mels = options.get("n_mels", 128)
+    mel = keras.Input(shape=(None, n_mels), name="mel")
+    x = SummaryStatistics(name="shared/statistics")(mel)
+    x = keras.layers.BatchNormalization(name="shared/input_bn")(x)
+    for i, units in enumerate(hidden, start=1):
+        x = keras.layers.Dense(units, activation="relu", name=f"shared/dense{i}")(x)
+    outputs = {}
+    for task in tasks:
+        if task.level != "clip":
+            raise ConfigError("georgiev_dnn predicts clip-level tasks only")
+        outputs[task.name] = keras.layers.Dense(task.n_classes, activation="softmax", name=f"{task.name}/classifier")(x)
+    return keras.Model(mel, outputs, name="georgiev_dnn")
+
+
+REGISTRY = {
+    "mtl": Architecture("mtl", _mtl, lambda o: models.ModelConfig(**o).time_pool_factor,
+                        description="shared CNN encoder, attention (clip) and GRU (frame) decoders"),
+    "cp_mobile": Architecture("cp_mobile", _cp_mobile, _cp_time_factor, ("clip",), "CP-Mobile, one clip task",
+                              ceil_frames=True),
+    "cp_mobile_rnn": Architecture("cp_mobile_rnn", _cp_mobile_rnn, _cp_time_factor,
+                                  description="CP-Mobile + 2 blocks + per-task decoders", ceil_frames=True),
+    "georgiev_dnn": Architecture("georgiev_dnn", _georgiev_dnn, lambda o: 1, ("clip",), "summary-statistics DNN"),
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown architecture {name!r} (known: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[name]
+
+
+def build(name: str, tasks: Sequence, **options) -> keras.Model:
+    """``build('cp_mobile', [asc])``; ``options`` are the architecture's config fields."""
+    architecture = get_architecture(name)
+    for task in tasks:
+        if task.level not in architecture.levels:
+            raise ConfigError(f"{name} cannot predict {task.level}-level task {task.name}")
+    return architecture.build(list(tasks), options)
