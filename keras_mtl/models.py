@@ -32,6 +32,9 @@ class ModelConfig:
     bidirectional: bool = False
     head_dropout: float = 0.2
     bn_momentum: float = 0.9
+    weak_output: bool = False  # frame tasks also output attention-pooled clip scores ("<task>_weak")
+    # after the shared blocks, groups of tasks may share more blocks: [{"tasks": [gc, ac], "blocks": 2}, ...]
+    share_groups: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -40,6 +43,18 @@ class ModelConfig:
             raise ConfigError(f"model: {len(self.channels)} channel counts but {len(self.pools)} pool sizes")
         if self.shared_blocks is not None and not 0 <= self.shared_blocks <= len(self.channels):
             raise ConfigError(f"model: shared_blocks must be between 0 and {len(self.channels)}")
+        groups = []
+        seen = set()
+        for group in self.share_groups or ():
+            names = tuple(str(t) for t in (group["tasks"] if isinstance(group, dict) else group[0]))
+            depth = int(group["blocks"] if isinstance(group, dict) else group[1])
+            if seen & set(names):
+                raise ConfigError(f"model: task(s) {', '.join(sorted(seen & set(names)))} in two share groups")
+            if depth < 0 or self.n_shared + depth > len(self.channels):
+                raise ConfigError(f"model: share group {'-'.join(names)} asks for more blocks than the encoder has")
+            seen |= set(names)
+            groups.append((names, depth))
+        object.__setattr__(self, "share_groups", tuple(groups))
         if self.n_mels % self.freq_pool_factor:
             raise ConfigError(f"model: n_mels {self.n_mels} is not divisible by the frequency pooling {self.freq_pool_factor}")
 
@@ -100,6 +115,19 @@ def _clip_head(frames, task, config: ModelConfig):
     return keras.layers.Dense(task.n_classes, activation="softmax", name=f"{task.name}/classifier")(x)
 
 
+@keras.utils.register_keras_serializable(package="keras_mtl")
+class WeakAttentionPooling(keras.layers.Layer):
+    """Clip-level scores from frame scores: per class, a softmax-over-time weighted sum (DCASE task 4 baseline)."""
+
+    def call(self, inputs):
+        strong, attention_logits = inputs
+        weights = tf.nn.softmax(attention_logits, axis=1)
+        return tf.reduce_sum(strong * weights, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], input_shape[0][-1])
+
+
 def _frame_head(frames, task, config: ModelConfig):
     gru = keras.layers.GRU(config.gru_units, return_sequences=True, name=f"{task.name}/gru")
     if config.bidirectional:
@@ -108,7 +136,11 @@ def _frame_head(frames, task, config: ModelConfig):
         x = gru(frames)
     if config.head_dropout:
         x = keras.layers.Dropout(config.head_dropout, name=f"{task.name}/dropout")(x)
-    return keras.layers.Dense(task.n_classes, activation="sigmoid", name=f"{task.name}/classifier")(x)
+    strong = keras.layers.Dense(task.n_classes, activation="sigmoid", name=f"{task.name}/classifier")(x)
+    if not config.weak_output:
+        return strong
+    attention = keras.layers.Dense(task.n_classes, name=f"{task.name}/weak_attention")(x)
+    return strong, WeakAttentionPooling(name=f"{task.name}/weak")([strong, attention])
 
 
 HEADS = {"clip": _clip_head, "frame": _frame_head}
@@ -128,21 +160,37 @@ def build_model(tasks: Sequence, config: ModelConfig, feature_mean=None, feature
     x = keras.layers.Normalization(axis=-1, mean=mean, variance=var, name="shared/input_norm")(mel)
     x = keras.layers.Reshape((-1, config.n_mels, 1), name="shared/expand")(x)
     blocks = list(zip(config.channels, config.pools))
-    for i, (channels, pool) in enumerate(blocks[: config.n_shared], start=1):
-        x = _conv_block(x, "shared", i, channels, pool, config)
-    shared_frames = _to_frames(x, "shared", config) if config.n_shared == len(blocks) else None
+    built = {}  # (prefix, block index) -> tensor; a prefix owns the blocks its tasks share
+    frames_of = {}
     outputs = {}
     for task in tasks:
         if task.level not in HEADS:
             raise ConfigError(f"task {task.name}: no decoder for level {task.level!r}")
-        frames = shared_frames
-        if frames is None:
-            y = x
-            for i, (channels, pool) in enumerate(blocks[config.n_shared :], start=config.n_shared + 1):
-                y = _conv_block(y, task.name, i, channels, pool, config)
-            frames = _to_frames(y, task.name, config)
-        outputs[task.name] = HEADS[task.level](frames, task, config)
+        y, prefix = x, "shared"
+        for i, (channels, pool) in enumerate(blocks, start=1):
+            prefix = block_owner(config, task.name, i)
+            if (prefix, i) not in built:
+                built[(prefix, i)] = _conv_block(y, prefix, i, channels, pool, config)
+            y = built[(prefix, i)]
+        if prefix not in frames_of:
+            frames_of[prefix] = _to_frames(y, prefix, config)
+        prediction = HEADS[task.level](frames_of[prefix], task, config)
+        if isinstance(prediction, tuple):  # frame head with a weak (clip-level) output
+            outputs[task.name], outputs[f"{task.name}_weak"] = prediction
+        else:
+            outputs[task.name] = prediction
     return keras.Model(mel, outputs, name="mtl_" + "_".join(t.name for t in tasks))
+
+
+def block_owner(config: ModelConfig, task_name: str, index: int) -> str:
+    """Name prefix of conv block ``index`` (1-based) on ``task_name``'s path: 'shared', a share
+    group ('gc-ac') or the task itself."""
+    if index <= config.n_shared:
+        return "shared"
+    for names, depth in config.share_groups:
+        if task_name in names and index <= config.n_shared + depth:
+            return "-".join(names)
+    return task_name
 
 
 def task_submodel(model: keras.Model, task_name: str) -> keras.Model:

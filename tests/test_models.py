@@ -127,3 +127,36 @@ def test_profiler_reproduces_the_cp_mobile_worked_example():
     assert layers["dw"].output_shape == (9, 64, 64)
     assert layers["dw"].params + layers["bn"].params == 704
     assert layers["dw"].macs + layers["bn"].macs == 331_904
+
+
+def test_crnn_weak_output_is_attention_pooled():
+    import dataclasses
+
+    config = dataclasses.replace(SMALL, weak_output=True)
+    model = build_model(parse_task_set("sed"), config)
+    out = model(tf.random.normal((2, 401, 128)))
+    assert set(out) == {"sed", "sed_weak"}
+    strong, weak = out["sed"].numpy(), out["sed_weak"].numpy()
+    assert weak.shape == (2, 10)
+    assert np.all(weak <= strong.max(axis=1) + 1e-6) and np.all(weak >= strong.min(axis=1) - 1e-6)
+    strategy = SoftMTL(model, parse_task_set("sed"))  # the weak output rides along; the strong one is trained
+    strategy.compile(optimizer=make_optimizer(1e-3, total_steps=2))
+    assert np.isfinite(float(strategy.train_step({"sed": _batch(parse_task_set("sed")[0], 401)})["loss"]))
+
+
+def test_share_groups_build_a_two_level_tree():
+    """Seed 001's worked example: 6 layers shared by all, {GC, AC} and {SCR, VAD} share 2 more (Table 4: 52,600)."""
+    from keras_mtl import config as run_config
+    import dataclasses
+
+    base = run_config.build(run_config.load_preset("seed001")).model
+    config = dataclasses.replace(base, shared_blocks=6, share_groups=({"tasks": ["gc", "ac"], "blocks": 2},
+                                                                      {"tasks": ["scr", "vad"], "blocks": 2}))
+    model = build_model(parse_task_set("gc,ac,scr,vad"), config)
+    names = {layer.name for layer in model.layers}
+    assert {"shared/conv6", "gc-ac/conv7", "gc-ac/conv8", "scr-vad/conv7", "scr-vad/frames"} <= names
+    assert "gc/conv7" not in names and "shared/conv7" not in names
+    size = sum(w.shape.num_elements() for w in model.trainable_weights)
+    assert abs(size - 52_600) <= 0.05 * 52_600
+    with pytest.raises(Exception, match="two share groups"):
+        dataclasses.replace(base, shared_blocks=4, share_groups=({"tasks": ["gc"], "blocks": 1}, {"tasks": ["gc"], "blocks": 1}))
