@@ -136,3 +136,14 @@ def test_bad_batch_size_and_config_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  channelz: [1]\n")
     assert_one_line_error(run_train("--config", str(bad), "--dry-run", env_dirs=tmp_path), "unknown key(s) in model: channelz")
+
+
+def test_speech_tasks_end_to_end_on_synthetic_speech(tmp_path):
+    out = tmp_path / "run"
+    result = run_train("--preset", "tiny", "--task-set", "gc,ac,scr,vad", "--output-dir", str(out), env_dirs=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())["tasks"]
+    assert set(metrics) == {"gc", "ac", "scr", "vad"}
+    assert metrics["vad"]["headline"]["name"] == "frame_roc_auc"
+    speech_root = next((tmp_path / "data").glob("speech-*"))
+    assert {p.name for p in speech_root.iterdir()} >= {"speech_commands", "common_voice", "vad", "complete.json"}
