@@ -176,76 +176,25 @@ def manifest_task(name: str, level: str, manifest, seconds: float | None = None)
                test_split="test", description=f"user task from {path}", source=str(path))
 
 
-register_task(
-    "asc",
-    lambda: ClipClassificationTask(
-        name="asc",
-        classes=tau22.SCENES,
-        clip_seconds=1.0,
-        corpus="tau22",
-        train_split="train",
-        test_split="test",
-        description="acoustic scene classification (TAU Urban Acoustic Scenes 2022 Mobile, 10 scenes)",
-    ),
-)
-register_task(
-    "sed",
-    lambda: FrameDetectionTask(
-        name="sed",
-        classes=desed.CLASSES,
-        clip_seconds=10.0,
-        corpus="desed",
-        train_split="synthetic_train",
-        test_split="validation",
-        description="sound event detection (DESED, 10 domestic classes)",
-    ),
-)
-register_task(
-    "scr",
-    lambda: ClipClassificationTask(
-        name="scr",
-        classes=speech_commands.WORDS,
-        clip_seconds=1.0,
-        corpus="speech_commands",
-        train_split="train",
-        test_split="test",
-        description="spoken command recognition (Speech Commands v2, 35 words)",
-    ),
-)
-register_task(
-    "gc",
-    lambda: ClipClassificationTask(
-        name="gc",
-        classes=common_voice.GENDERS,
-        clip_seconds=3.0,
-        corpus="common_voice_gender",
-        train_split="train",
-        test_split="test",
-        description="speaker gender classification (Common Voice)",
-    ),
-)
-register_task(
-    "ac",
-    lambda: ClipClassificationTask(
-        name="ac",
-        classes=common_voice.AGE_GROUPS,
-        clip_seconds=3.0,
-        corpus="common_voice_age",
-        train_split="train",
-        test_split="test",
-        description="speaker age group: under 30, 30-60, over 60 (Common Voice, regrouped as in seed 001)",
-    ),
-)
-register_task(
-    "vad",
-    lambda: ActivityDetectionTask(
-        name="vad",
-        classes=vad.CLASSES,
-        clip_seconds=4.0,
-        corpus="vad",
-        train_split="train",
-        test_split="test",
-        description="voice activity detection (speech placed in noise, frame labels)",
-        median_filter_frames=5,
-    ),
-)
+def _builtin(cls, **fields) -> Callable[[], Task]:
+    fields = {"train_split": "train", "test_split": "test", **fields}
+    return lambda: cls(**fields)
+
+
+# name, task class, classes, clip seconds, corpus reader, description (+ task options)
+for _name, _cls, _classes, _seconds, _corpus, _description, _options in (
+    ("asc", ClipClassificationTask, tau22.SCENES, 1.0, "tau22",
+     "acoustic scene classification (TAU Urban Acoustic Scenes 2022 Mobile, 10 scenes)", {}),
+    ("sed", FrameDetectionTask, desed.CLASSES, 10.0, "desed", "sound event detection (DESED, 10 domestic classes)",
+     {"train_split": "synthetic_train", "test_split": "validation"}),
+    ("scr", ClipClassificationTask, speech_commands.WORDS, 1.0, "speech_commands",
+     "spoken command recognition (Speech Commands v2, 35 words)", {}),
+    ("gc", ClipClassificationTask, common_voice.GENDERS, 3.0, "common_voice_gender",
+     "speaker gender classification (Common Voice)", {}),
+    ("ac", ClipClassificationTask, common_voice.AGE_GROUPS, 3.0, "common_voice_age",
+     "speaker age group: under 30, 30-60, over 60 (Common Voice, regrouped as in seed 001)", {}),
+    ("vad", ActivityDetectionTask, vad.CLASSES, 4.0, "vad",
+     "voice activity detection (speech placed in noise, frame labels)", {"median_filter_frames": 5}),
+):
+    register_task(_name, _builtin(_cls, name=_name, classes=_classes, clip_seconds=_seconds, corpus=_corpus,
+                                  description=_description, **_options))
