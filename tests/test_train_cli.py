@@ -147,3 +147,9 @@ def test_speech_tasks_end_to_end_on_synthetic_speech(tmp_path):
     assert metrics["vad"]["headline"]["name"] == "frame_roc_auc"
     speech_root = next((tmp_path / "data").glob("speech-*"))
     assert {p.name for p in speech_root.iterdir()} >= {"speech_commands", "common_voice", "vad", "complete.json"}
+
+
+def test_unknown_architecture_and_unsupported_task(tmp_path):
+    assert_one_line_error(run_train("--architecture", "resnet", "--dry-run", env_dirs=tmp_path), "unknown architecture 'resnet'")
+    assert_one_line_error(run_train("--architecture", "cp_mobile", "--task-set", "asc,sed", "--dry-run", env_dirs=tmp_path),
+                          "cannot predict frame-level task sed")
