@@ -43,6 +43,7 @@ class TrainingConfig:
 class RunConfig:
     tasks: tuple = ("asc", "sed")
     strategy: str = "soft"
+    weighting: str = "fixed"  # task loss weights over training: fixed or dwa (keras_mtl.weighting)
     architecture: str = "mtl"  # see keras_mtl.architectures; "mtl" uses the model section
     architecture_options: dict | None = None  # config fields of a non-mtl architecture
     seed: int = 0

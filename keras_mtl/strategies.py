@@ -83,7 +83,39 @@ class SoftMTL(MultiTaskStrategy):
         return self._record(total, losses)
 
 
-STRATEGIES = {"soft": SoftMTL}
+class HardMTL(MultiTaskStrategy):
+    """Tasks take turns (seed 000): step s updates the shared encoder and the decoder of task
+    s mod K on that task's batch only; the other decoders are not touched (no gradient, no
+    optimizer update, no weight decay)."""
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        self.optimizer.build(self.network.trainable_variables)  # slots exist before the branches run
+
+    def _task_step(self, task, data):
+        def run():
+            features, targets = data[task.name]
+            with tf.GradientTape() as tape:
+                predictions = self.paths[task.name](features, training=True)
+                loss = task.loss(targets, predictions)
+                total = loss + (tf.add_n(self.network.losses) if self.network.losses else 0.0)
+            variables = self.paths[task.name].trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+            self.loss_trackers[task.name].update_state(loss)
+            for metric in self.task_metrics[task.name]:
+                metric.update_state(targets, predictions)
+            return loss
+
+        return run
+
+    def train_step(self, data):
+        turn = tf.cast(self.optimizer.iterations % len(self.tasks), tf.int32)
+        loss = tf.switch_case(turn, [self._task_step(task, data) for task in self.tasks])
+        self.total_tracker.update_state(loss)
+        return {m.name: m.result() for m in self.metrics}
+
+
+STRATEGIES = {"soft": SoftMTL, "hard": HardMTL}
 
 
 def get_strategy(name: str):

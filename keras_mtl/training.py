@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from keras_mtl import architectures, fileio, profiling, reporting
+from keras_mtl import architectures, fileio, profiling, reporting, weighting
 from keras_mtl.backend import keras, tf
 from keras_mtl.config import RunConfig
 from keras_mtl.data import corpora, speech_synth, synthetic
@@ -188,6 +188,7 @@ def train(config: RunConfig, dry_run: bool = False) -> dict:
     keras.utils.set_random_seed(config.seed)
     tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
     strategy_cls = get_strategy(config.strategy)
+    weighting.check_weighting(config.weighting)
     started = time.monotonic()
 
     if dry_run:
@@ -222,7 +223,7 @@ def train(config: RunConfig, dry_run: bool = False) -> dict:
         train_ds,
         epochs=tc.epochs,
         steps_per_epoch=steps,
-        callbacks=[EpochValidation(strategy, val_ds), history_writer],
+        callbacks=[EpochValidation(strategy, val_ds), weighting.make_weighting(config.weighting, strategy), history_writer],
         verbose=1 if _interactive() else 2,
     )
     fit_seconds = time.monotonic() - fit_started
@@ -248,6 +249,7 @@ def train(config: RunConfig, dry_run: bool = False) -> dict:
         "model": info["profile"]["total"],
         "shared": info["profile"]["parts"]["shared"],
         "strategy": config.strategy,
+        "weighting": config.weighting,
         "epochs": tc.epochs,
         "steps_per_epoch": steps,
         "seconds": {"data": round(prep_seconds, 1), "training": round(fit_seconds, 1),

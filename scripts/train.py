@@ -24,7 +24,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task", action="append", default=[], metavar="NAME=LEVEL:MANIFEST[:seconds=S]",
                    help="define a task from a manifest, no code: clip level (filename,label[,split] CSV) or frame "
                         "level (DESED-style strong tsv), e.g. --task mytask=clip:data/manifest.csv; repeatable")
-    p.add_argument("--strategy", default="soft", help="multi-task strategy (default: soft)")
+    p.add_argument("--strategy", default="soft", help="multi-task strategy: soft (default), hard")
+    p.add_argument("--weighting", default="fixed", help="task loss weights over training: fixed (default), dwa")
     p.add_argument("--architecture", help="model family: mtl (default), cp_mobile, cp_mobile_rnn, georgiev_dnn")
     p.add_argument("--preset", default="default", help="built-in configuration: default, tiny, paper")
     p.add_argument("--config", help="YAML file overriding the preset (e.g. a run folder's config.yaml)")
@@ -54,7 +55,8 @@ def resolve_config(args):
         data = run_config.merge(data, run_config.load_yaml(args.config))
     custom = dict(parse_task_definition(text) for text in args.task)
     tasks = [t.name for t in parse_task_set(args.task_set, custom)]
-    override = {"tasks": tasks, "strategy": args.strategy.strip().lower(), "preset": args.preset}
+    override = {"tasks": tasks, "strategy": args.strategy.strip().lower(), "preset": args.preset,
+                "weighting": args.weighting.strip().lower()}
     if custom:
         override["custom_tasks"] = custom
     training = {}

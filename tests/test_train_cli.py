@@ -153,3 +153,14 @@ def test_unknown_architecture_and_unsupported_task(tmp_path):
     assert_one_line_error(run_train("--architecture", "resnet", "--dry-run", env_dirs=tmp_path), "unknown architecture 'resnet'")
     assert_one_line_error(run_train("--architecture", "cp_mobile", "--task-set", "asc,sed", "--dry-run", env_dirs=tmp_path),
                           "cannot predict frame-level task sed")
+
+
+def test_hard_strategy_with_dwa_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    result = run_train("--preset", "tiny", "--strategy", "hard", "--weighting", "dwa", "--epochs", "3",
+                       "--output-dir", str(out), env_dirs=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [float(r["weight_asc"]) for r in rows[:2]] == [1.0, 1.0]  # DWA: 1 for the first two epochs
+    assert json.loads((out / "metrics.json").read_text())["weighting"] == "dwa"
+    assert_one_line_error(run_train("--weighting", "magic", "--dry-run", env_dirs=tmp_path), "unknown weighting 'magic'")
