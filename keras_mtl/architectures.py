@@ -28,6 +28,7 @@ class Architecture:
     levels: tuple = ("clip", "frame")
     description: str = ""
     ceil_frames: bool = False  # strided 'same' convolutions: ceil(n / factor) output frames, not floor
+    input_statistics: bool = False  # build() takes feature_mean/feature_var (training-set statistics)
 
     def output_frames(self, options: dict, input_frames: int) -> int:
         factor = self.time_pool_factor(options)
@@ -35,7 +36,14 @@ class Architecture:
 
 
 def _mtl(tasks, options: dict) -> keras.Model:
-    return models.build_model(tasks, models.ModelConfig(**options))
+    """Options: ModelConfig fields, plus ``feature_mean``/``feature_var`` for the input normalisation."""
+    options = dict(options)
+    mean, var = options.pop("feature_mean", None), options.pop("feature_var", None)
+    return models.build_model(tasks, models.ModelConfig(**options), feature_mean=mean, feature_var=var)
+
+
+def _mtl_time_factor(options: dict) -> int:
+    return models.ModelConfig(**{k: v for k, v in options.items() if not k.startswith("feature_")}).time_pool_factor
 
 
 def _single_clip_task(tasks, name: str):
@@ -98,8 +106,8 @@ def _georgiev_dnn(tasks, options: dict) -> keras.Model:
 
 
 REGISTRY = {
-    "mtl": Architecture("mtl", _mtl, lambda o: models.ModelConfig(**o).time_pool_factor,
-                        description="shared CNN encoder, attention (clip) and GRU (frame) decoders"),
+    "mtl": Architecture("mtl", _mtl, _mtl_time_factor,
+                        description="shared CNN encoder, attention (clip) and GRU (frame) decoders", input_statistics=True),
     "cp_mobile": Architecture("cp_mobile", _cp_mobile, _cp_time_factor, ("clip",), "CP-Mobile, one clip task",
                               ceil_frames=True),
     "cp_mobile_rnn": Architecture("cp_mobile_rnn", _cp_mobile_rnn, _cp_time_factor,

@@ -29,7 +29,6 @@ from keras_mtl.config import RunConfig
 from keras_mtl.data import corpora, speech_synth, synthetic
 from keras_mtl.data.pipeline import FeatureExtractor, TaskSplit, feature_statistics, make_dataset
 from keras_mtl.errors import ConfigError
-from keras_mtl.models import build_model
 from keras_mtl.strategies import get_strategy, make_optimizer
 from keras_mtl.tasks import resolve_tasks
 
@@ -114,20 +113,25 @@ def prepare_data(config: RunConfig, tasks) -> PreparedData:
     return PreparedData(train, test, roots)
 
 
+def architecture_options(config: RunConfig) -> dict:
+    """The registry options of the configured network: the model section for ``mtl``."""
+    if config.architecture == "mtl":
+        return dataclasses.asdict(config.model)
+    return dict(config.architecture_options or {})
+
+
 def time_resolution(config: RunConfig) -> tuple[int, bool]:
     """(input frames per output frame, whether the count rounds up) of the configured network."""
-    if config.architecture == "mtl":
-        return config.model.time_pool_factor, False
     architecture = architectures.get_architecture(config.architecture)
-    options = config.architecture_options or {}
-    return architecture.time_pool_factor(options), architecture.ceil_frames
+    return architecture.time_pool_factor(architecture_options(config)), architecture.ceil_frames
 
 
 def build_network(config: RunConfig, tasks, feature_mean=None, feature_var=None) -> keras.Model:
-    """The configured network: the multi-task builder (with input normalisation) or a registry model."""
-    if config.architecture == "mtl":
-        return build_model(tasks, config.model, feature_mean=feature_mean, feature_var=feature_var)
-    return architectures.build(config.architecture, tasks, **(config.architecture_options or {}))
+    """The configured network from the registry; input statistics go to architectures that use them."""
+    options = architecture_options(config)
+    if architectures.get_architecture(config.architecture).input_statistics:
+        options.update(feature_mean=feature_mean, feature_var=feature_var)
+    return architectures.build(config.architecture, tasks, **options)
 
 
 class EpochValidation(keras.callbacks.Callback):
