@@ -29,6 +29,7 @@ class Architecture:
     description: str = ""
     ceil_frames: bool = False  # strided 'same' convolutions: ceil(n / factor) output frames, not floor
     input_statistics: bool = False  # build() takes feature_mean/feature_var (training-set statistics)
+    weak_output: bool = False  # build() takes weak_output=True: frame tasks also output clip scores
 
     def output_frames(self, options: dict, input_frames: int) -> int:
         factor = self.time_pool_factor(options)
@@ -60,14 +61,22 @@ def _cp_mobile(tasks, options: dict) -> keras.Model:
 def _cp_mobile_rnn(tasks, options: dict) -> keras.Model:
     options = dict(options)
     gru_units = options.pop("gru_units", 128)
+    weak_output = options.pop("weak_output", False)
     config = CPMobileConfig(**{"n_mels": 128, "blocks_per_stage": (3, 2, 3), **options})
     mel = keras.Input(shape=(None, config.n_mels), name="mel")
     x = keras.layers.Reshape((-1, config.n_mels, 1), name="shared/expand")(mel)
     x = cp_mobile_encoder(x, config)
     freq = math.ceil(config.n_mels / 4 / _freq_stride(config))
     frames = keras.layers.Reshape((-1, freq * config.stage_channels()[-1]), name="shared/frames")(x)
-    head_config = models.ModelConfig(n_mels=config.n_mels, gru_units=gru_units, channels=(1,), pools=((1, 1),))
-    outputs = {t.name: models.HEADS[t.level](frames, t, head_config) for t in tasks}
+    head_config = models.ModelConfig(n_mels=config.n_mels, gru_units=gru_units, channels=(1,), pools=((1, 1),),
+                                     weak_output=weak_output)
+    outputs = {}
+    for task in tasks:
+        prediction = models.HEADS[task.level](frames, task, head_config)
+        if isinstance(prediction, tuple):
+            outputs[task.name], outputs[f"{task.name}_weak"] = prediction
+        else:
+            outputs[task.name] = prediction
     return keras.Model(mel, outputs, name="cp_mobile_rnn")
 
 
@@ -76,7 +85,7 @@ def _freq_stride(config: CPMobileConfig) -> int:
 
 
 def _cp_time_factor(options: dict) -> int:
-    config = CPMobileConfig(**{k: v for k, v in options.items() if k != "gru_units"})
+    config = CPMobileConfig(**{k: v for k, v in options.items() if k not in ("gru_units", "weak_output")})
     return 4 * math.prod(stride[0] for stride in config.strides.values())
 
 
@@ -107,11 +116,13 @@ def _georgiev_dnn(tasks, options: dict) -> keras.Model:
 
 REGISTRY = {
     "mtl": Architecture("mtl", _mtl, _mtl_time_factor,
-                        description="shared CNN encoder, attention (clip) and GRU (frame) decoders", input_statistics=True),
+                        description="shared CNN encoder, attention (clip) and GRU (frame) decoders", input_statistics=True,
+                        weak_output=True),
     "cp_mobile": Architecture("cp_mobile", _cp_mobile, _cp_time_factor, ("clip",), "CP-Mobile, one clip task",
                               ceil_frames=True),
     "cp_mobile_rnn": Architecture("cp_mobile_rnn", _cp_mobile_rnn, _cp_time_factor,
-                                  description="CP-Mobile + 2 blocks + per-task decoders", ceil_frames=True),
+                                  description="CP-Mobile + 2 blocks + per-task decoders", ceil_frames=True,
+                                  weak_output=True),
     "georgiev_dnn": Architecture("georgiev_dnn", _georgiev_dnn, lambda o: 1, ("clip",), "summary-statistics DNN"),
 }
 

@@ -28,6 +28,16 @@ class TrainingConfig:
     warmup_fraction: float = 0.1
     steps_per_epoch: int | None = None
     augment: bool = True
+    # mean teacher for frame tasks with weakly labelled / unlabelled clips: auto (when the data
+    # exist), on (error when they do not), off
+    mean_teacher: str = "auto"
+    # items per batch from the weak and unlabelled sets (default: a quarter of the task's batch each)
+    weak_batch_size: int | None = None
+    unlabeled_batch_size: int | None = None
+    consistency_weight: float = 2.0  # mean-teacher consistency weight after the ramp-up
+    rampup_fraction: float = 0.25  # sigmoid ramp-up of the consistency over this share of the steps
+    ema_decay: float = 0.999  # the teacher's largest EMA decay
+    cross_weight: float = 1.0  # cross-task distillation weight (cross-soft, cross-hard)
 
     def batch_for(self, task_name: str) -> int:
         return int(self.batch_size.get(task_name, self.default_batch_size))
@@ -37,13 +47,27 @@ class TrainingConfig:
             raise ConfigError("training.epochs must be at least 1")
         if any(int(b) < 1 for b in self.batch_size.values()) or self.default_batch_size < 1:
             raise ConfigError("batch sizes must be at least 1")
+        if self.mean_teacher not in ("auto", "on", "off"):
+            raise ConfigError(f"training.mean_teacher must be auto, on or off, not {self.mean_teacher!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError("training.ema_decay must be in [0, 1)")
+
+    def semi_supervised_batches(self, task_name: str) -> tuple[int, int, int]:
+        """(strong, weak, unlabeled) items per mean-teacher batch of a frame task."""
+        strong = self.batch_for(task_name)
+        quarter = max(1, strong // 4)
+        weak = quarter if self.weak_batch_size is None else int(self.weak_batch_size)
+        unlabeled = quarter if self.unlabeled_batch_size is None else int(self.unlabeled_batch_size)
+        return strong, weak, unlabeled
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     tasks: tuple = ("asc", "sed")
     strategy: str = "soft"
-    weighting: str = "fixed"  # task loss weights over training: fixed or dwa (keras_mtl.weighting)
+    weighting: str = "fixed"  # task loss weights over training: fixed, dwa or mfl (keras_mtl.weighting)
+    order: tuple | None = None  # FreezeMTL: the order in which tasks are trained (and frozen)
+    alpha: float | None = None  # loss weight of the first task; the others share 1 - alpha
     architecture: str = "mtl"  # see keras_mtl.architectures; "mtl" uses the model section
     architecture_options: dict | None = None  # config fields of a non-mtl architecture
     seed: int = 0
@@ -59,6 +83,22 @@ class RunConfig:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
     speech_synthetic: SpeechSynthConfig = dataclasses.field(default_factory=SpeechSynthConfig)
+
+    def __post_init__(self):
+        if self.alpha is not None and not 0.0 < float(self.alpha) < 1.0:
+            raise ConfigError(f"--alpha must be between 0 and 1 (exclusive), not {self.alpha}")
+
+    def task_loss_weights(self) -> dict | None:
+        """The configured loss weights: ``alpha`` for the first task and (1 - alpha) / (K - 1) for
+        each other one, or ``loss_weights``, or None (the strategy's default, the mean)."""
+        if self.alpha is None:
+            return self.loss_weights
+        if self.loss_weights:
+            raise ConfigError("give either --alpha or loss_weights, not both")
+        if len(self.tasks) < 2:
+            raise ConfigError("--alpha needs at least two tasks")
+        rest = (1.0 - float(self.alpha)) / (len(self.tasks) - 1)
+        return {name: (float(self.alpha) if i == 0 else rest) for i, name in enumerate(self.tasks)}
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -128,9 +168,10 @@ def build(data: dict) -> RunConfig:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
-    if "tasks" in data:
-        tasks = data["tasks"]
-        data["tasks"] = tuple(tasks.split(",") if isinstance(tasks, str) else tasks)
+    for key in ("tasks", "order"):
+        if data.get(key) is not None:
+            value = data[key]
+            data[key] = tuple(value.split(",") if isinstance(value, str) else value)
     return RunConfig(**data, **kwargs)
 
 

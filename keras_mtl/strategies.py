@@ -3,7 +3,19 @@
 A strategy wraps the functional multi-task network. Each training step receives one batch
 per task, ``{task name: (features, targets)}`` (tasks have different clip lengths, so their
 batches cannot be stacked), computes every task's loss on its own batch through that task's
-path of the network, and combines the losses with the strategy's weights.
+path of the network, and combines the losses (seed 000, Fig. 5):
+
+soft        SoftMTL: one update per step on the weighted sum of all task losses.
+hard        HardMTL: tasks take turns; step s updates the shared encoder and task (s mod K)'s decoder.
+cross-soft  CrossSoftMTL: SoftMTL plus distillation across tasks: on task A's batch the student's
+            outputs for every other task B are pulled (MSE) towards an EMA teacher's outputs.
+cross-hard  CrossHardMTL: HardMTL plus the same distillation on the turn's batch.
+freeze      FreezeMTL(A, B, ...): phase 1 trains task A alone; phase 2 freezes everything on A's
+            path (shared encoder, decoder A) and trains decoder B alone; and so on.
+
+Mean teacher (Tarvainen & Valpola 2017; DCASE task 4 baseline) is used inside every strategy for
+frame tasks whose batches mix strongly labelled, weakly labelled and unlabelled clips (targets
+``{"strong", "weak", "role"}``, see ``keras_mtl.data.pipeline.make_semi_supervised_dataset``).
 """
 from __future__ import annotations
 
@@ -13,11 +25,41 @@ from keras_mtl.backend import keras, tf
 from keras_mtl.errors import ConfigError
 from keras_mtl.models import task_submodel
 
+STRONG, WEAK, UNLABELED = 0, 1, 2  # item roles in a mean-teacher batch
+
+
+def weak_key(task_name: str) -> str:
+    return f"{task_name}_weak"
+
+
+def ema_decay(step, max_decay: float = 0.999):
+    """The mean teacher's EMA decay after optimizer step ``step`` (0-based): min(1 - 1/(step+1), max)."""
+    step = tf.cast(step, tf.float32)
+    return tf.minimum(1.0 - 1.0 / (step + 1.0), max_decay)
+
+
+def sigmoid_rampup(step, rampup_steps: int):
+    """exp(-5 (1 - t/T)^2), clipped to 1 after T steps (Laine & Aila 2017)."""
+    if rampup_steps <= 0:
+        return tf.constant(1.0)
+    t = tf.clip_by_value(tf.cast(step, tf.float32) / float(rampup_steps), 0.0, 1.0)
+    return tf.exp(-5.0 * tf.square(1.0 - t))
+
 
 class MultiTaskStrategy(keras.Model):
-    """Base class: per-task paths, per-task loss trackers and metrics, weighted loss sum."""
+    """Base class: per-task paths, loss trackers and metrics; the EMA teacher when needed.
 
-    def __init__(self, network: keras.Model, tasks: Sequence, loss_weights: dict | None = None, **kwargs):
+    ``mean_teacher_tasks``: frame tasks whose batches are semi-supervised (strong/weak/unlabelled);
+    the network must have their ``<task>_weak`` output. ``consistency_weight`` scales their
+    student-teacher MSE (ramped up over ``rampup_steps``); ``cross_weight`` scales the cross-task
+    distillation of the Cross strategies.
+    """
+
+    cross = False  # distil every other task's teacher output on each task's batch
+
+    def __init__(self, network: keras.Model, tasks: Sequence, loss_weights: dict | None = None,
+                 mean_teacher_tasks: Sequence[str] = (), consistency_weight: float = 2.0, rampup_steps: int = 0,
+                 cross_weight: float = 1.0, max_ema_decay: float = 0.999, **kwargs):
         super().__init__(name=kwargs.pop("name", type(self).__name__.lower()), **kwargs)
         self.network = network
         self.tasks = list(tasks)
@@ -33,6 +75,32 @@ class MultiTaskStrategy(keras.Model):
         self.total_tracker = keras.metrics.Mean(name="loss")
         self.task_metrics = {t.name: t.keras_metrics() for t in self.tasks}
 
+        self.mean_teacher_tasks = tuple(mean_teacher_tasks)
+        for name in self.mean_teacher_tasks:
+            task = self.tasks[self.task_names.index(name)] if name in self.task_names else None
+            if task is None or task.level != "frame":
+                raise ConfigError(f"mean teacher: {name} is not a frame-level task of this run")
+            if weak_key(name) not in network.output:
+                raise ConfigError(f"mean teacher for {name} needs the network's {weak_key(name)} output (weak_output)")
+        self.consistency_weight = float(consistency_weight)
+        self.rampup_steps = int(rampup_steps)
+        self.cross_weight = float(cross_weight)
+        self.max_ema_decay = float(max_ema_decay)
+        self.heads = {name: self._heads(network, name) for name in self.task_names}
+        self.teacher = None
+        if self.cross or self.mean_teacher_tasks:
+            if self.cross and len(self.tasks) < 2:
+                raise ConfigError(f"{type(self).__name__} needs at least two tasks")
+            self.teacher = keras.models.clone_model(network)
+            self.teacher.set_weights(network.get_weights())
+            self.teacher.trainable = False
+            self.teacher_heads = {name: self._heads(self.teacher, name) for name in self.task_names}
+
+    def _heads(self, network, name: str) -> keras.Model:
+        """The task's outputs as a dict: the task's own and, if present, its weak output."""
+        keys = [k for k in (name, weak_key(name)) if k in network.output]
+        return keras.Model(network.input, {k: network.output[k] for k in keys}, name=f"{name}_heads")
+
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
 
@@ -43,29 +111,92 @@ class MultiTaskStrategy(keras.Model):
             tracked.extend(metric_list)
         return tracked
 
+    # -- losses ---------------------------------------------------------------------------------
+
+    def task_step_loss(self, task, features, targets, training: bool):
+        """(loss, targets, strong predictions) of ``task`` on its own batch, including the
+        mean-teacher consistency and, for the Cross strategies, the distillation of the other tasks."""
+        semi = task.name in self.mean_teacher_tasks and isinstance(targets, dict)
+        if self.cross and training:
+            student = self.network(features, training=True)
+            teacher = self.teacher(features, training=False)
+        else:
+            student = self.heads[task.name](features, training=training)
+            teacher = self.teacher_heads[task.name](features, training=False) if semi and training else None
+        prediction = student[task.name]
+        if not semi:
+            return task.loss(targets, prediction) + self._cross_loss(task, student, teacher, training), targets, prediction
+        loss, strong_targets, strong_predictions = self._semi_supervised_loss(task, targets, student, teacher, training)
+        return loss + self._cross_loss(task, student, teacher, training), strong_targets, strong_predictions
+
+    def _cross_loss(self, task, student, teacher, training: bool):
+        if not (self.cross and training):
+            return 0.0
+        own = {task.name, weak_key(task.name)}
+        terms = [tf.reduce_mean(tf.square(student[k] - tf.stop_gradient(teacher[k]))) for k in student if k not in own]
+        return self.cross_weight * tf.add_n(terms)
+
+    def _semi_supervised_loss(self, task, targets, student, teacher, training: bool):
+        """Strong BCE on strong items, weak BCE on strong + weak items, consistency on all."""
+        role = targets["role"]
+        strong_rows, weak_rows = tf.equal(role, STRONG), tf.less_equal(role, WEAK)
+        strong_targets = tf.boolean_mask(targets["strong"], strong_rows)
+        strong_predictions = tf.boolean_mask(student[task.name], strong_rows)
+        loss = _bce(strong_targets, strong_predictions)
+        loss += _bce(tf.boolean_mask(targets["weak"], weak_rows), tf.boolean_mask(student[weak_key(task.name)], weak_rows))
+        if training and teacher is not None:
+            consistency = tf.reduce_mean(tf.square(student[task.name] - tf.stop_gradient(teacher[task.name])))
+            consistency += tf.reduce_mean(tf.square(student[weak_key(task.name)] - tf.stop_gradient(teacher[weak_key(task.name)])))
+            loss += self.consistency_weight * sigmoid_rampup(self.optimizer.iterations, self.rampup_steps) * consistency
+        return loss, strong_targets, strong_predictions
+
     def task_losses(self, data, training: bool) -> dict:
         """{task: (loss, targets, predictions)} on each task's own batch."""
-        out = {}
-        for task in self.tasks:
-            features, targets = data[task.name]
-            predictions = self.paths[task.name](features, training=training)
-            out[task.name] = (task.loss(targets, predictions), targets, predictions)
-        return out
+        return {task.name: self.task_step_loss(task, *data[task.name], training=training) for task in self.tasks}
 
     def combine(self, losses: dict):
         return tf.add_n([self.loss_weights[name] * losses[name][0] for name in self.task_names])
 
+    def regularization(self):
+        return tf.add_n(self.network.losses) if self.network.losses else 0.0
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _record_task(self, name, loss, targets, predictions):
+        self.loss_trackers[name].update_state(loss)
+        for metric in self.task_metrics[name]:
+            metric.update_state(targets, predictions)
+
     def _record(self, total, losses):
         self.total_tracker.update_state(total)
         for name, (loss, targets, predictions) in losses.items():
-            self.loss_trackers[name].update_state(loss)
-            for metric in self.task_metrics[name]:
-                metric.update_state(targets, predictions)
+            self._record_task(name, loss, targets, predictions)
         return {m.name: m.result() for m in self.metrics}
+
+    def update_teacher(self):
+        """teacher <- d * teacher + (1 - d) * student, d = ema_decay(step just taken)."""
+        if self.teacher is None:
+            return
+        decay = ema_decay(self.optimizer.iterations - 1, self.max_ema_decay)
+        for teacher_weight, student_weight in zip(self.teacher.weights, self.network.weights):
+            teacher_weight.assign(decay * teacher_weight + (1.0 - decay) * tf.cast(student_weight, teacher_weight.dtype))
+
+    def apply(self, tape, total, variables):
+        self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        self.update_teacher()
 
     def test_step(self, data):
         losses = self.task_losses(data, training=False)
         return self._record(self.combine(losses), losses)
+
+    # -- phases (FreezeMTL trains in several) ---------------------------------------------------
+
+    def phases(self) -> list[str | None]:
+        """One entry per training phase; the trainer compiles and fits once per phase."""
+        return [None]
+
+    def begin_phase(self, index: int) -> None:
+        pass
 
 
 class SoftMTL(MultiTaskStrategy):
@@ -74,12 +205,8 @@ class SoftMTL(MultiTaskStrategy):
     def train_step(self, data):
         with tf.GradientTape() as tape:
             losses = self.task_losses(data, training=True)
-            total = self.combine(losses)
-            if self.network.losses:
-                total += tf.add_n(self.network.losses)
-        variables = self.network.trainable_variables
-        gradients = tape.gradient(total, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+            total = self.combine(losses) + self.regularization()
+        self.apply(tape, total, self.network.trainable_variables)
         return self._record(total, losses)
 
 
@@ -92,18 +219,17 @@ class HardMTL(MultiTaskStrategy):
         super().compile(*args, **kwargs)
         self.optimizer.build(self.network.trainable_variables)  # slots exist before the branches run
 
+    def turn_variables(self, task):
+        return self.heads[task.name].trainable_variables
+
     def _task_step(self, task, data):
         def run():
             features, targets = data[task.name]
             with tf.GradientTape() as tape:
-                predictions = self.paths[task.name](features, training=True)
-                loss = task.loss(targets, predictions)
-                total = loss + (tf.add_n(self.network.losses) if self.network.losses else 0.0)
-            variables = self.paths[task.name].trainable_variables
-            self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
-            self.loss_trackers[task.name].update_state(loss)
-            for metric in self.task_metrics[task.name]:
-                metric.update_state(targets, predictions)
+                loss, strong_targets, predictions = self.task_step_loss(task, features, targets, training=True)
+                total = loss + self.regularization()
+            self.apply(tape, total, self.turn_variables(task))
+            self._record_task(task.name, loss, strong_targets, predictions)
             return loss
 
         return run
@@ -115,12 +241,76 @@ class HardMTL(MultiTaskStrategy):
         return {m.name: m.result() for m in self.metrics}
 
 
-STRATEGIES = {"soft": SoftMTL, "hard": HardMTL}
+class CrossSoftMTL(SoftMTL):
+    """SoftMTL + cross-task distillation from an EMA teacher of the whole model (seed 000, Fig. 5c)."""
+
+    cross = True
+
+
+class CrossHardMTL(HardMTL):
+    """HardMTL + cross-task distillation: a turn's batch also trains the other decoders towards
+    the teacher's outputs on that batch, so every variable can change on every step."""
+
+    cross = True
+
+    def turn_variables(self, task):
+        return self.network.trainable_variables
+
+
+class FreezeMTL(MultiTaskStrategy):
+    """FreezeMTL(A, B, ...) (seed 000, Fig. 5d): phase i trains task ``order[i]`` alone; every
+    layer on the paths of the earlier tasks (shared encoder, their decoders) is frozen, so the
+    later decoders learn on the frozen encoder's embeddings. Frozen batch normalisation runs in
+    inference mode: frozen layers stay bit-identical, moving statistics included."""
+
+    def __init__(self, network: keras.Model, tasks: Sequence, order: Sequence[str] | None = None, **kwargs):
+        super().__init__(network, tasks, **kwargs)
+        order = list(order or [])
+        if sorted(order) != sorted(self.task_names):
+            raise ConfigError(
+                f"freeze needs --order naming every task of the set once, e.g. --order {','.join(self.task_names)} "
+                f"(got {','.join(order) or 'none'})")
+        self.order = order
+        self.active = order[0]
+
+    def phases(self):
+        return list(self.order)
+
+    def begin_phase(self, index: int) -> None:
+        self.active = self.order[index]
+        frozen = {id(layer) for name in self.order[:index] for layer in self.heads[name].layers}
+        for layer in self.network.layers:
+            layer.trainable = id(layer) not in frozen
+        self.train_function = None
+
+    def train_step(self, data):
+        task = self.tasks[self.task_names.index(self.active)]
+        features, targets = data[task.name]
+        with tf.GradientTape() as tape:
+            loss, strong_targets, predictions = self.task_step_loss(task, features, targets, training=True)
+            total = loss + self.regularization()
+        self.apply(tape, total, self.heads[task.name].trainable_variables)
+        self.total_tracker.update_state(loss)
+        self._record_task(task.name, loss, strong_targets, predictions)
+        return {m.name: m.result() for m in self.metrics}
+
+
+def _bce(y_true, y_pred):
+    """Mean binary cross-entropy; 0 for an empty selection."""
+    if y_true.shape.rank is not None and y_true.shape[0] == 0:
+        return tf.constant(0.0)
+    values = keras.losses.binary_crossentropy(y_true, y_pred)
+    return tf.math.divide_no_nan(tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32))
+
+
+STRATEGIES = {"soft": SoftMTL, "hard": HardMTL, "cross-soft": CrossSoftMTL, "cross-hard": CrossHardMTL,
+              "freeze": FreezeMTL}
+SUMMING = ("soft", "cross-soft")  # strategies whose loss is a weighted sum, where loss weights apply
 
 
 def get_strategy(name: str):
     if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r} (known: {', '.join(sorted(STRATEGIES))})")
+        raise ConfigError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
     return STRATEGIES[name]
 
 

@@ -30,6 +30,8 @@ class Task:
     test_split: str
     description: str = ""
     source: str | None = None  # manifest file of a user-defined task
+    weak_split: str | None = None  # split of weakly labelled clips (frame tasks; mean teacher)
+    unlabeled_split: str | None = None  # split of unlabelled clips (frame tasks; mean teacher)
 
     level = "clip"
 
@@ -186,7 +188,8 @@ for _name, _cls, _classes, _seconds, _corpus, _description, _options in (
     ("asc", ClipClassificationTask, tau22.SCENES, 1.0, "tau22",
      "acoustic scene classification (TAU Urban Acoustic Scenes 2022 Mobile, 10 scenes)", {}),
     ("sed", FrameDetectionTask, desed.CLASSES, 10.0, "desed", "sound event detection (DESED, 10 domestic classes)",
-     {"train_split": "synthetic_train", "test_split": "validation"}),
+     {"train_split": "synthetic_train", "test_split": "validation", "weak_split": "weak",
+      "unlabeled_split": "unlabeled"}),
     ("scr", ClipClassificationTask, speech_commands.WORDS, 1.0, "speech_commands",
      "spoken command recognition (Speech Commands v2, 35 words)", {}),
     ("gc", ClipClassificationTask, common_voice.GENDERS, 3.0, "common_voice_gender",

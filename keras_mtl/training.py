@@ -27,9 +27,10 @@ from keras_mtl import architectures, fileio, profiling, reporting, weighting
 from keras_mtl.backend import keras, tf
 from keras_mtl.config import RunConfig
 from keras_mtl.data import corpora, speech_synth, synthetic
-from keras_mtl.data.pipeline import FeatureExtractor, TaskSplit, feature_statistics, make_dataset
+from keras_mtl.data.pipeline import (FeatureExtractor, TaskSplit, feature_statistics, make_dataset,
+                                     make_semi_supervised_dataset)
 from keras_mtl.errors import ConfigError
-from keras_mtl.strategies import get_strategy, make_optimizer
+from keras_mtl.strategies import SUMMING, get_strategy, make_optimizer
 from keras_mtl.tasks import resolve_tasks
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class PreparedData:
     train: dict[str, TaskSplit]
     test: dict[str, TaskSplit]
     roots: dict[str, Path]
+    # mean-teacher tasks: (weakly labelled, unlabelled) training splits, either may be None
+    semi: dict[str, tuple[TaskSplit | None, TaskSplit | None]] = dataclasses.field(default_factory=dict)
 
 
 def task_roots(config: RunConfig, tasks) -> dict[str, Path]:
@@ -94,15 +97,47 @@ def task_roots(config: RunConfig, tasks) -> dict[str, Path]:
     return {task.name: roots[task.name] for task in tasks}
 
 
+def mean_teacher_splits(config: RunConfig, tasks, roots: dict[str, Path]) -> dict[str, tuple[str | None, str | None]]:
+    """{frame task: (weak split, unlabeled split)} of the tasks trained with a mean teacher."""
+    mode = config.training.mean_teacher
+    if mode == "off":
+        return {}
+    found = {}
+    for task in tasks:
+        if task.level != "frame":
+            continue
+        splits = tuple(split if split and corpora.has_split(task, roots[task.name], split) else None
+                       for split in (task.weak_split, task.unlabeled_split))
+        if any(splits):
+            found[task.name] = splits
+        elif mode == "on":
+            raise ConfigError(f"training.mean_teacher is on, but task {task.name} has no weakly labelled or "
+                              f"unlabelled clips in {roots[task.name]}")
+    if mode == "on" and not any(task.level == "frame" for task in tasks):
+        raise ConfigError("training.mean_teacher is on, but no task of the set is frame-level")
+    if found and not architectures.get_architecture(config.architecture).weak_output:
+        if mode == "on":
+            raise ConfigError(f"architecture {config.architecture} has no weak output for the mean teacher")
+        log.info("architecture %s has no weak output: training %s on strong labels only", config.architecture,
+                 ", ".join(found))
+        return {}
+    return found
+
+
 def prepare_data(config: RunConfig, tasks) -> PreparedData:
     """Read every split and make sure its features are cached; all input errors surface here."""
     roots = task_roots(config, tasks)
-    items = {}
+    semi_splits = mean_teacher_splits(config, tasks, roots)
+    items, semi_items = {}, {}
     for task in tasks:
         items[task.name] = (
             corpora.read_split(task, roots[task.name], task.train_split),
             corpora.read_split(task, roots[task.name], task.test_split),
         )
+        if task.name in semi_splits:
+            semi_items[task.name] = tuple(
+                (split, corpora.read_split(task, roots[task.name], split)) if split else None
+                for split in semi_splits[task.name])
     extractor = FeatureExtractor(config.frontend, config.cache_dir or default_cache_dir())
     factor, ceil = time_resolution(config)
     train, test = {}, {}
@@ -110,7 +145,12 @@ def prepare_data(config: RunConfig, tasks) -> PreparedData:
         train_items, test_items = items[task.name]
         train[task.name] = extractor.prepare(task, task.train_split, train_items, factor, ceil)
         test[task.name] = extractor.prepare(task, task.test_split, test_items, factor, ceil)
-    return PreparedData(train, test, roots)
+    semi = {}
+    for task in tasks:
+        if task.name in semi_items:
+            semi[task.name] = tuple(extractor.prepare(task, pair[0], pair[1], factor, ceil) if pair else None
+                                    for pair in semi_items[task.name])
+    return PreparedData(train, test, roots, semi)
 
 
 def architecture_options(config: RunConfig) -> dict:
@@ -126,11 +166,14 @@ def time_resolution(config: RunConfig) -> tuple[int, bool]:
     return architecture.time_pool_factor(architecture_options(config)), architecture.ceil_frames
 
 
-def build_network(config: RunConfig, tasks, feature_mean=None, feature_var=None) -> keras.Model:
-    """The configured network from the registry; input statistics go to architectures that use them."""
+def build_network(config: RunConfig, tasks, feature_mean=None, feature_var=None, weak_output: bool = False) -> keras.Model:
+    """The configured network from the registry; input statistics go to architectures that use them;
+    ``weak_output`` adds the clip-level outputs of frame tasks that the mean teacher trains."""
     options = architecture_options(config)
     if architectures.get_architecture(config.architecture).input_statistics:
         options.update(feature_mean=feature_mean, feature_var=feature_var)
+    if weak_output:
+        options["weak_output"] = True
     return architectures.build(config.architecture, tasks, **options)
 
 
@@ -167,9 +210,10 @@ class HistoryWriter(keras.callbacks.Callback):
         self.path = path
         self.rows: list[dict] = []
         self.started = time.monotonic()
+        self.extra: dict = {}  # constant columns, e.g. the training phase
 
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, "seconds": round(time.monotonic() - self.started, 2)}
+        row = {"epoch": epoch + 1, "seconds": round(time.monotonic() - self.started, 2), **self.extra}
         row.update({k: float(v) for k, v in (logs or {}).items()})
         self.rows.append(row)
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
@@ -178,6 +222,35 @@ class HistoryWriter(keras.callbacks.Callback):
         writer.writeheader()
         writer.writerows(self.rows)
         fileio.write_text(self.path, buffer.getvalue())
+
+
+def check_strategy_options(config: RunConfig) -> None:
+    """Errors for strategy options that do not fit together, before any data is read."""
+    weighting.check_weighting(config.weighting, config.strategy)
+    if config.strategy == "freeze":
+        if not config.order:
+            raise ConfigError(f"--strategy freeze needs --order, e.g. --order {','.join(config.tasks)}")
+        if sorted(config.order) != sorted(config.tasks):
+            raise ConfigError(f"--order {','.join(config.order)} must name each task of the set "
+                              f"({','.join(config.tasks)}) once")
+    elif config.order:
+        raise ConfigError("--order is for --strategy freeze")
+    if config.strategy in ("hard", "cross-hard", "cross-soft", "freeze") and len(config.tasks) < 2:
+        raise ConfigError(f"--strategy {config.strategy} needs at least two tasks")
+    if (config.alpha is not None or config.loss_weights) and config.weighting != "fixed":
+        raise ConfigError(f"--alpha (loss_weights) fixes the task weights; --weighting {config.weighting} changes them")
+    if (config.alpha is not None or config.loss_weights) and config.strategy not in SUMMING:
+        raise ConfigError(f"loss weights (--alpha) apply to a sum of task losses: strategy {config.strategy} "
+                          f"updates one task per step (use {' or '.join(SUMMING)})")
+
+
+def training_batches(task, data: PreparedData, tc, augment, seed: int) -> tf.data.Dataset:
+    """A task's endless training batches: semi-supervised ones for mean-teacher tasks."""
+    if task.name in data.semi:
+        weak, unlabeled = data.semi[task.name]
+        return make_semi_supervised_dataset(data.train[task.name], weak, unlabeled,
+                                            tc.semi_supervised_batches(task.name), augment, seed)
+    return make_dataset(data.train[task.name], tc.batch_for(task.name), training=True, augment=augment, seed=seed)
 
 
 def predict_split(path_model, split: TaskSplit, batch_size: int) -> list[np.ndarray]:
@@ -192,7 +265,8 @@ def train(config: RunConfig, dry_run: bool = False) -> dict:
     keras.utils.set_random_seed(config.seed)
     tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
     strategy_cls = get_strategy(config.strategy)
-    weighting.check_weighting(config.weighting)
+    check_strategy_options(config)
+    loss_weights = config.task_loss_weights()
     started = time.monotonic()
 
     if dry_run:
@@ -202,34 +276,45 @@ def train(config: RunConfig, dry_run: bool = False) -> dict:
     data = prepare_data(config, tasks)
     prep_seconds = time.monotonic() - started
     mean, var = feature_statistics(list(data.train.values()))
-    network = build_network(config, tasks, feature_mean=mean, feature_var=var)
-    strategy = strategy_cls(network, tasks, loss_weights=config.loss_weights)
+    network = build_network(config, tasks, feature_mean=mean, feature_var=var, weak_output=bool(data.semi))
 
     tc = config.training
     steps = tc.steps_per_epoch or max(math.ceil(len(data.train[t.name]) / tc.batch_for(t.name)) for t in tasks)
-    strategy.compile(optimizer=make_optimizer(tc.learning_rate, steps * tc.epochs, tc.weight_decay, tc.warmup_fraction))
+    options = dict(loss_weights=loss_weights, mean_teacher_tasks=list(data.semi), consistency_weight=tc.consistency_weight,
+                   rampup_steps=int(round(tc.rampup_fraction * steps * tc.epochs)), cross_weight=tc.cross_weight,
+                   max_ema_decay=tc.ema_decay)
+    if config.strategy == "freeze":
+        options["order"] = config.order
+    strategy = strategy_cls(network, tasks, **options)
     augment = config.augment if tc.augment else None
-    train_ds = tf.data.Dataset.zip({
-        t.name: make_dataset(data.train[t.name], tc.batch_for(t.name), training=True, augment=augment, seed=config.seed)
-        for t in tasks
-    })
+    train_ds = tf.data.Dataset.zip({t.name: training_batches(t, data, tc, augment, config.seed) for t in tasks})
     val_ds = {t.name: make_dataset(data.test[t.name], tc.batch_for(t.name), training=False) for t in tasks}
 
     out = Path(config.output_dir) if config.output_dir else default_output_dir(config)
     out.mkdir(parents=True, exist_ok=True)
     info = _describe(network, tasks, config, output_dir=out)
     log.info("run folder: %s", out)
-    log.info("training %s on %s: %d epochs x %d steps", config.strategy, "+".join(config.tasks), tc.epochs, steps)
+    log.info("training %s on %s: %d epochs x %d steps%s", config.strategy, "+".join(config.tasks), tc.epochs, steps,
+             f"; mean teacher for {', '.join(data.semi)}" if data.semi else "")
 
     history_writer = HistoryWriter(out / "history.csv")
+    callbacks = [EpochValidation(strategy, val_ds), weighting.make_weighting(config.weighting, strategy), history_writer]
     fit_started = time.monotonic()
-    strategy.fit(
-        train_ds,
-        epochs=tc.epochs,
-        steps_per_epoch=steps,
-        callbacks=[EpochValidation(strategy, val_ds), weighting.make_weighting(config.weighting, strategy), history_writer],
-        verbose=1 if _interactive() else 2,
-    )
+    phases = strategy.phases()
+    for index, phase in enumerate(phases):
+        strategy.begin_phase(index)
+        strategy.compile(optimizer=make_optimizer(tc.learning_rate, steps * tc.epochs, tc.weight_decay, tc.warmup_fraction))
+        if phase is not None:
+            log.info("phase %d/%d: training %s", index + 1, len(phases), phase)
+            history_writer.extra = {"phase": phase}
+        strategy.fit(
+            train_ds,
+            initial_epoch=index * tc.epochs,
+            epochs=(index + 1) * tc.epochs,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=1 if _interactive() else 2,
+        )
     fit_seconds = time.monotonic() - fit_started
 
     with fileio.atomic_path(out / "model.keras") as tmp:
@@ -254,7 +339,10 @@ def train(config: RunConfig, dry_run: bool = False) -> dict:
         "shared": info["profile"]["parts"]["shared"],
         "strategy": config.strategy,
         "weighting": config.weighting,
-        "epochs": tc.epochs,
+        "loss_weights": {name: float(w.numpy()) for name, w in strategy.loss_weights.items()},
+        "mean_teacher": sorted(data.semi),
+        "phases": [p for p in phases if p is not None],
+        "epochs": tc.epochs * len(phases),
         "steps_per_epoch": steps,
         "seconds": {"data": round(prep_seconds, 1), "training": round(fit_seconds, 1),
                     "total": round(time.monotonic() - started, 1)},

@@ -4,6 +4,14 @@ fixed  the strategy's weights as configured (default: the mean over tasks)
 dwa    Dynamic Weight Average (Liu, Johns & Davison 2019): w_k = K * softmax_k(r_k / T) with
        r_k = L_k(t-1) / L_k(t-2), the ratio of task k's mean training loss over the two previous
        epochs, T = 2; all weights are 1 for the first two epochs.
+mfl    focal-style dynamic task weighting. Nada, Imoto & Tsuchiya (2023) adapt the ASC/SED loss
+       weights with a "multi-focal loss" (MFL); their paper is not available to us and its exact
+       formula could not be established, so this is the focal form of dynamic task prioritisation
+       (Guo et al., ECCV 2018) that MFL builds on: w_k proportional to -(1 - kappa_k)^gamma * log(kappa_k),
+       kappa_k a moving average (momentum 0.5) of task k's training metric over epochs (accuracy
+       for clip tasks, frame F1 for frame tasks), gamma = 2; weights rescaled to sum to K, like DWA,
+       so that the comparison is about balance, not scale; all weights are 1 in the first epoch.
+       A task that is still poor (small kappa) gets a large weight; a solved task fades out.
 
 The weights in force are written to the epoch logs as ``weight_<task>`` (so history.csv has them).
 """
@@ -13,6 +21,7 @@ import numpy as np
 
 from keras_mtl.backend import keras
 from keras_mtl.errors import ConfigError
+from keras_mtl.strategies import SUMMING
 
 
 def dwa_weights(previous: np.ndarray, before_previous: np.ndarray, temperature: float = 2.0) -> np.ndarray:
@@ -55,12 +64,44 @@ class DynamicWeightAverage(LossWeighting):
                 self.strategy.loss_weights[name].assign(float(value))
 
 
-WEIGHTINGS = {"fixed": LossWeighting, "dwa": DynamicWeightAverage}
+def focal_task_weights(kappa: np.ndarray, gamma: float = 2.0) -> np.ndarray:
+    """-(1 - kappa)^gamma * log(kappa) per task, rescaled to sum to the number of tasks."""
+    kappa = np.clip(np.asarray(kappa, dtype=np.float64), 1e-3, 1.0 - 1e-3)
+    raw = -((1.0 - kappa) ** gamma) * np.log(kappa)
+    return len(raw) * raw / raw.sum()
 
 
-def check_weighting(name: str) -> None:
+class FocalTaskWeighting(LossWeighting):
+    """The ``mfl`` weighting (see the module docstring for what is and is not implemented)."""
+
+    def __init__(self, strategy, gamma: float = 2.0, momentum: float = 0.5):
+        super().__init__(strategy)
+        self.gamma = gamma
+        self.momentum = momentum
+        self.kappa: np.ndarray | None = None
+
+    def on_train_begin(self, logs=None):
+        for weight in self.strategy.loss_weights.values():
+            weight.assign(1.0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        logs = logs or {}
+        metric = np.array([logs[self.strategy.task_metrics[name][0].name] for name in self.strategy.task_names])
+        self.kappa = metric if self.kappa is None else self.momentum * self.kappa + (1 - self.momentum) * metric
+        for name, value in zip(self.strategy.task_names, focal_task_weights(self.kappa, self.gamma)):
+            self.strategy.loss_weights[name].assign(float(value))
+
+
+WEIGHTINGS = {"fixed": LossWeighting, "dwa": DynamicWeightAverage, "mfl": FocalTaskWeighting}
+
+
+def check_weighting(name: str, strategy: str | None = None) -> None:
     if name not in WEIGHTINGS:
-        raise ConfigError(f"unknown weighting {name!r} (known: {', '.join(sorted(WEIGHTINGS))})")
+        raise ConfigError(f"unknown weighting {name!r} (known: {', '.join(WEIGHTINGS)})")
+    if name != "fixed" and strategy is not None and strategy not in SUMMING:
+        raise ConfigError(f"--weighting {name} weights a sum of task losses; strategy {strategy} updates one task "
+                          f"per step (use it with {' or '.join(SUMMING)})")
 
 
 def make_weighting(name: str, strategy) -> LossWeighting:

@@ -4,6 +4,9 @@
     python scripts/train.py --task-set asc,sed
     python scripts/train.py --task-set asc --epochs 5 --output-dir runs/asc-only
     python scripts/train.py --task-set asc,sed --data-root asc=/data/TAU22 --data-root sed=/data/dcase/dataset
+    python scripts/train.py --task-set asc,sed --strategy cross-hard
+    python scripts/train.py --task-set asc,sed --strategy freeze --order sed,asc
+    python scripts/train.py --task-set asc,sed --weighting dwa      # or mfl; --alpha 0.7 for fixed weights
     python scripts/train.py --task-set asc,sed --dry-run
 """
 from __future__ import annotations
@@ -24,8 +27,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task", action="append", default=[], metavar="NAME=LEVEL:MANIFEST[:seconds=S]",
                    help="define a task from a manifest, no code: clip level (filename,label[,split] CSV) or frame "
                         "level (DESED-style strong tsv), e.g. --task mytask=clip:data/manifest.csv; repeatable")
-    p.add_argument("--strategy", default="soft", help="multi-task strategy: soft (default), hard")
-    p.add_argument("--weighting", default="fixed", help="task loss weights over training: fixed (default), dwa")
+    p.add_argument("--strategy", default="soft",
+                   help="multi-task strategy: soft (default), hard, cross-soft, cross-hard, freeze (needs --order)")
+    p.add_argument("--order", help="freeze: the order tasks are trained and frozen in, e.g. sed,asc")
+    p.add_argument("--weighting", default="fixed", help="task loss weights over training: fixed (default), dwa, mfl")
+    p.add_argument("--alpha", type=float, help="loss weight of the first task (soft, cross-soft); the others share 1-alpha")
+    p.add_argument("--mean-teacher", choices=("auto", "on", "off"),
+                   help="mean teacher for frame tasks with weak/unlabelled clips (default auto: when they exist)")
     p.add_argument("--architecture", help="model family: mtl (default), cp_mobile, cp_mobile_rnn, georgiev_dnn")
     p.add_argument("--preset", default="default", help="built-in configuration: default, tiny, paper")
     p.add_argument("--config", help="YAML file overriding the preset (e.g. a run folder's config.yaml)")
@@ -60,6 +68,12 @@ def resolve_config(args):
     if custom:
         override["custom_tasks"] = custom
     training = {}
+    if args.order:
+        override["order"] = [name.strip().lower() for name in args.order.split(",") if name.strip()]
+    if args.alpha is not None:
+        override["alpha"] = args.alpha
+    if args.mean_teacher:
+        training["mean_teacher"] = args.mean_teacher
     if args.epochs is not None:
         training["epochs"] = args.epochs
     if args.learning_rate is not None:

@@ -90,3 +90,191 @@ def test_strategies_reduce_the_training_loss(strategy_cls):
     for _ in range(40):
         strategy.train_step(data)
     assert total() < 0.8 * before
+
+
+# --- Cross, Freeze, mean teacher, MFL ----------------------------------------------------------
+
+from keras_mtl.data.pipeline import FeatureExtractor, make_semi_supervised_dataset  # noqa: E402
+from keras_mtl.data import desed  # noqa: E402
+from keras_mtl.features import FrontEndConfig  # noqa: E402
+from keras_mtl.strategies import (CrossHardMTL, CrossSoftMTL, FreezeMTL, ema_decay, sigmoid_rampup,  # noqa: E402
+                                  weak_key)
+from keras_mtl.weighting import FocalTaskWeighting, focal_task_weights  # noqa: E402
+
+SMALL_WEAK = ModelConfig(channels=(4, 8), pools=((2, 16), (2, 8)), gru_units=8, dropout=0.0, head_dropout=0.0,
+                         weak_output=True)
+
+
+def _all_weights(layers):
+    return [w.numpy().copy() for layer in layers for w in layer.weights]
+
+
+def test_teacher_is_the_ema_of_the_student_after_k_steps():
+    keras.utils.set_random_seed(2)
+    tasks = parse_task_set("asc,sed")
+    model = build_model(tasks, SMALL)
+    strategy = CrossSoftMTL(model, tasks, max_ema_decay=0.6)
+    strategy.compile(optimizer=make_optimizer(1e-2, total_steps=10, warmup_fraction=0.0))
+    data = _data(tasks)
+    expected = None
+    for step in range(4):
+        strategy.train_step(data)
+        student = [w.numpy() for w in model.weights]
+        decay = min(1.0 - 1.0 / (step + 1), 0.6)
+        expected = student if expected is None else [decay * t + (1 - decay) * s for t, s in zip(expected, student)]
+        assert float(ema_decay(step, 0.6)) == pytest.approx(decay)
+    for teacher_weight, value in zip(strategy.teacher.weights, expected):
+        np.testing.assert_allclose(teacher_weight.numpy(), value, rtol=1e-5, atol=1e-6)
+    assert not all(np.array_equal(t.numpy(), s.numpy()) for t, s in zip(strategy.teacher.weights, model.weights))
+
+
+def test_cross_loss_is_zero_when_student_and_teacher_agree():
+    tasks = parse_task_set("asc,sed")
+    model = build_model(tasks, SMALL)
+    strategy = CrossHardMTL(model, tasks)
+    features = _data(tasks)["asc"][0]
+    outputs = model(features, training=False)
+    assert float(strategy._cross_loss(tasks[0], outputs, outputs, training=True)) == 0.0
+    other = dict(outputs, sed=outputs["sed"] * 0.5)
+    assert float(strategy._cross_loss(tasks[0], other, outputs, training=True)) > 0.0
+    # the task's own output is not distilled: a disagreement there adds nothing
+    own = dict(outputs, asc=outputs["asc"] * 0.5)
+    assert float(strategy._cross_loss(tasks[0], own, outputs, training=True)) == 0.0
+
+
+def test_freeze_phase_two_leaves_encoder_and_first_decoder_bit_identical():
+    keras.utils.set_random_seed(3)
+    tasks = parse_task_set("asc,sed")
+    model = build_model(tasks, SMALL)
+    strategy = FreezeMTL(model, tasks, order=["asc", "sed"])
+    data = _data(tasks)
+    strategy.begin_phase(0)
+    strategy.compile(optimizer=make_optimizer(1e-2, total_steps=10, warmup_fraction=0.0))
+    sed_start = _weights(model, "sed/gru")
+    strategy.train_step(data)
+    assert all(np.array_equal(a, b) for a, b in zip(sed_start, _weights(model, "sed/gru")))  # phase 1: ASC only
+    strategy.begin_phase(1)
+    strategy.compile(optimizer=make_optimizer(1e-2, total_steps=10, warmup_fraction=0.0))
+    frozen_layers = strategy.heads["asc"].layers
+    assert any(layer.name == "shared/bn1" for layer in frozen_layers)
+    frozen = _all_weights(frozen_layers)  # moving statistics included
+    sed_before = _weights(model, "sed/gru")
+    for _ in range(3):
+        strategy.train_step(data)
+    assert all(np.array_equal(a, b) for a, b in zip(frozen, _all_weights(frozen_layers)))
+    assert not all(np.array_equal(a, b) for a, b in zip(sed_before, _weights(model, "sed/gru")))
+
+
+def test_freeze_needs_an_order_naming_every_task():
+    tasks = parse_task_set("asc,sed")
+    with pytest.raises(Exception, match="--order"):
+        FreezeMTL(build_model(tasks, SMALL), tasks, order=["asc"])
+
+
+def _semi_splits(tiny_corpus, tmp_path):
+    task = parse_task_set("sed")[0]
+    root = tiny_corpus / "desed"
+    extractor = FeatureExtractor(FrontEndConfig(), tmp_path / "cache")
+    return task, [extractor.prepare(task, split, desed.read_desed(root, split), SMALL.time_pool_factor)
+                  for split in ("synthetic_train", "weak", "unlabeled")]
+
+
+def test_mean_teacher_batches_keep_items_in_their_roles(tiny_corpus, tmp_path):
+    task, (strong, weak, unlabeled) = _semi_splits(tiny_corpus, tmp_path)
+    features, targets = next(iter(make_semi_supervised_dataset(strong, weak, unlabeled, (3, 2, 2))))
+    role = targets["role"].numpy()
+    assert role.tolist() == [0, 0, 0, 1, 1, 2, 2] and features.shape[0] == 7
+    frames = targets["strong"].numpy()
+    clip_tags = targets["weak"].numpy()
+    assert not frames[3:].any()  # no frame labels for weak or unlabelled items
+    assert not clip_tags[5:].any()  # no tags for unlabelled items
+    np.testing.assert_array_equal(clip_tags[:3], frames[:3].max(axis=1))  # strong items: tags from their events
+    weak_tags = {tuple(np.flatnonzero(row)) for row in clip_tags[3:5]}
+    expected = {tuple(sorted(task.classes.index(t) for t in item.tags)) for item in weak.items}
+    assert weak_tags <= expected
+    strong_sums = {float(t.sum()) for t in strong.targets}
+    assert {float(f.sum()) for f in frames[:3]} <= strong_sums
+
+
+def test_mean_teacher_loss_uses_each_label_only_for_its_role():
+    keras.utils.set_random_seed(4)
+    tasks = parse_task_set("sed")
+    model = build_model(tasks, SMALL_WEAK)
+    strategy = SoftMTL(model, tasks, mean_teacher_tasks=["sed"], rampup_steps=0)
+    strategy.compile(optimizer=make_optimizer(1e-2, total_steps=10, warmup_fraction=0.0))
+    features, frames = _data(tasks, n=6)["sed"]
+    targets = {"strong": frames.numpy(), "weak": frames.numpy().max(axis=1), "role": np.array([0, 0, 1, 1, 2, 2], np.int32)}
+
+    def supervised(t):
+        return float(strategy._semi_supervised_loss(tasks[0], {k: tf.constant(v) for k, v in t.items()},
+                                                    model(features, training=False), None, training=False)[0])
+
+    base = supervised(targets)
+    changed = {k: v.copy() for k, v in targets.items()}
+    changed["strong"][2:] = 1.0 - changed["strong"][2:]  # frame labels of weak/unlabelled items: ignored
+    changed["weak"][4:] = 1.0 - changed["weak"][4:]  # tags of unlabelled items: ignored
+    assert supervised(changed) == pytest.approx(base)
+    changed["weak"][2] = 1.0 - changed["weak"][2]  # a weak item's tags count
+    assert supervised(changed) != pytest.approx(base)
+
+
+def test_rampup_and_mfl_weights_on_hand_examples():
+    assert float(sigmoid_rampup(0, 10)) == pytest.approx(np.exp(-5))
+    assert float(sigmoid_rampup(5, 10)) == pytest.approx(np.exp(-1.25))
+    assert float(sigmoid_rampup(30, 10)) == 1.0
+    # kappa 0.5 and 0.9, gamma 2: raw 0.25 ln 2 = 0.17329 and 0.01 ln(1/0.9) = 0.0010536, rescaled to sum 2
+    weights = focal_task_weights(np.array([0.5, 0.9]), gamma=2.0)
+    raw = np.array([0.25 * np.log(2), 0.01 * -np.log(0.9)])
+    assert weights == pytest.approx(2 * raw / raw.sum())
+    assert weights[0] == pytest.approx(1.98798, abs=1e-4)
+
+
+def test_mfl_callback_moves_weight_to_the_weaker_task():
+    tasks = parse_task_set("asc,sed")
+    strategy = SoftMTL(build_model(tasks, SMALL), tasks)
+    callback = FocalTaskWeighting(strategy)
+    callback.on_train_begin()
+    callback.on_epoch_end(0, {"asc_accuracy": 0.9, "sed_frame_f1": 0.3})
+    assert float(strategy.loss_weights["sed"].numpy()) > 1.5 > float(strategy.loss_weights["asc"].numpy())
+
+
+def _training_loss_before_and_after(strategy, tasks, train_data, plain_data, callbacks=(), epochs=8):
+    """Summed task losses on ``plain_data`` before and after fitting every phase on ``train_data``."""
+    def total():
+        return sum(float(t.loss(plain_data[t.name][1], strategy.paths[t.name](plain_data[t.name][0], training=False)))
+                   for t in tasks)
+
+    before = total()
+    dataset = tf.data.Dataset.from_tensors(train_data).repeat()
+    for index, _ in enumerate(strategy.phases()):
+        strategy.begin_phase(index)
+        strategy.compile(optimizer=make_optimizer(1e-2, total_steps=epochs * 5, warmup_fraction=0.0))
+        strategy.fit(dataset, epochs=epochs, steps_per_epoch=5, verbose=0, callbacks=list(callbacks))
+    return before, total()
+
+
+@pytest.mark.parametrize("name", ["cross-soft", "cross-hard", "freeze", "soft+dwa", "soft+mfl", "soft+mean-teacher",
+                                  "hard+mean-teacher"])
+def test_every_strategy_and_weighting_reduces_the_training_loss(name):
+    from keras_mtl.strategies import get_strategy
+    from keras_mtl.weighting import make_weighting
+
+    keras.utils.set_random_seed(5)
+    tasks = parse_task_set("asc,sed")
+    strategy_name, _, extra = name.partition("+")
+    semi = extra == "mean-teacher"
+    options = {"order": ["sed", "asc"]} if strategy_name == "freeze" else {}
+    if semi:
+        options["mean_teacher_tasks"] = ["sed"]
+    strategy = get_strategy(strategy_name)(build_model(tasks, SMALL_WEAK if semi else SMALL), tasks, **options)
+    plain = _data(tasks)
+    train_data = dict(plain)
+    if semi:  # three strongly labelled items and one unlabelled
+        features, frames = plain["sed"]
+        train_data["sed"] = (features, {"strong": frames, "weak": tf.reduce_max(frames, axis=1),
+                                        "role": tf.constant([0, 0, 0, 2], tf.int32)})
+    callbacks = [make_weighting(extra, strategy)] if extra in ("dwa", "mfl") else []
+    before, after = _training_loss_before_and_after(strategy, tasks, train_data, plain, callbacks)
+    assert after < 0.8 * before
+    if callbacks:
+        assert any(abs(float(w.numpy()) - 1.0) > 1e-6 for w in strategy.loss_weights.values())

@@ -155,12 +155,40 @@ def test_unknown_architecture_and_unsupported_task(tmp_path):
                           "cannot predict frame-level task sed")
 
 
-def test_hard_strategy_with_dwa_end_to_end(tmp_path):
+def test_cross_soft_with_dwa_end_to_end(tmp_path):
     out = tmp_path / "run"
-    result = run_train("--preset", "tiny", "--strategy", "hard", "--weighting", "dwa", "--epochs", "3",
+    result = run_train("--preset", "tiny", "--strategy", "cross-soft", "--weighting", "dwa", "--epochs", "3",
                        "--output-dir", str(out), env_dirs=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [float(r["weight_asc"]) for r in rows[:2]] == [1.0, 1.0]  # DWA: 1 for the first two epochs
-    assert json.loads((out / "metrics.json").read_text())["weighting"] == "dwa"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["weighting"] == "dwa" and metrics["strategy"] == "cross-soft"
+    assert metrics["mean_teacher"] == ["sed"]  # the synthetic DESED set has weak and unlabelled clips
     assert_one_line_error(run_train("--weighting", "magic", "--dry-run", env_dirs=tmp_path), "unknown weighting 'magic'")
+
+
+def test_freeze_end_to_end_trains_in_two_phases(tmp_path):
+    out = tmp_path / "run"
+    result = run_train("--preset", "tiny", "--strategy", "freeze", "--order", "sed,asc", "--mean-teacher", "off",
+                       "--output-dir", str(out), env_dirs=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [r["phase"] for r in rows] == ["sed", "sed", "asc", "asc"]
+    assert rows[2]["val_sed_loss"] == rows[3]["val_sed_loss"]  # SED frozen while ASC trains
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["phases"] == ["sed", "asc"] and metrics["epochs"] == 4 and metrics["mean_teacher"] == []
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("--strategy", "freeze"), ("needs --order", "asc,sed")),
+    (("--strategy", "freeze", "--order", "sed,scr"), ("--order sed,scr", "each task")),
+    (("--order", "sed,asc"), ("--order is for --strategy freeze",)),
+    (("--strategy", "hard", "--weighting", "mfl"), ("--weighting mfl", "strategy hard")),
+    (("--strategy", "hard", "--alpha", "0.7"), ("--alpha", "strategy hard")),
+    (("--alpha", "1.5"), ("--alpha must be between 0 and 1",)),
+    (("--alpha", "0.5", "--weighting", "dwa"), ("--alpha", "--weighting dwa")),
+    (("--strategy", "cross-hard", "--task-set", "asc"), ("needs at least two tasks",)),
+])
+def test_strategy_option_errors(tmp_path, args, fragments):
+    assert_one_line_error(run_train(*args, "--dry-run", env_dirs=tmp_path), *fragments)

@@ -18,11 +18,12 @@ class Corpus:
     looks_like: Callable[[Path], bool]
     read: Callable[..., list[AudioItem]]
     synthetic: str | None = None  # which built-in set provides it: "sound" or "speech"
+    has_split: Callable[[Path, str], bool] | None = None  # for corpora with optional splits
 
 
 CORPORA = {
     "tau22": Corpus("tau22", "tau22", tau22.looks_like_tau22, tau22.read_tau22, "sound"),
-    "desed": Corpus("desed", "desed", desed.looks_like_desed, desed.read_desed, "sound"),
+    "desed": Corpus("desed", "desed", desed.looks_like_desed, desed.read_desed, "sound", desed.has_split),
     "speech_commands": Corpus("speech_commands", "speech_commands", speech_commands.looks_like_speech_commands,
                               speech_commands.read_speech_commands, "speech"),
     "common_voice_gender": Corpus("common_voice", "common_voice", common_voice.looks_like_common_voice,
@@ -63,6 +64,11 @@ def corpus_root(task, data_root: str | os.PathLike) -> Path:
     raise DataError(
         f"{root}: no {corpus.name} data for task {task.name} (expected the {corpus.name} layout here or in {sub})"
     )
+
+
+def has_split(task, root: Path, split: str) -> bool:
+    corpus = CORPORA[task.corpus]
+    return corpus.has_split is not None and corpus.has_split(root, split)
 
 
 def read_split(task, root: Path, split: str) -> list[AudioItem]:

@@ -53,6 +53,11 @@ def looks_like_desed(root: Path) -> bool:
     return (root / "audio").is_dir() and (root / "metadata").is_dir()
 
 
+def has_split(root: Path, split: str) -> bool:
+    """Whether ``root`` holds the audio folder of ``split`` (weak and unlabelled sets are optional)."""
+    return split in LAYOUT and (Path(root) / LAYOUT[split][1]).is_dir()
+
+
 def read_desed(root: str | Path, split: str, classes=CLASSES) -> list[AudioItem]:
     """Items of one split: 'synthetic_train', 'weak', 'unlabeled' or 'validation'."""
     root = Path(root)

@@ -94,6 +94,29 @@ def feature_statistics(splits: list[TaskSplit], max_clips: int = 2000) -> tuple[
     return mean.astype(np.float32), var.astype(np.float32)
 
 
+def _feature_dataset(split: TaskSplit, targets: list, target_signature) -> tf.data.Dataset:
+    """Cached (float32 features, target) pairs of one split."""
+    n_mels = split.load_features(0).shape[1]
+
+    def generate():
+        for index in range(len(split)):
+            yield split.load_features(index), targets[index]
+
+    dataset = tf.data.Dataset.from_generator(
+        generate,
+        output_signature=(tf.TensorSpec(shape=(split.input_frames, n_mels), dtype=tf.float16), target_signature),
+    ).cache()
+    return dataset.map(lambda features, target: (tf.cast(features, tf.float32), target), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _training_batches(dataset, size: int, batch_size: int, augment: AugmentConfig | None, seed: int):
+    dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)
+    if augment is not None:
+        dataset = dataset.map(lambda features, target: (spec_augment(features, augment), target),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.repeat().batch(batch_size, drop_remainder=size >= batch_size)
+
+
 def make_dataset(
     split: TaskSplit,
     batch_size: int,
@@ -102,32 +125,60 @@ def make_dataset(
     seed: int = 0,
 ) -> tf.data.Dataset:
     """(features, target) batches. Training: cached, shuffled each epoch, masked, repeated forever."""
-    n_mels = split.load_features(0).shape[1]
-
-    def generate():
-        for index in range(len(split)):
-            yield split.load_features(index), split.targets[index]
-
-    dataset = tf.data.Dataset.from_generator(
-        generate,
-        output_signature=(
-            tf.TensorSpec(shape=(split.input_frames, n_mels), dtype=tf.float16),
-            split.task.target_spec(split.output_frames),
-        ),
-    ).cache()
-
-    def to_float(features, target):
-        return tf.cast(features, tf.float32), target
-
-    def mask(features, target):
-        return spec_augment(features, augment), target
-
-    dataset = dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = _feature_dataset(split, split.targets, split.task.target_spec(split.output_frames))
     if training:
-        dataset = dataset.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-        if augment is not None:
-            dataset = dataset.map(mask, num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = dataset.repeat().batch(batch_size, drop_remainder=len(split) >= batch_size)
+        dataset = _training_batches(dataset, len(split), batch_size, augment, seed)
     else:
         dataset = dataset.batch(batch_size)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def weak_target(item: AudioItem, classes) -> np.ndarray:
+    """Clip-level multi-hot tags of a weakly labelled item."""
+    target = np.zeros(len(classes), np.float32)
+    for tag in item.tags or ():
+        target[classes.index(tag)] = 1.0
+    return target
+
+
+def make_semi_supervised_dataset(
+    strong: TaskSplit,
+    weak: TaskSplit | None,
+    unlabeled: TaskSplit | None,
+    batch_sizes: tuple[int, int, int],
+    augment: AugmentConfig | None = None,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Mean-teacher training batches of a frame task: each batch holds ``batch_sizes`` =
+    (strong, weak, unlabeled) items in that order, with targets ``{"strong": (B, T, C) frame
+    labels (zeros where unknown), "weak": (B, C) clip tags (strong items: any frame active),
+    "role": (B,) 0 strong / 1 weak / 2 unlabeled}``."""
+    task = strong.task
+    n_frames, n_classes = strong.output_frames, task.n_classes
+    signature = {"strong": tf.TensorSpec((n_frames, n_classes), tf.float32),
+                 "weak": tf.TensorSpec((n_classes,), tf.float32), "role": tf.TensorSpec((), tf.int32)}
+    no_frames = np.zeros((n_frames, n_classes), np.float32)
+    parts = []
+    for role, (split, size) in enumerate(zip((strong, weak, unlabeled), batch_sizes)):
+        if split is None or size <= 0:
+            continue
+        if role == 0:
+            targets = [{"strong": t, "weak": t.max(axis=0), "role": np.int32(0)} for t in split.targets]
+        elif role == 1:
+            targets = [{"strong": no_frames, "weak": weak_target(item, task.classes), "role": np.int32(1)}
+                       for item in split.items]
+        else:
+            targets = [{"strong": no_frames, "weak": np.zeros(n_classes, np.float32), "role": np.int32(2)}
+                       for _ in split.items]
+        dataset = _feature_dataset(split, targets, signature)
+        parts.append(_training_batches(dataset, len(split), size, augment, seed + role))
+    if len(parts) == 1:
+        return parts[0].prefetch(tf.data.AUTOTUNE)
+
+    def concatenate(*batches):
+        features = tf.concat([b[0] for b in batches], axis=0)
+        targets = {key: tf.concat([b[1][key] for b in batches], axis=0) for key in signature}
+        return features, targets
+
+    return tf.data.Dataset.zip(tuple(parts)).map(concatenate).prefetch(tf.data.AUTOTUNE)
+
