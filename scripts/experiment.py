@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Regenerate a paper's comparison table: one training run per row and seed, resumable.
+
+    python scripts/experiment.py strategies --seeds 0,1,2      # seed 000 Table 3
+    python scripts/experiment.py weighting                     # seed 003: fixed vs DWA vs MFL
+    python scripts/experiment.py strategies --rows soft,hard --epochs 5 --output-dir runs/quick
+    python scripts/experiment.py strategies --data-root asc=/data/TAU22 --data-root sed=/data/DESED
+
+Rerunning the same command skips every finished row and rewrites table.md, results.json and the plots.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from keras_mtl import cli
+
+log = logging.getLogger("experiment")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", help="strategies (seed 000 Table 3) or weighting (seed 003)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--rows", help="only these rows (comma-separated names; see --dry-run)")
+    p.add_argument("--preset", default="default")
+    p.add_argument("--config", help="YAML overriding the preset for every row")
+    p.add_argument("--epochs", type=int, help="epochs per run (per phase for FreezeMTL)")
+    p.add_argument("--data-root", action="append", help="as in train.py: DIR, or task=DIR (repeatable)")
+    p.add_argument("--output-dir", help="experiment folder (default runs/experiment-<name>)")
+    p.add_argument("--dry-run", action="store_true", help="check every row's settings and list the runs; train nothing")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.verbose, args.quiet)
+    from keras_mtl import config as run_config
+    from keras_mtl import experiments
+    from keras_mtl.errors import ConfigError
+
+    experiment = experiments.get_experiment(args.experiment)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    if not seeds:
+        raise ConfigError("--seeds: give at least one seed")
+    rows = experiments.select_rows(experiment, [r.strip() for r in (args.rows or "").split(",") if r.strip()])
+    base = run_config.load_preset(args.preset)
+    if args.config:
+        base = run_config.merge(base, run_config.load_yaml(args.config))
+    base = run_config.merge(base, {"preset": args.preset})
+    if args.epochs is not None:
+        base = run_config.merge(base, {"training": {"epochs": args.epochs}})
+    if args.data_root:
+        roots = [cli.parse_task_values(r, "--data-root") for r in args.data_root]
+        root = roots[0] if len(roots) == 1 and isinstance(roots[0], str) else {k: v for r in roots for k, v in r.items()}
+        base = run_config.merge(base, {"data_root": root})
+    out = Path(args.output_dir or f"runs/experiment-{experiment.name}")
+    summary = experiments.run_experiment(experiment, base, seeds, out, rows, dry_run=args.dry_run)
+    if not args.dry_run:
+        print((out / "table.md").read_text())
+        print(f"experiment folder: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

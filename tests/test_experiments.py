@@ -1,0 +1,65 @@
+"""Experiment tables: aggregation over seeds, and a resumable end-to-end run on the tiny preset."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keras_mtl import experiments, fileio
+from keras_mtl.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _fake_metrics(asc, sed):
+    tasks = {}
+    for name, value, metric in (("asc", asc, "accuracy"), ("sed", sed, "event_f1_macro")):
+        if value is not None:
+            tasks[name] = {"headline": {"name": metric, "value": value}}
+    return {"tasks": tasks, "model": {"params": 109_900, "macs_per_second": 17_300_000}, "seconds": {"training": 10.0}}
+
+
+def test_summary_gives_mean_and_std_over_seeds_beside_the_paper(tmp_path):
+    experiment = experiments.get_experiment("strategies")
+    rows = experiments.select_rows(experiment, ["single-asc", "soft"])
+    for seed, (asc, sed) in enumerate([(0.70, 0.30), (0.74, 0.20)]):
+        fileio.write_json(tmp_path / "rows" / "soft" / f"seed{seed}" / "metrics.json", _fake_metrics(asc, sed))
+    fileio.write_json(tmp_path / "rows" / "single-asc" / "seed0" / "metrics.json", _fake_metrics(0.8, None))
+    summary = experiments.summarize(experiment, tmp_path, rows, [0, 1])
+    soft = summary["rows"][1]
+    assert soft["tasks"]["asc"]["mean"] == pytest.approx(72.0) and soft["tasks"]["asc"]["std"] == pytest.approx(2.0)
+    assert soft["tasks"]["sed"]["mean"] == pytest.approx(25.0)
+    table = (tmp_path / "table.md").read_text()
+    assert "| SoftMTL | 72.00 ± 2.00 | 25.00 ± 5.00 | 37.59 | 39.08 | 109.9k | 17.3M | 2 |" in table
+    assert "| single-task ASC (CNN) | 80.00 | - | 53.31 | - |" in table
+    assert (tmp_path / "results.png").stat().st_size > 0
+    assert json.loads((tmp_path / "results.json").read_text())["seeds"] == [0, 1]
+
+
+def test_unknown_experiment_and_row():
+    with pytest.raises(ConfigError, match="unknown experiment 'magic'"):
+        experiments.get_experiment("magic")
+    with pytest.raises(ConfigError, match="no row"):
+        experiments.select_rows(experiments.get_experiment("weighting"), ["fixed", "uncertainty"])
+
+
+def test_weighting_experiment_end_to_end_and_resume(tmp_path):
+    env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
+    out = tmp_path / "exp"
+    command = [sys.executable, str(REPO / "scripts" / "experiment.py"), "weighting", "--preset", "tiny", "--seeds", "0",
+               "--rows", "fixed,mfl", "--epochs", "2", "--output-dir", str(out)]
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for name in ("table.md", "results.json", "results.png", "weights.png"):
+        assert (out / name).stat().st_size > 0, name
+    finished = out / "rows" / "mfl" / "seed0" / "metrics.json"
+    stamp = finished.stat().st_mtime_ns
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stderr.count("done before, skipped") == 2
+    assert finished.stat().st_mtime_ns == stamp
+    assert "| MFL (focal task weighting) |" in (out / "table.md").read_text()
