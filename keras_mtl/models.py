@@ -86,7 +86,10 @@ class TemporalAttentionPooling(keras.layers.Layer):
     def call(self, frames):
         scores = tf.tensordot(frames, self.score_kernel, axes=1) + self.score_bias  # (B, T, 1)
         weights = tf.nn.softmax(scores, axis=1)
-        return tf.reduce_sum(weights * frames, axis=1)
+        # T * mean rather than sum: equal in float, and TFLite-Micro's int8 SUM kernel disagrees
+        # with TFLite's by up to ~100 LSB while MEAN agrees exactly (measured, tflite-micro 2026-10)
+        steps = tf.cast(tf.shape(frames)[1], frames.dtype)
+        return tf.reduce_mean(weights * frames, axis=1) * steps
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])
