@@ -1,0 +1,46 @@
+/* Log-mel front end of keras-mtl in C: the same features as keras_mtl.features.LogMel.
+ *
+ *   frame i (centred at sample i * hop): window_samples samples of the signal zero-padded by
+ *   fft_size / 2 on both sides, times a periodic Hann window, zero-padded to fft_size;
+ *   power spectrum |X_k|^2, k = 0 .. fft_size / 2; mel band m = sum_k power_k * W[k, m]
+ *   (sparse triangular filters from model_settings.h); output log(max(mel, log_floor)).
+ *
+ * With KM_USE_CMSIS_DSP defined the FFT is CMSIS-DSP's arm_rfft_fast_f32 (Cortex-M);
+ * otherwise a portable radix-2 FFT, so the same file compiles and is tested on the host.
+ */
+#ifndef KERAS_MTL_LOGMEL_H_
+#define KERAS_MTL_LOGMEL_H_
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+  int window_samples;
+  int hop_samples;
+  int fft_size; /* a power of two, >= window_samples */
+  int mel_bands;
+  float log_floor;
+  const short* mel_first_bin; /* [mel_bands] */
+  const short* mel_bin_count; /* [mel_bands] */
+  const float* mel_weights;   /* concatenated per band */
+} km_logmel_config;
+
+/* Floats of work memory km_logmel_frame needs: 2 * fft_size + window_samples. */
+int km_logmel_work_size(const km_logmel_config* config);
+
+/* One frame: ``frame`` holds window_samples samples (already centred); writes mel_bands values.
+ * Returns 0, or -1 if the configuration is invalid. */
+int km_logmel_frame(const km_logmel_config* config, const float* frame, float* work, float* out);
+
+/* Number of frames of a clip of n_samples samples (centred frames): 1 + n_samples / hop. */
+int km_logmel_frame_count(const km_logmel_config* config, int n_samples);
+
+/* A whole clip, as in training: out holds frame_count * mel_bands values (frame-major). */
+int km_logmel_clip(const km_logmel_config* config, const float* samples, int n_samples, float* work, float* out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KERAS_MTL_LOGMEL_H_ */
