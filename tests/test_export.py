@@ -130,3 +130,16 @@ def test_generated_sources_compile_and_c_front_end_matches_python(exported, tmp_
         python_features = LogMel(FrontEndConfig())(audio)
         assert c_features.shape == python_features.shape
         assert np.abs(c_features - python_features).max() <= 1e-3
+
+
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="no gcc-arm-none-eabi (Debian package)")
+def test_generated_sources_and_front_end_compile_for_cortex_m4(exported, tmp_path):
+    flags = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-O2", "-Wall", "-Werror"]
+    c_dir = exported / "c"
+    subprocess.run(["arm-none-eabi-gcc", "-std=c99", *flags, f"-I{c_dir}", "-c", str(FRONTEND_C / "logmel.c"),
+                    "-o", str(tmp_path / "logmel.o")], check=True)
+    for source in c_dir.glob("*.cc"):
+        subprocess.run(["arm-none-eabi-g++", "-std=c++17", *flags, "-c", str(source), "-o", str(tmp_path / "m.o")],
+                       check=True)
+    size = subprocess.run(["arm-none-eabi-size", str(tmp_path / "logmel.o")], capture_output=True, text=True, check=True)
+    assert "logmel.o" in size.stdout
