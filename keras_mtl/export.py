@@ -193,11 +193,13 @@ def frame_step(network: keras.Model, task: str, width: int) -> keras.Model:
 
 # -- conversion ------------------------------------------------------------------------------------
 
-def convert_int8(model: keras.Model, representative: Callable[[], Iterable[list[np.ndarray]]]) -> bytes:
+def convert_int8(model: keras.Model, representative: Callable[[], Iterable[dict[str, np.ndarray]]]) -> bytes:
     """Full-integer post-training quantisation: int8 weights, activations, inputs and outputs."""
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([np.asarray(x, np.float32) for x in sample] for sample in representative())
+    # samples by input name: a list would be matched to the inputs in the converter's own order
+    converter.representative_dataset = lambda: ({name: np.asarray(x, np.float32) for name, x in sample.items()}
+                                                for sample in representative())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
@@ -462,9 +464,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, calibrati
     c_dir = out / "c"
     for piece in plan.pieces:
         samples = calibration[piece.name]
-        names = piece.model.input_names
         log.info("quantising %s (%d calibration samples)", piece.name, len(samples))
-        flatbuffer = convert_int8(piece.model, lambda: ([s[n] for n in names] for s in samples))
+        flatbuffer = convert_int8(piece.model, lambda: iter(samples))
         with fileio.atomic_path(out / f"{piece.name}.tflite") as tmp:
             tmp.write_bytes(flatbuffer)
         litert = Int8Model(flatbuffer)

@@ -143,3 +143,19 @@ def test_generated_sources_and_front_end_compile_for_cortex_m4(exported, tmp_pat
                        check=True)
     size = subprocess.run(["arm-none-eabi-size", str(tmp_path / "logmel.o")], capture_output=True, text=True, check=True)
     assert "logmel.o" in size.stdout
+
+
+def test_calibration_gives_each_input_its_own_range():
+    # regression: samples given as a list were matched to the inputs in the converter's order
+    # (state before frame), calibrating each input with the other's values
+    rng = np.random.default_rng(0)
+    frame = keras.Input((4,), batch_size=1, name="frame")
+    state = keras.Input((3,), batch_size=1, name="state")
+    model = keras.Model([frame, state], keras.layers.Add()([keras.layers.Dense(2)(frame), keras.layers.Dense(2)(state)]))
+    flatbuffer = export.convert_int8(model, lambda: ({"frame": rng.uniform(0, 10, (1, 4)), "state": rng.uniform(-1, 1, (1, 3))}
+                                                     for _ in range(20)))
+    converted = export.Int8Model(flatbuffer)
+    frame_scale, frame_zero = converted.input_quantization("frame")
+    state_scale, state_zero = converted.input_quantization("state")
+    assert frame_scale * (127 - frame_zero) == pytest.approx(10, rel=0.05)
+    assert state_scale * (127 - state_zero) == pytest.approx(1, rel=0.05)
