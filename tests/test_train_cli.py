@@ -60,7 +60,8 @@ def test_train_end_to_end_on_tiny_preset(tmp_path):
     from keras_mtl import models  # noqa: F401  (registers the custom layers)
 
     model = keras.models.load_model(out / "model.keras")
-    assert set(model.output) == {"asc", "sed"}
+    assert set(model.output) == {"asc", "sed", "sed_weak"}  # the mean teacher's clip-level SED output
+    assert metrics["mean_teacher"] == ["sed"]
 
     # The rerun reuses the generated data and the feature cache.
     again = run_train("--preset", "tiny", "--task-set", "asc", "--output-dir", str(tmp_path / "run2"), env_dirs=tmp_path)
