@@ -181,6 +181,11 @@ class MultiTaskStrategy(keras.Model):
         for teacher_weight, student_weight in zip(self.teacher.weights, self.network.weights):
             teacher_weight.assign(decay * teacher_weight + (1.0 - decay) * tf.cast(student_weight, teacher_weight.dtype))
 
+    def optimized_variables(self) -> list:
+        """The variables the optimizer keeps state for, in the order it was built with (checkpoints
+        match optimizer slots to variables by that order)."""
+        return self.network.trainable_variables
+
     def apply(self, tape, total, variables):
         self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
         self.update_teacher()
@@ -206,7 +211,7 @@ class SoftMTL(MultiTaskStrategy):
         with tf.GradientTape() as tape:
             losses = self.task_losses(data, training=True)
             total = self.combine(losses) + self.regularization()
-        self.apply(tape, total, self.network.trainable_variables)
+        self.apply(tape, total, self.optimized_variables())
         return self._record(total, losses)
 
 
@@ -217,7 +222,7 @@ class HardMTL(MultiTaskStrategy):
 
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)
-        self.optimizer.build(self.network.trainable_variables)  # slots exist before the branches run
+        self.optimizer.build(self.optimized_variables())  # slots exist before the branches run
 
     def turn_variables(self, task):
         return self.heads[task.name].trainable_variables
@@ -283,13 +288,16 @@ class FreezeMTL(MultiTaskStrategy):
             layer.trainable = id(layer) not in frozen
         self.train_function = None
 
+    def optimized_variables(self) -> list:
+        return self.heads[self.active].trainable_variables
+
     def train_step(self, data):
         task = self.tasks[self.task_names.index(self.active)]
         features, targets = data[task.name]
         with tf.GradientTape() as tape:
             loss, strong_targets, predictions = self.task_step_loss(task, features, targets, training=True)
             total = loss + self.regularization()
-        self.apply(tape, total, self.heads[task.name].trainable_variables)
+        self.apply(tape, total, self.optimized_variables())
         self.total_tracker.update_state(loss)
         self._record_task(task.name, loss, strong_targets, predictions)
         return {m.name: m.result() for m in self.metrics}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import logging
 import math
 import os
@@ -224,6 +225,60 @@ class HistoryWriter(keras.callbacks.Callback):
         fileio.write_text(self.path, buffer.getvalue())
 
 
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: ``checkpoint/epoch-<n>/`` with the network, the teacher, the optimizer
+    and the loss weights (tf.train.Checkpoint) and ``resume.json`` (epochs done, phase, weighting
+    state, history rows); then ``checkpoint/latest`` names it (atomic rename) and older ones go.
+    A run killed at any moment leaves the last complete checkpoint."""
+
+    def __init__(self, folder: Path, strategy, weighting_callback, history_writer):
+        super().__init__()
+        self.folder = folder
+        self.strategy = strategy
+        self.weighting_callback = weighting_callback
+        self.history_writer = history_writer
+        self.phase = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        name = f"epoch-{epoch + 1}"
+        target = self.folder / name
+        tmp = self.folder / f".{name}.{os.getpid()}.tmp"
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        checkpoint_of(self.strategy).write(str(tmp / "state"))
+        fileio.write_json(tmp / "resume.json", {
+            "epochs_done": epoch + 1, "phase": self.phase, "weighting": self.weighting_callback.state(),
+            "history": self.history_writer.rows})
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        fileio.write_text(self.folder / "latest", name + "\n")
+        for old in self.folder.glob("epoch-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_of(strategy, optimizer: bool = True) -> tf.train.Checkpoint:
+    parts = {"network": strategy.network, "loss_weights": list(strategy.loss_weights.values())}
+    if optimizer:
+        parts["optimizer"] = strategy.optimizer
+    if strategy.teacher is not None:
+        parts["teacher"] = strategy.teacher
+    return tf.train.Checkpoint(**parts)
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
+    """(checkpoint folder, its resume.json) of a run folder, or None."""
+    pointer = run_dir / "checkpoint" / "latest"
+    if not pointer.is_file():
+        return None
+    folder = run_dir / "checkpoint" / pointer.read_text().strip()
+    try:
+        return folder, json.loads((folder / "resume.json").read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{folder}: damaged checkpoint (resume.json unreadable)") from None
+
+
 def check_strategy_options(config: RunConfig) -> None:
     """Errors for strategy options that do not fit together, before any data is read."""
     weighting.check_weighting(config.weighting, config.strategy)
@@ -260,8 +315,9 @@ def predict_split(path_model, split: TaskSplit, batch_size: int) -> list[np.ndar
     return outputs
 
 
-def train(config: RunConfig, dry_run: bool = False) -> dict:
-    """Run one experiment; returns the metrics dict (also written to the run folder)."""
+def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dict:
+    """Run one experiment; returns the metrics dict (also written to the run folder).
+    ``resume``: continue the run in ``config.output_dir`` from its last epoch checkpoint."""
     keras.utils.set_random_seed(config.seed)
     tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
     strategy_cls = get_strategy(config.strategy)
@@ -298,18 +354,37 @@ def train(config: RunConfig, dry_run: bool = False) -> dict:
              f"; mean teacher for {', '.join(data.semi)}" if data.semi else "")
 
     history_writer = HistoryWriter(out / "history.csv")
-    callbacks = [EpochValidation(strategy, val_ds), weighting.make_weighting(config.weighting, strategy), history_writer]
+    weighting_callback = weighting.make_weighting(config.weighting, strategy)
+    checkpointer = EpochCheckpoint(out / "checkpoint", strategy, weighting_callback, history_writer)
+    callbacks = [EpochValidation(strategy, val_ds), weighting_callback, history_writer, checkpointer]
+    saved = latest_checkpoint(out) if resume else None
+    if resume and saved is None:
+        log.warning("%s has no checkpoint yet: training from the start", out)
     fit_started = time.monotonic()
     phases = strategy.phases()
     for index, phase in enumerate(phases):
+        first_epoch = index * tc.epochs
+        if saved is not None and saved[1]["epochs_done"] >= (index + 1) * tc.epochs:
+            continue  # a finished phase
         strategy.begin_phase(index)
         strategy.compile(optimizer=make_optimizer(tc.learning_rate, steps * tc.epochs, tc.weight_decay, tc.warmup_fraction))
+        checkpointer.phase = index
+        if saved is not None:
+            folder, state = saved
+            strategy.optimizer.build(strategy.optimized_variables())
+            # at a phase boundary (FreezeMTL) the new phase's optimizer starts fresh
+            checkpoint_of(strategy, optimizer=state["epochs_done"] > first_epoch).read(str(folder / "state")).expect_partial()
+            weighting_callback.restore(state["weighting"])
+            history_writer.rows = list(state["history"])
+            first_epoch = state["epochs_done"]
+            log.info("resumed %s after epoch %d", out, first_epoch)
+            saved = None
         if phase is not None:
             log.info("phase %d/%d: training %s", index + 1, len(phases), phase)
             history_writer.extra = {"phase": phase}
         strategy.fit(
             train_ds,
-            initial_epoch=index * tc.epochs,
+            initial_epoch=first_epoch,
             epochs=(index + 1) * tc.epochs,
             steps_per_epoch=steps,
             callbacks=callbacks,

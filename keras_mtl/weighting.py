@@ -43,16 +43,37 @@ class LossWeighting(keras.callbacks.Callback):
             for name, weight in self.strategy.loss_weights.items():
                 logs[f"weight_{name}"] = float(weight.numpy())
 
+    def state(self) -> dict:
+        """What a resumed run needs to continue the weighting (JSON-serialisable)."""
+        return {}
 
-class DynamicWeightAverage(LossWeighting):
+    def restore(self, state: dict) -> None:
+        self.restored = True
+
+
+class _StartsAtOne(LossWeighting):
+    """Dynamic weightings: all weights 1 when training starts (not when a run resumes)."""
+
+    restored = False
+
+    def on_train_begin(self, logs=None):
+        if not self.restored:
+            for weight in self.strategy.loss_weights.values():
+                weight.assign(1.0)
+
+
+class DynamicWeightAverage(_StartsAtOne):
     def __init__(self, strategy, temperature: float = 2.0):
         super().__init__(strategy)
         self.temperature = temperature
         self.losses: list[np.ndarray] = []
 
-    def on_train_begin(self, logs=None):
-        for weight in self.strategy.loss_weights.values():
-            weight.assign(1.0)
+    def state(self) -> dict:
+        return {"losses": [loss.tolist() for loss in self.losses[-2:]]}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        self.losses = [np.asarray(loss) for loss in state.get("losses", [])]
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)  # log the weights used during this epoch
@@ -71,7 +92,7 @@ def focal_task_weights(kappa: np.ndarray, gamma: float = 2.0) -> np.ndarray:
     return len(raw) * raw / raw.sum()
 
 
-class FocalTaskWeighting(LossWeighting):
+class FocalTaskWeighting(_StartsAtOne):
     """The ``mfl`` weighting (see the module docstring for what is and is not implemented)."""
 
     def __init__(self, strategy, gamma: float = 2.0, momentum: float = 0.5):
@@ -80,9 +101,12 @@ class FocalTaskWeighting(LossWeighting):
         self.momentum = momentum
         self.kappa: np.ndarray | None = None
 
-    def on_train_begin(self, logs=None):
-        for weight in self.strategy.loss_weights.values():
-            weight.assign(1.0)
+    def state(self) -> dict:
+        return {"kappa": None if self.kappa is None else self.kappa.tolist()}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        self.kappa = None if state.get("kappa") is None else np.asarray(state["kappa"])
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)

@@ -48,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache-dir", help="feature cache folder")
     p.add_argument("--seed", type=int)
     p.add_argument("--dry-run", action="store_true", help="build the model, print its summary and profile, do not train")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its last epoch checkpoint (its config.yaml; other options ignored)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     return p.parse_args(argv)
@@ -99,6 +101,23 @@ def resolve_config(args):
     return run_config.build(run_config.merge(data, override))
 
 
+def resume_config(run_dir: str):
+    """The configuration of an interrupted run, writing into the same folder."""
+    from pathlib import Path
+
+    from keras_mtl import config as run_config
+    from keras_mtl.errors import ConfigError
+
+    folder = Path(run_dir)
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(f"--resume {folder}: not a run folder (no config.yaml)")
+    if (folder / "metrics.json").is_file():
+        raise ConfigError(f"--resume {folder}: that run has finished (metrics.json exists)")
+    data = run_config.load_yaml(folder / "config.yaml")
+    data["output_dir"] = str(folder)
+    return run_config.build(data)
+
+
 def parse_task_definition(text: str):
     """'digits=clip:fsdd.csv:seconds=2' -> ('digits', {'level': 'clip', 'manifest': 'fsdd.csv', 'seconds': 2.0})."""
     from keras_mtl.errors import ConfigError
@@ -121,7 +140,7 @@ def parse_task_definition(text: str):
 def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
-    config = resolve_config(args)
+    config = resume_config(args.resume) if args.resume else resolve_config(args)
     from keras_mtl import reporting, training  # imports TensorFlow
 
     if args.dry_run:
@@ -133,7 +152,7 @@ def main(argv=None) -> int:
         print(f"\nint8 weights: {total['int8_weight_bytes']:,} bytes; "
               f"peak activations (int8, batch 1, 1 s): {total['int8_activation_bytes']:,} bytes")
         return 0
-    metrics = training.train(config)
+    metrics = training.train(config, resume=bool(args.resume))
     print()
     print(reporting.results_table(metrics))
     print(f"\nrun folder: {metrics['output_dir']}  ({metrics['seconds']['total']:.0f} s)")

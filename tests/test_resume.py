@@ -1,0 +1,80 @@
+"""Resume after kill -9: the run continues from its last epoch checkpoint and finishes."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = REPO / "scripts" / "train.py"
+
+
+def _env(tmp_path):
+    return dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
+
+
+def _final_artifacts_are_whole(run: Path):
+    """Every file under its final name is complete (temporary files may be left by the kill)."""
+    if (run / "history.csv").exists():
+        list(csv.DictReader((run / "history.csv").open()))
+    for name in ("metrics.json",):
+        if (run / name).exists():
+            json.loads((run / name).read_text())
+    latest = run / "checkpoint" / "latest"
+    if latest.exists():
+        folder = run / "checkpoint" / latest.read_text().strip()
+        json.loads((folder / "resume.json").read_text())
+        assert (folder / "state.index").stat().st_size > 0
+
+
+@pytest.mark.parametrize("strategy", [["--strategy", "cross-soft", "--weighting", "dwa"],
+                                      ["--strategy", "freeze", "--order", "sed,asc"]])
+def test_killed_run_resumes_and_finishes(tmp_path, strategy):
+    args = ["--preset", "tiny", "--epochs", "6", *strategy]
+    env = _env(tmp_path)
+    reference = tmp_path / "reference"
+    done = subprocess.run([sys.executable, str(TRAIN), *args, "--output-dir", str(reference)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, str(TRAIN), *args, "--output-dir", str(run)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = run / "checkpoint" / "latest"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        _final_artifacts_are_whole(run)
+        if latest.exists() and int(latest.read_text().strip().split("-")[1]) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    _final_artifacts_are_whole(run)
+    assert not (run / "metrics.json").exists()
+    epochs_done = int(latest.read_text().strip().split("-")[1])
+
+    resumed = subprocess.run([sys.executable, str(TRAIN), "--resume", str(run)], capture_output=True, text=True,
+                             env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"after epoch {epochs_done}" in resumed.stderr
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    total_epochs = 12 if "freeze" in strategy else 6
+    assert [int(r["epoch"]) for r in rows] == list(range(1, total_epochs + 1))
+    metrics = json.loads((run / "metrics.json").read_text())
+    expected = json.loads((reference / "metrics.json").read_text())
+    assert metrics["epochs"] == expected["epochs"] == total_epochs
+    # same training, data order aside: final training losses of the same size
+    final, reference_final = float(rows[-1]["loss"]), float(list(csv.DictReader((reference / "history.csv").open()))[-1]["loss"])
+    assert final == pytest.approx(reference_final, rel=0.5)
+
+    again = subprocess.run([sys.executable, str(TRAIN), "--resume", str(run)], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert again.returncode == 2 and "has finished" in again.stderr
