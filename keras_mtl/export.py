@@ -207,11 +207,6 @@ def convert_int8(model: keras.Model, representative: Callable[[], Iterable[dict[
     return converter.convert()
 
 
-def convert_float(model: keras.Model) -> bytes:
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    return converter.convert()
-
-
 def operators(flatbuffer: bytes) -> list[str]:
     """Builtin operator names used by a .tflite model."""
     from tflite_micro.python.tflite_micro import runtime
