@@ -20,6 +20,7 @@ import numpy as np
 
 from keras_mtl import config as run_config
 from keras_mtl import fileio
+from keras_mtl.reporting import pyplot, save_figure
 from keras_mtl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -190,18 +191,9 @@ def markdown_table(experiment: Experiment, results: list[dict], seeds: list[int]
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_rows(experiment: Experiment, results: list[dict], path: Path) -> None:
     """One bar group per row: each task's headline metric with its std as error bar."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(results)), 4))
     width = 0.8 / len(experiment.columns)
     x = np.arange(len(results))
@@ -214,17 +206,14 @@ def plot_rows(experiment: Experiment, results: list[dict], path: Path) -> None:
     ax.set_title(experiment.title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_weight_trajectories(out: Path, rows: list[Row], seed: int, path: Path) -> None:
     """Each task's loss weight per epoch, one line per weighting method (from history.csv)."""
     import csv
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for row in rows:
         history = out / "rows" / row.name / f"seed{seed}" / "history.csv"
@@ -239,7 +228,4 @@ def plot_weight_trajectories(out: Path, rows: list[Row], seed: int, path: Path) 
     ax.set_title(f"task loss weights (seed {seed})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

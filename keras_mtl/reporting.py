@@ -9,11 +9,7 @@ from keras_mtl.profiling import human
 
 def plot_history(rows: list[dict], tasks, path: Path) -> None:
     """Loss per task (train and held-out) and each task's Keras metric, per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if not rows:
         return
     epochs = [r["epoch"] for r in rows]
@@ -31,10 +27,25 @@ def plot_history(rows: list[dict], tasks, path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write as PNG atomically, close."""
     fig.tight_layout()
     with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def results_table(metrics: dict) -> str:
