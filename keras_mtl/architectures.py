@@ -72,11 +72,7 @@ def _cp_mobile_rnn(tasks, options: dict) -> keras.Model:
                                      weak_output=weak_output)
     outputs = {}
     for task in tasks:
-        prediction = models.HEADS[task.level](frames, task, head_config)
-        if isinstance(prediction, tuple):
-            outputs[task.name], outputs[f"{task.name}_weak"] = prediction
-        else:
-            outputs[task.name] = prediction
+        models.add_head_outputs(outputs, task, models.HEADS[task.level](frames, task, head_config))
     return keras.Model(mel, outputs, name="cp_mobile_rnn")
 
 

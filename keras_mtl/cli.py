@@ -39,3 +39,13 @@ def parse_task_values(text: str, what: str, cast=str) -> dict | object:
         key, value = part.split("=", 1)
         out[key.strip().lower()] = cast(value.strip())
     return out
+
+
+def parse_data_roots(values: list[str]) -> str | dict:
+    """``--data-root`` values: one folder for all tasks, or task=DIR for each task."""
+    roots = [parse_task_values(value, "--data-root") for value in values]
+    if len(roots) == 1 and isinstance(roots[0], str):
+        return roots[0]
+    if all(isinstance(root, dict) for root in roots):
+        return {key: value for root in roots for key, value in root.items()}
+    raise UserError("--data-root: give either one folder, or task=DIR for each task")

@@ -177,12 +177,17 @@ def build_model(tasks: Sequence, config: ModelConfig, feature_mean=None, feature
             y = built[(prefix, i)]
         if prefix not in frames_of:
             frames_of[prefix] = _to_frames(y, prefix, config)
-        prediction = HEADS[task.level](frames_of[prefix], task, config)
-        if isinstance(prediction, tuple):  # frame head with a weak (clip-level) output
-            outputs[task.name], outputs[f"{task.name}_weak"] = prediction
-        else:
-            outputs[task.name] = prediction
+        add_head_outputs(outputs, task, HEADS[task.level](frames_of[prefix], task, config))
     return keras.Model(mel, outputs, name="mtl_" + "_".join(t.name for t in tasks))
+
+
+def add_head_outputs(outputs: dict, task, prediction) -> None:
+    """Put a decoder's output(s) into the model's output dict: a frame head with a weak
+    (clip-level) output gives (strong, weak), stored as ``task`` and ``task_weak``."""
+    if isinstance(prediction, tuple):
+        outputs[task.name], outputs[f"{task.name}_weak"] = prediction
+    else:
+        outputs[task.name] = prediction
 
 
 def block_owner(config: ModelConfig, task_name: str, index: int) -> str:

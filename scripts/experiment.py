@@ -57,9 +57,7 @@ def main(argv=None) -> int:
     if args.epochs is not None:
         base = run_config.merge(base, {"training": {"epochs": args.epochs}})
     if args.data_root:
-        roots = [cli.parse_task_values(r, "--data-root") for r in args.data_root]
-        root = roots[0] if len(roots) == 1 and isinstance(roots[0], str) else {k: v for r in roots for k, v in r.items()}
-        base = run_config.merge(base, {"data_root": root})
+        base = run_config.merge(base, {"data_root": cli.parse_data_roots(args.data_root)})
     out = Path(args.output_dir or f"runs/experiment-{experiment.name}")
     summary = experiments.run_experiment(experiment, base, seeds, out, rows, dry_run=args.dry_run)
     if not args.dry_run:

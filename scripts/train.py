@@ -57,7 +57,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def resolve_config(args):
     from keras_mtl import config as run_config
-    from keras_mtl.errors import ConfigError
     from keras_mtl.tasks import parse_task_set
 
     data = run_config.load_preset(args.preset)
@@ -86,13 +85,7 @@ def resolve_config(args):
     if training:
         override["training"] = training
     if args.data_root:
-        roots = [cli.parse_task_values(r, "--data-root") for r in args.data_root]
-        if len(roots) == 1 and isinstance(roots[0], str):
-            override["data_root"] = roots[0]
-        elif all(isinstance(r, dict) for r in roots):
-            override["data_root"] = {k: v for r in roots for k, v in r.items()}
-        else:
-            raise ConfigError("--data-root: give either one folder, or task=DIR for each task")
+        override["data_root"] = cli.parse_data_roots(args.data_root)
     if args.difficulty is not None:
         override["synthetic"] = {"difficulty": args.difficulty}
     for key in ("seed", "output_dir", "cache_dir", "architecture"):
