@@ -17,7 +17,6 @@ Georgiev DNN) export that task's whole path over one clip instead.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -26,6 +25,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from keras_mtl import agreement
 from keras_mtl.backend import keras, tf
 from keras_mtl.errors import ConfigError
 
@@ -299,7 +299,7 @@ def minimum_arena(flatbuffer: bytes, sample_inputs: dict[str, np.ndarray], upper
             return False
 
     high = upper or max(16 * 1024, 4 * len(flatbuffer))
-    with _quiet_native_stderr():
+    with agreement.quiet_native_stderr():
         return _search_arena(works, high)
 
 
@@ -329,24 +329,6 @@ def windows_of(features: np.ndarray, plan: StreamingPlan) -> list[np.ndarray]:
     padded = np.concatenate([pad, features, np.broadcast_to(plan.pad_value, (max(0, tail), features.shape[1]))])
     return [padded[k * plan.hop_frames: k * plan.hop_frames + plan.window_frames].astype(np.float32)
             for k in range(count)]
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """Silence what TFLite-Micro's C++ prints on stderr (failed allocations during the arena search)."""
-    import os
-    import sys
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 # -- the streaming pipeline, run the way the device runs it ----------------------------------------
@@ -474,20 +456,26 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, calibrati
         int8_inputs = [{n: litert.quantize(n, v) for n, v in s.items()} for s in checks]
         arena = minimum_arena(flatbuffer, int8_inputs[0])
         micro = Int8Model(flatbuffer, "tflm", arena_size=arena)
-        reference = _reference_litert(flatbuffer)
-        worst = 0
-        for inputs in int8_inputs:
-            a, b = reference.run_int8(inputs), micro.run_int8(inputs)
-            worst = max(worst, max(int(np.abs(a[k].astype(np.int32) - b[k].astype(np.int32)).max()) for k in a))
+        reference = Int8Model(flatbuffer)
+        reference.interpreter = agreement.reference_interpreter(flatbuffer)
+        end_to_end = agreement.end_to_end_lsb([reference.run_int8(i) for i in int8_inputs],
+                                              [micro.run_int8(i) for i in int8_inputs])
+        per_operator = agreement.per_operator_lsb(
+            flatbuffer, [[i[name] for name in litert.input_names()] for i in int8_inputs], arena)
         int8_models[piece.name], arenas[piece.name] = litert, arena
         c_arrays.write_model_array(c_dir, piece.name, flatbuffer)
         report["models"][piece.name] = {
             "kind": piece.kind, "task": piece.task, "flatbuffer_bytes": len(flatbuffer), "tflm_arena_bytes": arena,
             "operators": operators(flatbuffer), "inputs": {n: list(map(int, d["shape"])) for n, d in
                                                              zip(litert.input_names(), litert.inputs)},
-            "tflm_vs_litert_max_lsb": worst, "verified_inputs": len(int8_inputs)}
-        log.info("%s: %d bytes, arena %d bytes, TFLM vs LiteRT max difference %d LSB", piece.name, len(flatbuffer),
-                 arena, worst)
+            "verified_inputs": len(int8_inputs),
+            # each operator fed the same inputs: within the requantisation rounding difference (agreement.py)
+            "tflm_vs_litert_per_operator_max_lsb": max(per_operator.values()),
+            "tflm_vs_litert_per_operator_lsb": per_operator,
+            # the whole model: rounding differences carried on and possibly grown by later operators
+            "tflm_vs_litert_max_lsb": end_to_end}
+        log.info("%s: %d bytes, arena %d bytes, TFLM vs LiteRT: per operator ≤ %d LSB, end to end %d LSB", piece.name,
+                 len(flatbuffer), arena, max(per_operator.values()), end_to_end)
 
     int8_runner = StreamingRunner(plan, int8_call(int8_models))
     layers = profiling.profile(network, config.frontend)
@@ -530,16 +518,6 @@ def _fit(frames: np.ndarray, width: int) -> np.ndarray:
     if frames.shape[0] < width:
         frames = np.concatenate([frames, np.zeros((width - frames.shape[0], frames.shape[1]), frames.dtype)])
     return frames
-
-
-def _reference_litert(flatbuffer: bytes) -> Int8Model:
-    """LiteRT with its reference kernels (no XNNPACK), the closest host twin of TFLite-Micro."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    model = Int8Model(flatbuffer)
-    model.interpreter = Interpreter(model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    model.interpreter.allocate_tensors()
-    return model
 
 
 def _jsonable(metrics: dict) -> dict:
