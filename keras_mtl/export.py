@@ -204,6 +204,10 @@ def convert_int8(model: keras.Model, representative: Callable[[], Iterable[dict[
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
+    # one weight scale per FULLY_CONNECTED: TFLite-Micro releases before 2024 and their CMSIS-NN kernels
+    # (the pinned firmware tree among them) apply the first channel's scale to every channel of a
+    # per-channel FC and compute wrong outputs; convolutions keep per-channel scales
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = True
     return converter.convert()
 
 
@@ -389,28 +393,35 @@ def int8_call(models: dict[str, Int8Model]) -> Callable[[Piece, dict], dict]:
 
 # -- one command: run folder -> export folder ------------------------------------------------------
 
-def export_run(run_dir: str | Path, out_dir: str | Path | None = None, calibration_clips: int = 64,
-               verify_samples: int = 16, max_eval_clips: int | None = None) -> dict:
-    """Quantise a run's network into streaming int8 models, verify them (TFLite-Micro vs LiteRT,
-    float vs int8 metrics), measure arenas and write models, C arrays, settings header and
-    ``export_report.json`` into ``out_dir`` (default ``<run>/export``)."""
+def load_run(run_dir: Path):
+    """A finished run's configuration, tasks, trained network and streaming plan."""
     import yaml
 
-    from keras_mtl import c_arrays, fileio, profiling, training
     from keras_mtl import config as run_config
-    from keras_mtl.features import mel_weight_matrix
+    from keras_mtl import training
     from keras_mtl.tasks import resolve_tasks
 
-    run_dir = Path(run_dir)
     for name in ("config.yaml", "model.keras"):
         if not (run_dir / name).is_file():
             raise ConfigError(f"{run_dir}: not a finished run folder ({name} is missing)")
     config = run_config.build(yaml.safe_load((run_dir / "config.yaml").read_text()))
     tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
     network = keras.models.load_model(run_dir / "model.keras", compile=False)
-    out = Path(out_dir) if out_dir else run_dir / "export"
     factor, _ = training.time_resolution(config)
-    plan = plan_streaming(network, tasks, config.frontend, factor)
+    return config, tasks, network, plan_streaming(network, tasks, config.frontend, factor)
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path | None = None, calibration_clips: int = 64,
+               verify_samples: int = 16, max_eval_clips: int | None = None) -> dict:
+    """Quantise a run's network into streaming int8 models, verify them (TFLite-Micro vs LiteRT,
+    float vs int8 metrics), measure arenas and write models, C arrays, settings header and
+    ``export_report.json`` into ``out_dir`` (default ``<run>/export``)."""
+    from keras_mtl import c_arrays, fileio, profiling, training
+    from keras_mtl.features import mel_weight_matrix
+
+    run_dir = Path(run_dir)
+    config, tasks, network, plan = load_run(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / "export"
     data = training.prepare_data(config, tasks)
     rng = np.random.default_rng(config.seed)
     float_runner = StreamingRunner(plan, keras_call)
@@ -508,6 +519,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, calibrati
                        "macs_per_second": prof["total"]["macs_per_second"], "params": prof["total"]["params"]}
     fileio.write_text(c_dir / "model_settings.h", c_arrays.settings_header(
         config.frontend, mel_weight_matrix(config.frontend), plan, tasks, int8_models, arenas))
+    embedding_ms = plan.hop_frames * config.frontend.hop_length * 1000 // (config.frontend.sample_rate * plan.output_frames)
+    fileio.write_text(c_dir / "km_pieces.h", c_arrays.pieces_header(
+        plan, tasks, int8_models, {name: m["operators"] for name, m in report["models"].items()}, embedding_ms))
     fileio.write_json(out / "export_report.json", report)
     report["output_dir"] = str(out)
     return report

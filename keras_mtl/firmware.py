@@ -1,0 +1,173 @@
+"""The firmware in microcontroller/: build it, run it in QEMU, and check what it prints against
+the host's int8 pipeline on the same recording.
+
+The listener (microcontroller/firmware/listener.cc) prints one line per finding:
+
+    asc: 3.000-4.000 s park 83%          clip task: its scene over the last windows, and the score
+    sed: Speech onset 1.240 s            frame task: an event starts (after the median filter)
+    sed: Speech offset 2.800 s           ... and ends (clipped to the end of the recording)
+
+`expected_report` computes the same findings on the host: the Python front end, the exported
+int8 models in the TFLite-Micro interpreter, run window by window and frame by frame
+(export.StreamingRunner), and the library's own SED post-processing (metrics.postprocess).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from keras_mtl.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "microcontroller"
+TFLM_COMMIT = "7948b85e020470a30a83bf00e10fc43b486bfcba"  # as pinned in microcontroller/CMakeLists.txt
+
+_SCENE = re.compile(r"^(\w+): (\d+)\.(\d{3})-(\d+)\.(\d{3}) s (\S+) (-?\d+)%$")
+_EVENT = re.compile(r"^(\w+): (\S+) (onset|offset) (\d+)\.(\d{3}) s$")
+
+
+@dataclasses.dataclass
+class Findings:
+    """Scenes {task: [(start_ms, end_ms, label, percent)]} and events {task: [(onset_ms, offset_ms, label)]}."""
+
+    scenes: dict[str, list[tuple]] = dataclasses.field(default_factory=dict)
+    events: dict[str, list[tuple]] = dataclasses.field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        return {"scenes": self.scenes, "events": self.events}
+
+
+def parse_listener_output(text: str) -> Findings:
+    """Findings from the lines the firmware printed (other lines are ignored)."""
+    found = Findings()
+    open_events: dict[tuple[str, str], int] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if match := _SCENE.match(line):
+            task, s, sm, e, em, label, percent = match.groups()
+            found.scenes.setdefault(task, []).append((int(s) * 1000 + int(sm), int(e) * 1000 + int(em), label,
+                                                      int(percent)))
+        elif match := _EVENT.match(line):
+            task, label, kind, s, sm = match.groups()
+            time_ms = int(s) * 1000 + int(sm)
+            if kind == "onset":
+                open_events[(task, label)] = time_ms
+            else:
+                onset = open_events.pop((task, label), None)
+                if onset is None:
+                    raise DataError(f"firmware output: offset of {task}/{label} at {time_ms} ms without an onset")
+                found.events.setdefault(task, []).append((onset, time_ms, label))
+    for task in found.events:
+        found.events[task].sort()
+    if open_events:
+        raise DataError(f"firmware output: events never closed: {sorted(open_events)}")
+    return found
+
+
+def expected_report(export_dir: str | Path, wav: str | Path) -> Findings:
+    """What the listener should print for ``wav``, computed with the exported int8 models in the
+    TFLite-Micro interpreter on the host."""
+    from keras_mtl import export, metrics
+    from keras_mtl.data.audio import load_audio
+    from keras_mtl.features import LogMel
+
+    export_dir = Path(export_dir)
+    report_path = export_dir / "export_report.json"
+    if not report_path.is_file():
+        raise ConfigError(f"{export_dir}: no export_report.json (run scripts/export.py first)")
+    report = json.loads(report_path.read_text())
+    config, tasks, _, plan = export.load_run(Path(report["run"]))
+    models = {}
+    for piece in plan.pieces:
+        flatbuffer = (export_dir / f"{piece.name}.tflite").read_bytes()
+        models[piece.name] = export.Int8Model(flatbuffer, "tflm", arena_size=report["models"][piece.name]["tflm_arena_bytes"])
+    runner = export.StreamingRunner(plan, export.int8_call(models))
+    audio = load_audio(wav, config.frontend.sample_rate)
+    duration = len(audio) / config.frontend.sample_rate
+    features = LogMel(config.frontend)(audio)
+    embeddings = runner.embeddings(features)
+    window_ms = plan.hop_frames * config.frontend.hop_length * 1000 // config.frontend.sample_rate
+    embedding_seconds = window_ms / 1000 / plan.output_frames
+    by_name = {t.name: t for t in tasks}
+    found = Findings()
+    for piece in plan.pieces:
+        task = by_name.get(piece.task)
+        if piece.kind == "clip_head":
+            frames = embeddings[piece.branch]
+            per_window = plan.output_frames
+            count = len(frames) // per_window
+            rows = found.scenes.setdefault(task.name, [])
+            for last in range(piece.windows - 1, count):
+                chunk = frames[(last - piece.windows + 1) * per_window:(last + 1) * per_window]
+                scores = runner.call(piece, {"frames": chunk[None]})[piece.model.output_names[0]][0]
+                best = int(np.argmax(scores))
+                percent = int(np.rint(np.float32(100.0) * np.float32(scores[best])))
+                rows.append(((last + 1 - piece.windows) * window_ms, (last + 1) * window_ms, task.classes[best], percent))
+        elif piece.kind == "frame_step":
+            scores = runner.predict(piece, features, embeddings)
+            active = metrics.postprocess(scores, task.median_filter_frames, task.threshold)
+            events = metrics.frames_to_events(active, task.classes, embedding_seconds, duration)
+            found.events[task.name] = sorted((int(round(on * 1000)), int(round(off * 1000)), label)
+                                             for on, off, label in events)
+    return found
+
+
+def compare(expected: Findings, firmware: Findings, time_tolerance_ms: int = 0) -> list[str]:
+    """Differences between two sets of findings, as readable lines (empty when they agree)."""
+    problems = []
+    for task in sorted(set(expected.scenes) | set(firmware.scenes)):
+        a, b = expected.scenes.get(task, []), firmware.scenes.get(task, [])
+        if [r[:3] for r in a] != [r[:3] for r in b]:
+            problems.append(f"{task}: scenes differ: host {a} firmware {b}")
+        elif any(abs(x[3] - y[3]) > 1 for x, y in zip(a, b)):
+            problems.append(f"{task}: scene scores differ by more than 1 point: host {a} firmware {b}")
+    for task in sorted(set(expected.events) | set(firmware.events)):
+        a, b = expected.events.get(task, []), firmware.events.get(task, [])
+        same = len(a) == len(b) and all(x[2] == y[2] and abs(x[0] - y[0]) <= time_tolerance_ms
+                                        and abs(x[1] - y[1]) <= time_tolerance_ms for x, y in zip(a, b))
+        if not same:
+            problems.append(f"{task}: events differ: host {a} firmware {b}")
+    return problems
+
+
+def build(export_dir: str | Path, wav: str | Path, build_dir: str | Path, tflm_source: str | Path | None = None,
+          board: str = "mps2_an386") -> Path:
+    """Configure and build the firmware with CMake; returns the ELF. ``tflm_source``: a local
+    tflite-micro-arduino-examples tree (otherwise CMake fetches the pinned commit)."""
+    for tool in ("cmake", "arm-none-eabi-gcc", "arm-none-eabi-g++"):
+        if shutil.which(tool) is None:
+            raise ConfigError(f"{tool} not found: apt install cmake gcc-arm-none-eabi libnewlib-arm-none-eabi "
+                              "libstdc++-arm-none-eabi-newlib")
+    build_dir = Path(build_dir)
+    command = ["cmake", "-S", str(FIRMWARE_DIR), "-B", str(build_dir), f"-DKM_BOARD={board}",
+               f"-DKM_EXPORT_DIR={Path(export_dir).resolve()}", f"-DKM_WAV={Path(wav).resolve()}"]
+    if shutil.which("ninja"):
+        command += ["-G", "Ninja"]
+    if tflm_source:
+        command.append(f"-DFETCHCONTENT_SOURCE_DIR_TFLM={Path(tflm_source).resolve()}")
+    for step in (command, ["cmake", "--build", str(build_dir), "--parallel"]):
+        log.info("%s", " ".join(step))
+        result = subprocess.run(step, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ConfigError(f"firmware build failed ({' '.join(step[:2])}):\n{(result.stdout + result.stderr)[-4000:]}")
+    return build_dir / "listener.elf"
+
+
+def run_qemu(elf: str | Path, timeout: float = 600) -> str:
+    """Runs the mps2-an386 firmware in QEMU (semihosting exit) and returns what it printed."""
+    if shutil.which("qemu-system-arm") is None:
+        raise ConfigError("qemu-system-arm not found: apt install qemu-system-arm")
+    result = subprocess.run(["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-semihosting", "-kernel", str(elf)],
+                            capture_output=True, text=True, timeout=timeout)
+    output = result.stdout.replace("\r\n", "\n")
+    if result.returncode != 0:
+        raise DataError(f"the firmware exited with status {result.returncode}:\n{output[-3000:]}{result.stderr[-1000:]}")
+    return output
