@@ -20,6 +20,7 @@ from keras_mtl.tasks import parse_task_set
 
 REPO = Path(__file__).resolve().parent.parent
 FRONTEND_C = REPO / "microcontroller" / "frontend"
+FIRMWARE_C = REPO / "microcontroller" / "firmware"
 SMALL = ModelConfig(channels=(4, 8, 8), pools=((2, 16), (2, 4), (1, 2)), gru_units=8, dropout=0.0, head_dropout=0.0)
 
 
@@ -164,6 +165,19 @@ def test_export_report_tflm_agrees_with_litert(exported):
         assert result["macs_per_second"] > 0
 
 
+def test_fully_connected_weights_have_one_scale(exported):
+    """TFLite-Micro trees before per-channel FC support (the pinned firmware tree) use one scale per FC."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    for tflite in exported.glob("*.tflite"):
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite.read_bytes()))
+        codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+        subgraph = model.subgraphs[0]
+        for op in subgraph.operators:
+            if codes[op.opcodeIndex] == 9:  # FULLY_CONNECTED
+                assert len(subgraph.tensors[op.inputs[1]].quantization.scale) == 1, tflite.name
+
+
 def test_generated_c_arrays_parse_back_to_the_tflite_bytes(exported):
     for tflite in exported.glob("*.tflite"):
         assert c_arrays.read_model_array(exported / "c" / f"{tflite.stem}_model_data.cc") == tflite.read_bytes()
@@ -174,6 +188,12 @@ def test_generated_sources_compile_and_c_front_end_matches_python(exported, tmp_
     c_dir = exported / "c"
     for source in c_dir.glob("*.cc"):
         subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-c", str(source), "-o", str(tmp_path / "m.o")], check=True)
+    # the firmware's table of pieces links against the model arrays
+    (tmp_path / "pieces.cc").write_text('#include "km_pieces.h"\n'
+                                        "int main() { return kPieces[KM_PIECE_COUNT - 1].model == nullptr; }\n")
+    subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", f"-I{c_dir}", str(tmp_path / "pieces.cc"),
+                    *map(str, c_dir.glob("*.cc")), "-o", str(tmp_path / "pieces")], check=True)
+    assert subprocess.run([str(tmp_path / "pieces")]).returncode == 0
     program = tmp_path / "logmel"
     subprocess.run(["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{c_dir}", str(FRONTEND_C / "logmel.c"),
                     str(FRONTEND_C / "logmel_main.c"), "-lm", "-o", str(program)], check=True)
@@ -201,6 +221,10 @@ def test_generated_sources_and_front_end_compile_for_cortex_m4(exported, tmp_pat
     for source in c_dir.glob("*.cc"):
         subprocess.run(["arm-none-eabi-g++", "-std=c++17", *flags, "-c", str(source), "-o", str(tmp_path / "m.o")],
                        check=True)
+    for source in (FIRMWARE_C / "wav.c", FIRMWARE_C / "boards" / "startup_cortex_m.c",
+                   FIRMWARE_C / "boards" / "mps2_an386" / "platform.c"):
+        subprocess.run(["arm-none-eabi-gcc", "-std=c99", *flags, f"-I{FIRMWARE_C}", "-c", str(source),
+                        "-o", str(tmp_path / "part.o")], check=True)
     size = subprocess.run(["arm-none-eabi-size", str(tmp_path / "logmel.o")], capture_output=True, text=True, check=True)
     assert "logmel.o" in size.stdout
 
@@ -219,3 +243,64 @@ def test_calibration_gives_each_input_its_own_range():
     state_scale, state_zero = converted.input_quantization("state")
     assert frame_scale * (127 - frame_zero) == pytest.approx(10, rel=0.05)
     assert state_scale * (127 - state_zero) == pytest.approx(1, rel=0.05)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no host C compiler")
+def test_firmware_wav_reader(tmp_path):
+    import ctypes
+
+    import soundfile
+
+    library = tmp_path / "libwav.so"
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Werror", "-shared", "-fPIC", str(FIRMWARE_C / "wav.c"), "-o", str(library)],
+                   check=True)
+    wav = ctypes.CDLL(str(library))
+
+    class Wav(ctypes.Structure):
+        _fields_ = [("samples", ctypes.c_void_p), ("count", ctypes.c_size_t), ("sample_rate", ctypes.c_uint32)]
+
+    wav.km_wav_parse.restype = ctypes.c_char_p
+    samples = (np.arange(1000) * 7 % 2000 - 1000).astype(np.int16)
+    for channels, expected in ((1, None), (2, b"not mono")):
+        path = tmp_path / f"{channels}.wav"
+        soundfile.write(path, np.repeat(samples[:, None], channels, 1), 16000, subtype="PCM_16")
+        data = path.read_bytes()
+        buffer = ctypes.create_string_buffer(data, len(data))
+        parsed = Wav()
+        assert wav.km_wav_parse(buffer, len(data), ctypes.byref(parsed)) == expected
+        if expected is None:
+            assert parsed.count == 1000 and parsed.sample_rate == 16000
+            read = np.frombuffer(ctypes.string_at(parsed.samples, 2000), np.int16)
+            np.testing.assert_array_equal(read, samples)
+    assert wav.km_wav_parse(b"RIFX....WAVE", 12, ctypes.byref(Wav())) == b"not a RIFF/WAVE file"
+
+
+def test_listener_output_parses_into_scenes_and_events():
+    from keras_mtl import firmware
+
+    text = ("keras-mtl listener: x.wav, 16000 samples\nasc: 0.000-1.000 s park 83%\nsed: Speech onset 0.240 s\n"
+            "sed: Dog onset 0.500 s\nsed: Speech offset 1.000 s\nsed: Dog offset 0.900 s\nend: ...\n")
+    found = firmware.parse_listener_output(text)
+    assert found.scenes == {"asc": [(0, 1000, "park", 83)]}
+    assert found.events == {"sed": [(240, 1000, "Speech"), (500, 900, "Dog")]}
+    assert firmware.compare(found, found) == []
+    other = firmware.Findings(found.scenes, {"sed": [(240, 1040, "Speech"), (500, 900, "Dog")]})
+    assert firmware.compare(found, other) and not firmware.compare(found, other, time_tolerance_ms=40)
+
+
+TFLM_SOURCE = os.environ.get("KERAS_MTL_TFLM_SOURCE")
+
+
+@pytest.mark.skipif(not TFLM_SOURCE or shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-g++") is None
+                    or shutil.which("cmake") is None,
+                    reason="needs KERAS_MTL_TFLM_SOURCE (a tflite-micro-arduino-examples checkout), cmake, "
+                           "gcc-arm-none-eabi and qemu-system-arm")
+def test_firmware_in_qemu_prints_what_the_host_int8_pipeline_finds(exported, tmp_path):
+    from keras_mtl import firmware
+
+    wav = sorted((exported.parent.parent / "data").glob("*/desed/audio/validation/*/*.wav"))[0]
+    elf = firmware.build(exported, wav, tmp_path / "build", TFLM_SOURCE)
+    output = firmware.run_qemu(elf)
+    device = firmware.parse_listener_output(output)
+    assert device.scenes["asc"] and "sed" in device.events
+    assert firmware.compare(firmware.expected_report(exported, wav), device) == []
