@@ -71,6 +71,7 @@ class RunConfig:
     architecture: str = "mtl"  # see keras_mtl.architectures; "mtl" uses the model section
     architecture_options: dict | None = None  # config fields of a non-mtl architecture
     seed: int = 0
+    deterministic: bool = False  # TensorFlow's deterministic op implementations (same metrics on rerun)
     preset: str = "default"
     data_root: dict | str | None = None
     output_dir: str | None = None

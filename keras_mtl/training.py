@@ -319,6 +319,8 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
     """Run one experiment; returns the metrics dict (also written to the run folder).
     ``resume``: continue the run in ``config.output_dir`` from its last epoch checkpoint."""
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
     strategy_cls = get_strategy(config.strategy)
     check_strategy_options(config)

@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-dir", help="run folder (default: runs/<time>-<tasks>-<strategy>/)")
     p.add_argument("--cache-dir", help="feature cache folder")
     p.add_argument("--seed", type=int)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic TensorFlow ops: the same seed gives the same metrics on this machine (slower)")
     p.add_argument("--dry-run", action="store_true", help="build the model, print its summary and profile, do not train")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last epoch checkpoint (its config.yaml; other options ignored)")
@@ -91,6 +93,8 @@ def resolve_config(args):
     for key in ("seed", "output_dir", "cache_dir", "architecture"):
         if getattr(args, key) is not None:
             override[key] = getattr(args, key)
+    if args.deterministic:
+        override["deterministic"] = True
     return run_config.build(run_config.merge(data, override))
 
 

@@ -193,3 +193,25 @@ def test_freeze_end_to_end_trains_in_two_phases(tmp_path):
 ])
 def test_strategy_option_errors(tmp_path, args, fragments):
     assert_one_line_error(run_train(*args, "--dry-run", env_dirs=tmp_path), *fragments)
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items()
+                if "time" not in k and "seconds" not in k and k not in ("run_dir", "output_dir")}
+    return value
+
+
+def test_deterministic_reruns_give_identical_metrics(tmp_path):
+    runs = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        result = run_train("--preset", "tiny", "--deterministic", "--seed", "3", "--output-dir", str(out), env_dirs=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append(out)
+    first, second = (json.loads((run / "metrics.json").read_text()) for run in runs)
+    assert _without_timings(first) == _without_timings(second)
+    histories = [[{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader((run / "history.csv").open())]
+                 for run in runs]
+    assert histories[0] == histories[1] and len(histories[0]) > 1
+    assert yaml.safe_load((runs[0] / "config.yaml").read_text())["deterministic"] is True
