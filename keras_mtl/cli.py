@@ -8,6 +8,12 @@ from typing import Callable
 from keras_mtl.errors import UserError
 
 
+def add_logging_options(parser) -> None:
+    """-v/--verbose and -q/--quiet, read by setup_logging."""
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -30,8 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-root", action="append", help="as in train.py: DIR, or task=DIR (repeatable)")
     p.add_argument("--output-dir", help="experiment folder (default runs/experiment-<name>)")
     p.add_argument("--dry-run", action="store_true", help="check every row's settings and list the runs; train nothing")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    cli.add_logging_options(p)
     return p.parse_args(argv)
 
 

@@ -26,8 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-dir", help="export folder (default RUN_DIR/export)")
     p.add_argument("--calibration-clips", type=int, default=64, help="training clips per task for PTQ calibration")
     p.add_argument("--max-eval-clips", type=int, help="evaluate float vs int8 on at most this many test clips per task")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    cli.add_logging_options(p)
     return p.parse_args(argv)
 
 

@@ -28,8 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tflm-source", help="local tflite-micro-arduino-examples checkout (offline builds)")
     p.add_argument("--build-dir", help="CMake build folder (default EXPORT_DIR/firmware/build)")
     p.add_argument("--build-only", action="store_true", help="build the ELF, do not run it")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    cli.add_logging_options(p)
     return p.parse_args(argv)
 
 

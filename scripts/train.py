@@ -52,8 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="build the model, print its summary and profile, do not train")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last epoch checkpoint (its config.yaml; other options ignored)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    cli.add_logging_options(p)
     return p.parse_args(argv)
 
 
