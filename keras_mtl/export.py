@@ -412,17 +412,47 @@ def load_run(run_dir: Path):
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None, calibration_clips: int = 64,
-               verify_samples: int = 16, max_eval_clips: int | None = None) -> dict:
+               verify_samples: int = 16, max_eval_clips: int | None = None, qat_epochs: int = 0) -> dict:
     """Quantise a run's network into streaming int8 models, verify them (TFLite-Micro vs LiteRT,
     float vs int8 metrics), measure arenas and write models, C arrays, settings header and
-    ``export_report.json`` into ``out_dir`` (default ``<run>/export``)."""
-    from keras_mtl import c_arrays, fileio, profiling, training
-    from keras_mtl.features import mel_weight_matrix
+    ``export_report.json`` into ``out_dir`` (default ``<run>/export``).
+
+    ``qat_epochs`` > 0: first export the trained network as it is (post-training quantisation, into
+    ``out_dir/ptq``), then fine-tune it that many epochs with quantisation-aware training
+    (keras_mtl.compression.qat_finetune) and export the result into ``out_dir``; the report holds
+    both sets of metrics."""
+    from keras_mtl import compression, fileio, training
 
     run_dir = Path(run_dir)
     config, tasks, network, plan = load_run(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "export"
     data = training.prepare_data(config, tasks)
+    settings = dict(calibration_clips=calibration_clips, verify_samples=verify_samples, max_eval_clips=max_eval_clips)
+    if qat_epochs <= 0:
+        return _export_network(run_dir, config, tasks, network, plan, data, out, **settings)
+    ptq = _export_network(run_dir, config, tasks, network, plan, data, out / "ptq", **settings)
+    tuned = compression.qat_finetune(network, config, tasks, data, qat_epochs)
+    factor, _ = training.time_resolution(config)
+    report = _export_network(run_dir, config, tasks, tuned, plan_streaming(tuned, tasks, config.frontend, factor), data,
+                             out, **settings)
+    report["quantization"] = {
+        "method": "qat", "epochs": qat_epochs, "ptq_export": str(out / "ptq"),
+        "tasks": {task: {"headline": result["headline"],
+                         "float": ptq["tasks"][task]["float"][result["headline"]],
+                         "ptq_int8_streamed": ptq["tasks"][task]["int8_streamed"][result["headline"]],
+                         "qat_float": result["float"][result["headline"]],
+                         "qat_int8_streamed": result["int8_streamed"][result["headline"]]}
+                  for task, result in report["tasks"].items()}}
+    fileio.write_json(out / "export_report.json", {k: v for k, v in report.items() if k != "output_dir"})
+    return report
+
+
+def _export_network(run_dir: Path, config, tasks, network, plan: StreamingPlan, data, out: Path, calibration_clips: int,
+                    verify_samples: int, max_eval_clips: int | None) -> dict:
+    """export_run for one network: calibrate, convert, verify, evaluate, write ``out``."""
+    from keras_mtl import c_arrays, fileio, profiling
+    from keras_mtl.features import mel_weight_matrix
+
     rng = np.random.default_rng(config.seed)
     float_runner = StreamingRunner(plan, keras_call)
 

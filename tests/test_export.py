@@ -304,3 +304,36 @@ def test_firmware_in_qemu_prints_what_the_host_int8_pipeline_finds(exported, tmp
     device = firmware.parse_listener_output(output)
     assert device.scenes["asc"] and "sed" in device.events
     assert firmware.compare(firmware.expected_report(exported, wav), device) == []
+
+
+def test_qat_wrapping_keeps_and_returns_the_weights():
+    from keras_mtl import compression
+
+    network, _, _ = _plan()
+    quantized = compression.quantization_aware(network)
+    assert any(layer.name == "quant_shared/conv1" for layer in quantized.layers)
+    features = np.random.default_rng(0).standard_normal((1, 101, 128)).astype(np.float32)
+    # fake quantisation changes the outputs a little, not the weights
+    float_out, quant_out = np.asarray(network(features)["asc"]), np.asarray(quantized(features)["asc"])
+    assert np.abs(float_out - quant_out).max() < 0.1
+    kernel = next(v for v in quantized.weights if v.name == "asc/classifier/kernel:0")
+    kernel.assign(kernel + 1.0)
+    before = network.get_layer("asc/classifier").get_weights()[0].copy()
+    assert compression.copy_back(quantized, network) == sum(len(layer.weights) for layer in network.layers)
+    np.testing.assert_allclose(network.get_layer("asc/classifier").get_weights()[0], before + 1.0, rtol=1e-6)
+
+
+def test_export_with_qat_reports_ptq_and_qat(exported, tmp_path):
+    env = dict(os.environ, KERAS_MTL_DATA_DIR=str(exported.parent.parent / "data"),
+               KERAS_MTL_CACHE_DIR=str(exported.parent.parent / "cache"))
+    out = tmp_path / "qat"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "export.py"), str(exported.parent), "--qat",
+                             "--qat-epochs", "1", "--calibration-clips", "2", "--output-dir", str(out)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["quantization"]["method"] == "qat" and set(report["quantization"]["tasks"]) == {"asc", "sed"}
+    for task in report["quantization"]["tasks"].values():
+        assert {"float", "ptq_int8_streamed", "qat_float", "qat_int8_streamed"} <= set(task)
+    assert (out / "ptq" / "encoder.tflite").is_file() and (out / "encoder.tflite").is_file()
+    assert (out / "c" / "km_pieces.h").is_file()
