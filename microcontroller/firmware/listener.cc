@@ -24,7 +24,7 @@ constexpr int kPad = KM_FFT_SIZE / 2;  // centred frames: frame i is centred on 
 
 // -- front end -------------------------------------------------------------------------------------
 const km_logmel_config kLogMel = {KM_WINDOW_SAMPLES, KM_HOP_SAMPLES, KM_FFT_SIZE, KM_MEL_BANDS, KM_LOG_FLOOR,
-                                  kMelFirstBin,      kMelBinCount,   kMelWeights};
+                                  kMelFirstBin,      kMelBinCount,   kMelWeights, kHannWindow, kFftTwiddles};
 float g_samples[KM_WINDOW_SAMPLES];         // the current frame's samples, oldest first
 float g_work[2 * KM_FFT_SIZE + KM_WINDOW_SAMPLES];
 float g_mel[KM_MEL_BANDS];

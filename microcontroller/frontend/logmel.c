@@ -15,8 +15,8 @@ int km_logmel_work_size(const km_logmel_config* config) {
 }
 
 #ifndef KM_USE_CMSIS_DSP
-/* In-place iterative radix-2 FFT of n complex values (re, im interleaved). */
-static void fft_complex(float* data, int n) {
+/* In-place iterative radix-2 FFT of n complex values (re, im interleaved); twiddles: see logmel.h. */
+static void fft_complex(float* data, int n, const float* twiddles) {
   int i, j = 0, len;
   for (i = 1; i < n; i++) { /* bit reversal */
     int bit = n >> 1;
@@ -34,7 +34,15 @@ static void fft_complex(float* data, int n) {
     double angle = -2.0 * KM_PI / len;
     int half = len / 2, k;
     for (k = 0; k < half; k++) {
-      float wr = (float)cos(angle * k), wi = (float)sin(angle * k);
+      const int t = k * (n / len); /* exp(-2 pi i k / len) = exp(-2 pi i t / n) */
+      float wr, wi;
+      if (twiddles) {
+        wr = twiddles[2 * t];
+        wi = twiddles[2 * t + 1];
+      } else {
+        wr = (float)cos(angle * k);
+        wi = (float)sin(angle * k);
+      }
       for (i = k; i < n; i += len) {
         float* a = data + 2 * i;
         float* b = data + 2 * (i + half);
@@ -62,8 +70,8 @@ int km_logmel_frame(const km_logmel_config* config, const float* frame, float* w
   int i, m, offset = 0;
   if (!valid(config)) return -1;
   for (i = 0; i < config->window_samples; i++) {
-    double w = 0.5 - 0.5 * cos(2.0 * KM_PI * i / config->window_samples); /* periodic Hann */
-    windowed[i] = (float)(frame[i] * w);
+    const double w = config->window ? config->window[i] : 0.5 - 0.5 * cos(2.0 * KM_PI * i / config->window_samples);
+    windowed[i] = (float)(frame[i] * w); /* periodic Hann */
   }
 #ifdef KM_USE_CMSIS_DSP
   {
@@ -84,7 +92,7 @@ int km_logmel_frame(const km_logmel_config* config, const float* frame, float* w
 #else
   memset(spectrum, 0, sizeof(float) * 2 * n);
   for (i = 0; i < config->window_samples; i++) spectrum[2 * i] = windowed[i];
-  fft_complex(spectrum, n);
+  fft_complex(spectrum, n, config->twiddles);
   for (i = 0; i <= n / 2; i++) spectrum[i] = spectrum[2 * i] * spectrum[2 * i] + spectrum[2 * i + 1] * spectrum[2 * i + 1];
 #endif
   for (m = 0; m < config->mel_bands; m++) {

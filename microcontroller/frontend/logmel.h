@@ -24,6 +24,11 @@ typedef struct {
   const short* mel_first_bin; /* [mel_bands] */
   const short* mel_bin_count; /* [mel_bands] */
   const float* mel_weights;   /* concatenated per band */
+  /* Optional tables (NULL: computed on the fly, which costs double-precision trigonometry every
+   * frame; model_settings.h has both): periodic Hann window [window_samples], and the FFT twiddles
+   * cos, sin of -2*pi*k/fft_size interleaved [fft_size] (k < fft_size / 2). */
+  const float* window;
+  const float* twiddles;
 } km_logmel_config;
 
 /* Floats of work memory km_logmel_frame needs: 2 * fft_size + window_samples. */

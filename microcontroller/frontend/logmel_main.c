@@ -1,6 +1,8 @@
 /* Host tool: log-mel of a raw float32 mono file with the tables of a generated model_settings.h.
- *   cc -O2 -I<export>/c logmel.c logmel_main.c -lm -o logmel && ./logmel in.f32 out.f32
- * Writes frame_count * KM_MEL_BANDS float32 values (frame-major). */
+ *   cc -O2 -I<export>/c logmel.c logmel_main.c -lm -o logmel && ./logmel in.f32 out.f32 [--no-tables]
+ * Writes frame_count * KM_MEL_BANDS float32 values (frame-major). --no-tables computes the window and
+ * twiddles on the fly instead of reading them from model_settings.h. */
+#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -9,14 +11,17 @@
 
 int main(int argc, char** argv) {
   km_logmel_config config = {KM_WINDOW_SAMPLES, KM_HOP_SAMPLES, KM_FFT_SIZE, KM_MEL_BANDS, KM_LOG_FLOOR,
-                             kMelFirstBin, kMelBinCount, kMelWeights};
+                             kMelFirstBin, kMelBinCount, kMelWeights, kHannWindow, kFftTwiddles};
   FILE* in;
   FILE* out;
   long bytes;
   int n, frames;
   float *samples, *features, *work;
-  if (argc != 3) {
-    fprintf(stderr, "usage: %s IN.f32 OUT.f32\n", argv[0]);
+  if (argc == 4 && strcmp(argv[3], "--no-tables") == 0) {
+    config.window = NULL;
+    config.twiddles = NULL;
+  } else if (argc != 3) {
+    fprintf(stderr, "usage: %s IN.f32 OUT.f32 [--no-tables]\n", argv[0]);
     return 2;
   }
   in = fopen(argv[1], "rb");
