@@ -51,6 +51,12 @@ class TrainingConfig:
             raise ConfigError(f"training.mean_teacher must be auto, on or off, not {self.mean_teacher!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError("training.ema_decay must be in [0, 1)")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"training.learning_rate must be positive, not {self.learning_rate}")
+        if self.weight_decay < 0 or not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError("training.weight_decay must be >= 0 and training.warmup_fraction in [0, 1)")
+        if self.steps_per_epoch is not None and int(self.steps_per_epoch) < 1:
+            raise ConfigError("training.steps_per_epoch must be at least 1")
 
     def semi_supervised_batches(self, task_name: str) -> tuple[int, int, int]:
         """(strong, weak, unlabeled) items per mean-teacher batch of a frame task."""

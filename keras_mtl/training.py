@@ -30,7 +30,7 @@ from keras_mtl.config import RunConfig
 from keras_mtl.data import corpora, speech_synth, synthetic
 from keras_mtl.data.pipeline import (FeatureExtractor, TaskSplit, feature_statistics, make_dataset,
                                      make_semi_supervised_dataset)
-from keras_mtl.errors import ConfigError
+from keras_mtl.errors import ConfigError, DataError
 from keras_mtl.strategies import SUMMING, get_strategy, make_optimizer
 from keras_mtl.tasks import resolve_tasks
 
@@ -139,6 +139,8 @@ def prepare_data(config: RunConfig, tasks) -> PreparedData:
             semi_items[task.name] = tuple(
                 (split, corpora.read_split(task, roots[task.name], split)) if split else None
                 for split in semi_splits[task.name])
+    for task in tasks:
+        _check_disjoint(task, *items[task.name])
     extractor = FeatureExtractor(config.frontend, config.cache_dir or default_cache_dir())
     factor, ceil = time_resolution(config)
     train, test = {}, {}
@@ -152,6 +154,16 @@ def prepare_data(config: RunConfig, tasks) -> PreparedData:
             semi[task.name] = tuple(extractor.prepare(task, pair[0], pair[1], factor, ceil) if pair else None
                                     for pair in semi_items[task.name])
     return PreparedData(train, test, roots, semi)
+
+
+def _check_disjoint(task, train_items, test_items) -> None:
+    """A clip must not be both trained on and tested on."""
+    train_paths = {Path(item.path).resolve() for item in train_items}
+    shared = sorted(str(item.path) for item in test_items if Path(item.path).resolve() in train_paths)
+    if shared:
+        more = f" (and {len(shared) - 1} more)" if len(shared) > 1 else ""
+        raise DataError(f"{shared[0]}{more}: in both the {task.train_split} and the {task.test_split} split of task "
+                        f"{task.name}; a clip cannot be trained and tested on")
 
 
 def architecture_options(config: RunConfig) -> dict:

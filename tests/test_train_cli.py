@@ -215,3 +215,37 @@ def test_deterministic_reruns_give_identical_metrics(tmp_path):
                  for run in runs]
     assert histories[0] == histories[1] and len(histories[0]) > 1
     assert yaml.safe_load((runs[0] / "config.yaml").read_text())["deterministic"] is True
+
+
+def test_nan_samples(tmp_path, corpus_copy):
+    victim = sorted((corpus_copy / "tau22" / "audio").glob("*.wav"))[1]
+    audio, rate = sf.read(victim, dtype="float32")
+    audio[100] = np.nan
+    sf.write(victim, audio, rate, subtype="FLOAT")
+    assert_one_line_error(_tiny(corpus_copy, tmp_path, "asc"), victim.name, "NaN or infinite samples")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_clip_in_both_train_and_test_split(tmp_path, corpus_copy):
+    setup = corpus_copy / "tau22" / "evaluation_setup"
+    train_row = (setup / "fold1_train.csv").read_text().splitlines()[1]
+    evaluate = setup / "fold1_evaluate.csv"
+    evaluate.write_text(evaluate.read_text().rstrip("\n") + "\n" + train_row + "\n")
+    assert_one_line_error(_tiny(corpus_copy, tmp_path, "asc"), train_row.split("\t")[0].split("/")[-1],
+                          "in both the", "cannot be trained and tested on")
+
+
+def test_missing_split_file(tmp_path, corpus_copy):
+    (corpus_copy / "desed" / "metadata" / "validation" / "validation.tsv").unlink()
+    result = _tiny(corpus_copy, tmp_path, "sed")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "validation" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args, fragment", [(("--epochs", "-1"), "epochs"), (("--epochs", "0"), "epochs"),
+                                            (("--learning-rate", "-0.1"), "learning")])
+def test_bad_numbers_on_the_command_line(tmp_path, args, fragment):
+    result = run_train("--preset", "tiny", *args, "--output-dir", str(tmp_path / "run"), env_dirs=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert fragment in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()
