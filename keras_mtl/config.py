@@ -78,6 +78,7 @@ class RunConfig:
     architecture_options: dict | None = None  # config fields of a non-mtl architecture
     seed: int = 0
     deterministic: bool = False  # TensorFlow's deterministic op implementations (same metrics on rerun)
+    distribute: str | None = None  # None, "mirrored" (local devices) or "multi-worker" (cluster from TF_CONFIG)
     preset: str = "default"
     data_root: dict | str | None = None
     output_dir: str | None = None
@@ -92,6 +93,8 @@ class RunConfig:
     speech_synthetic: SpeechSynthConfig = dataclasses.field(default_factory=SpeechSynthConfig)
 
     def __post_init__(self):
+        if self.distribute not in (None, "mirrored", "multi-worker"):
+            raise ConfigError(f"--distribute must be mirrored or multi-worker, not {self.distribute!r}")
         if self.alpha is not None and not 0.0 < float(self.alpha) < 1.0:
             raise ConfigError(f"--alpha must be between 0 and 1 (exclusive), not {self.alpha}")
 

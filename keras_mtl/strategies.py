@@ -174,12 +174,20 @@ class MultiTaskStrategy(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def update_teacher(self):
-        """teacher <- d * teacher + (1 - d) * student, d = ema_decay(step just taken)."""
+        """teacher <- d * teacher + (1 - d) * student, d = ema_decay(step just taken). Done once in
+        cross-replica context, so that under tf.distribute every replica's teacher gets the same update."""
         if self.teacher is None:
             return
         decay = ema_decay(self.optimizer.iterations - 1, self.max_ema_decay)
-        for teacher_weight, student_weight in zip(self.teacher.weights, self.network.weights):
-            teacher_weight.assign(decay * teacher_weight + (1.0 - decay) * tf.cast(student_weight, teacher_weight.dtype))
+        pairs = list(zip(self.teacher.weights, self.network.weights))
+
+        def update(distribution, decay):
+            for teacher_weight, student_weight in pairs:
+                distribution.extended.update(
+                    teacher_weight, lambda t, s, d: t.assign(d * t + (1.0 - d) * tf.cast(s, t.dtype)),
+                    args=(student_weight, decay))
+
+        tf.distribute.get_replica_context().merge_call(update, args=(decay,))
 
     def optimized_variables(self) -> list:
         """The variables the optimizer keeps state for, in the order it was built with (checkpoints
@@ -187,7 +195,13 @@ class MultiTaskStrategy(keras.Model):
         return self.network.trainable_variables
 
     def apply(self, tape, total, variables):
-        self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        # under tf.distribute the replicas' gradients are summed: each replica's mean loss is divided by
+        # their number, giving the gradient of the mean over the global batch
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        gradients = tape.gradient(total, variables)
+        if replicas > 1:
+            gradients = [None if g is None else g / replicas for g in gradients]
+        self.optimizer.apply_gradients(zip(gradients, variables))
         self.update_teacher()
 
     def test_step(self, data):

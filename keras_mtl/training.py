@@ -11,6 +11,7 @@ Run folder (``runs/<time>-<tasks>-<strategy>/``):
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -54,6 +55,30 @@ def default_cache_dir() -> Path:
     if os.environ.get("KERAS_MTL_CACHE_DIR"):
         return Path(os.environ["KERAS_MTL_CACHE_DIR"])
     return REPO_ROOT / "datasets" / ".cache" / "features" if _in_checkout() else Path.home() / ".cache" / "keras_mtl" / "features"
+
+
+def make_distribution(config: RunConfig):
+    """The tf.distribute strategy of ``config.distribute`` (None: TensorFlow's default). Must run
+    before any other TensorFlow op: collective ops are configured at start-up."""
+    if config.distribute is None:
+        return None
+    if config.distribute == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if not os.environ.get("TF_CONFIG"):
+        raise ConfigError("--distribute multi-worker reads the cluster from TF_CONFIG, which is not set "
+                          '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}})')
+    if not config.output_dir:
+        raise ConfigError("--distribute multi-worker needs --output-dir (the same on every worker)")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def worker_role() -> tuple[bool, str]:
+    """(whether this process is the chief, its task name) from TF_CONFIG; (True, "") without one."""
+    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster") or {}
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+    return chief, f"{kind}-{index}"
 
 
 def default_output_dir(config: RunConfig) -> Path:
@@ -197,12 +222,16 @@ class EpochValidation(keras.callbacks.Callback):
         super().__init__()
         self.strategy = strategy
         self.datasets = datasets
+        # made here, outside any tf.distribute scope (fit runs callbacks inside it): plain variables
+        self.task_metrics = {task.name: task.keras_metrics() for task in strategy.tasks}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         for task in self.strategy.tasks:
             path = self.strategy.paths[task.name]
-            metrics = task.keras_metrics()
+            metrics = self.task_metrics[task.name]
+            for metric in metrics:
+                metric.reset_state()
             losses, weights = [], []
             for features, targets in self.datasets[task.name]:
                 predictions = path(features, training=False)
@@ -302,6 +331,9 @@ def check_strategy_options(config: RunConfig) -> None:
                               f"({','.join(config.tasks)}) once")
     elif config.order:
         raise ConfigError("--order is for --strategy freeze")
+    if config.distribute and config.strategy in ("hard", "cross-hard"):
+        raise ConfigError(f"--strategy {config.strategy} cannot run under --distribute yet: it picks the task to update "
+                          "inside the compiled step, and tf.distribute cannot synchronise gradients inside such a branch")
     if config.strategy in ("hard", "cross-hard", "cross-soft", "freeze") and len(config.tasks) < 2:
         raise ConfigError(f"--strategy {config.strategy} needs at least two tasks")
     if (config.alpha is not None or config.loss_weights) and config.weighting != "fixed":
@@ -330,6 +362,7 @@ def predict_split(path_model, split: TaskSplit, batch_size: int) -> list[np.ndar
 def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dict:
     """Run one experiment; returns the metrics dict (also written to the run folder).
     ``resume``: continue the run in ``config.output_dir`` from its last epoch checkpoint."""
+    distribution = make_distribution(config)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -346,7 +379,11 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
     data = prepare_data(config, tasks)
     prep_seconds = time.monotonic() - started
     mean, var = feature_statistics(list(data.train.values()))
-    network = build_network(config, tasks, feature_mean=mean, feature_var=var, weak_output=bool(data.semi))
+    def scope():  # a fresh context each time: a strategy scope cannot be entered twice
+        return distribution.scope() if distribution is not None else contextlib.nullcontext()
+
+    with scope():
+        network = build_network(config, tasks, feature_mean=mean, feature_var=var, weak_output=bool(data.semi))
 
     tc = config.training
     steps = tc.steps_per_epoch or max(math.ceil(len(data.train[t.name]) / tc.batch_for(t.name)) for t in tasks)
@@ -355,12 +392,19 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
                    max_ema_decay=tc.ema_decay)
     if config.strategy == "freeze":
         options["order"] = config.order
-    strategy = strategy_cls(network, tasks, **options)
+    with scope():
+        strategy = strategy_cls(network, tasks, **options)
     augment = config.augment if tc.augment else None
     train_ds = tf.data.Dataset.zip({t.name: training_batches(t, data, tc, augment, config.seed) for t in tasks})
+    if distribution is not None:  # each worker takes every N-th batch: batch sizes are per worker
+        shard = tf.data.Options()
+        shard.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds = train_ds.with_options(shard)
     val_ds = {t.name: make_dataset(data.test[t.name], tc.batch_for(t.name), training=False) for t in tasks}
 
     out = Path(config.output_dir) if config.output_dir else default_output_dir(config)
+    if config.distribute == "multi-worker" and not worker_role()[0]:
+        out = out / worker_role()[1]  # workers other than the chief keep their files apart
     out.mkdir(parents=True, exist_ok=True)
     info = _describe(network, tasks, config, output_dir=out)
     log.info("run folder: %s", out)
@@ -381,7 +425,9 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
         if saved is not None and saved[1]["epochs_done"] >= (index + 1) * tc.epochs:
             continue  # a finished phase
         strategy.begin_phase(index)
-        strategy.compile(optimizer=make_optimizer(tc.learning_rate, steps * tc.epochs, tc.weight_decay, tc.warmup_fraction))
+        with scope():
+            strategy.compile(optimizer=make_optimizer(tc.learning_rate, steps * tc.epochs, tc.weight_decay,
+                                                      tc.warmup_fraction))
         checkpointer.phase = index
         if saved is not None:
             folder, state = saved

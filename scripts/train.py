@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-dir", help="run folder (default: runs/<time>-<tasks>-<strategy>/)")
     p.add_argument("--cache-dir", help="feature cache folder")
     p.add_argument("--seed", type=int)
+    p.add_argument("--distribute", choices=["mirrored", "multi-worker"],
+                   help="tf.distribute: mirrored (this machine's devices) or multi-worker (cluster from TF_CONFIG)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic TensorFlow ops: the same seed gives the same metrics on this machine (slower)")
     p.add_argument("--dry-run", action="store_true", help="build the model, print its summary and profile, do not train")
@@ -94,6 +96,8 @@ def resolve_config(args):
             override[key] = getattr(args, key)
     if args.deterministic:
         override["deterministic"] = True
+    if args.distribute:
+        override["distribute"] = args.distribute
     return run_config.build(run_config.merge(data, override))
 
 
