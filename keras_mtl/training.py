@@ -442,8 +442,10 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
         if phase is not None:
             log.info("phase %d/%d: training %s", index + 1, len(phases), phase)
             history_writer.extra = {"phase": phase}
+        # a resumed phase goes on where the data order left off: its finished epochs' batches are skipped
+        done_in_phase = (first_epoch - index * tc.epochs) * steps
         strategy.fit(
-            train_ds,
+            train_ds.skip(done_in_phase) if done_in_phase else train_ds,
             initial_epoch=first_epoch,
             epochs=(index + 1) * tc.epochs,
             steps_per_epoch=steps,
