@@ -53,6 +53,9 @@ def test_onset_after_offset_names_file_and_line(tmp_path):
     bad = GOOD_TSV + "Y2_30.000_40.000.wav\t6.0\t5.0\tDog\n"
     with pytest.raises(DataError, match=r"validation\.tsv:5: onset 6\.0 is after offset 5\.0"):
         desed.read_desed(_desed_root(tmp_path, bad), "validation")
+    zero = GOOD_TSV + "Y2_30.000_40.000.wav\t5.0\t5.0\tDog\n"
+    with pytest.raises(DataError, match=r"validation\.tsv:5: onset equals offset \(5\.0\): a zero-length event"):
+        desed.read_desed(_desed_root(tmp_path / "zero", zero), "validation")
 
 
 def test_unknown_class_names_file_and_line(tmp_path):

@@ -110,6 +110,8 @@ def parse_event(row, path: Path, classes=None) -> Event | None:
         raise DataError(f"{path}:{row.line}: negative onset {onset}")
     if onset > offset:
         raise DataError(f"{path}:{row.line}: onset {onset} is after offset {offset}")
+    if onset == offset:
+        raise DataError(f"{path}:{row.line}: onset equals offset ({onset}): a zero-length event")
     return Event(onset, offset, label)
 
 
