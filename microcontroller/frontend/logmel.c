@@ -70,8 +70,8 @@ int km_logmel_frame(const km_logmel_config* config, const float* frame, float* w
   int i, m, offset = 0;
   if (!valid(config)) return -1;
   for (i = 0; i < config->window_samples; i++) {
-    const double w = config->window ? config->window[i] : 0.5 - 0.5 * cos(2.0 * KM_PI * i / config->window_samples);
-    windowed[i] = (float)(frame[i] * w); /* periodic Hann */
+    const float w = config->window ? config->window[i] : (float)(0.5 - 0.5 * cos(2.0 * KM_PI * i / config->window_samples));
+    windowed[i] = frame[i] * w; /* periodic Hann */
   }
 #ifdef KM_USE_CMSIS_DSP
   {
@@ -95,12 +95,12 @@ int km_logmel_frame(const km_logmel_config* config, const float* frame, float* w
   fft_complex(spectrum, n, config->twiddles);
   for (i = 0; i <= n / 2; i++) spectrum[i] = spectrum[2 * i] * spectrum[2 * i] + spectrum[2 * i + 1] * spectrum[2 * i + 1];
 #endif
-  for (m = 0; m < config->mel_bands; m++) {
-    double sum = 0.0;
+  for (m = 0; m < config->mel_bands; m++) { /* single precision: the Cortex-M4F FPU has no doubles */
+    float sum = 0.0f;
     const int first = config->mel_first_bin[m], count = config->mel_bin_count[m];
-    for (i = 0; i < count; i++) sum += (double)spectrum[first + i] * config->mel_weights[offset + i];
+    for (i = 0; i < count; i++) sum += spectrum[first + i] * config->mel_weights[offset + i];
     offset += count;
-    out[m] = (float)log(sum > config->log_floor ? sum : config->log_floor);
+    out[m] = logf(sum > config->log_floor ? sum : config->log_floor);
   }
   return 0;
 }
