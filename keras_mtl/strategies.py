@@ -19,6 +19,8 @@ frame tasks whose batches mix strongly labelled, weakly labelled and unlabelled 
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Sequence
 
 from keras_mtl.backend import keras, tf
@@ -241,23 +243,49 @@ class HardMTL(MultiTaskStrategy):
     def turn_variables(self, task):
         return self.heads[task.name].trainable_variables
 
-    def _task_step(self, task, data):
-        def run():
-            features, targets = data[task.name]
-            with tf.GradientTape() as tape:
-                loss, strong_targets, predictions = self.task_step_loss(task, features, targets, training=True)
-                total = loss + self.regularization()
-            self.apply(tape, total, self.turn_variables(task))
-            self._record_task(task.name, loss, strong_targets, predictions)
-            return loss
-
-        return run
+    def _turn_step(self, task, data):
+        """Task ``task``'s turn: its loss on its batch updates the shared encoder and its decoder."""
+        features, targets = data[task.name]
+        with tf.GradientTape() as tape:
+            loss, strong_targets, predictions = self.task_step_loss(task, features, targets, training=True)
+            total = loss + self.regularization()
+        self.apply(tape, total, self.turn_variables(task))
+        self._record_task(task.name, loss, strong_targets, predictions)
+        self.total_tracker.update_state(loss)
+        return loss
 
     def train_step(self, data):
+        """One step (train_on_batch); fit() runs one compiled function per turn instead (below)."""
         turn = tf.cast(self.optimizer.iterations % len(self.tasks), tf.int32)
-        loss = tf.switch_case(turn, [self._task_step(task, data) for task in self.tasks])
-        self.total_tracker.update_state(loss)
+        tf.switch_case(turn, [functools.partial(self._turn_step, task, data) for task in self.tasks])
         return {m.name: m.result() for m in self.metrics}
+
+    def make_train_function(self, force=False):
+        """One compiled step per task turn, chosen in Python from the step counter: no branch around
+        the gradient update, which tf.distribute cannot synchronise inside a branch."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        from tf_keras.src.engine.training import reduce_per_replica
+
+        def compiled_turn(task):
+            def run_step(data):
+                self._turn_step(task, data)
+                self._train_counter.assign_add(1)
+                return {m.name: m.result() for m in self.metrics}
+
+            def turn_function(iterator):
+                outputs = self.distribute_strategy.run(run_step, args=(next(iterator),))
+                return reduce_per_replica(outputs, self.distribute_strategy, reduction=self.distribute_reduction_method)
+
+            return turn_function if self.run_eagerly else tf.function(turn_function, reduce_retracing=True)
+
+        turns = [compiled_turn(task) for task in self.tasks]
+
+        def train_function(iterator):
+            return turns[int(self.optimizer.iterations.numpy()) % len(turns)](iterator)
+
+        self.train_function = train_function
+        return train_function
 
 
 class CrossSoftMTL(SoftMTL):

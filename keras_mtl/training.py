@@ -331,9 +331,6 @@ def check_strategy_options(config: RunConfig) -> None:
                               f"({','.join(config.tasks)}) once")
     elif config.order:
         raise ConfigError("--order is for --strategy freeze")
-    if config.distribute and config.strategy in ("hard", "cross-hard"):
-        raise ConfigError(f"--strategy {config.strategy} cannot run under --distribute yet: it picks the task to update "
-                          "inside the compiled step, and tf.distribute cannot synchronise gradients inside such a branch")
     if config.strategy in ("hard", "cross-hard", "cross-soft", "freeze") and len(config.tasks) < 2:
         raise ConfigError(f"--strategy {config.strategy} needs at least two tasks")
     if (config.alpha is not None or config.loss_weights) and config.weighting != "fixed":

@@ -51,7 +51,7 @@ def _checkpoint_values(run: Path) -> dict:
             if "network" in name or "teacher" in name}
 
 
-@pytest.mark.parametrize("strategy", ["soft", "cross-soft"])
+@pytest.mark.parametrize("strategy", ["soft", "cross-soft", "hard"])
 def test_two_workers_hold_identical_student_and_teacher(tmp_path, strategy):
     out = _two_workers(tmp_path, "--strategy", strategy)
     chief, worker = _checkpoint_values(out), _checkpoint_values(out / "worker-1")

@@ -53,6 +53,23 @@ def test_hard_mtl_alternates_and_leaves_the_other_decoder_bit_identical():
     assert not all(np.array_equal(a, b) for a, b in zip(sed_before, _weights(model, "sed/gru")))
 
 
+def test_hard_mtl_fit_takes_turns_with_one_compiled_step_per_task():
+    keras.utils.set_random_seed(0)
+    tasks = parse_task_set("asc,sed")
+    model = build_model(tasks, SMALL)
+    strategy = HardMTL(model, tasks)
+    strategy.compile(optimizer=make_optimizer(1e-2, total_steps=10, warmup_fraction=0.0))
+    dataset = tf.data.Dataset.from_tensors(_data(tasks)).repeat()
+    sed_before = _weights(model, "sed/gru")
+    strategy.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)  # step 0: ASC
+    assert all(np.array_equal(a, b) for a, b in zip(sed_before, _weights(model, "sed/gru")))
+    asc_after = _weights(model, "asc/classifier")
+    strategy.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0)  # step 1: SED
+    assert all(np.array_equal(a, b) for a, b in zip(asc_after, _weights(model, "asc/classifier")))
+    assert not all(np.array_equal(a, b) for a, b in zip(sed_before, _weights(model, "sed/gru")))
+    assert int(strategy.optimizer.iterations.numpy()) == 2
+
+
 def test_dwa_formula_on_a_hand_computed_example():
     # ratios 0.8/1.0 = 0.8 and 0.3/0.6 = 0.5; T = 2 -> K * exp(r/T) / sum = 2 * e^0.4 / (e^0.4 + e^0.25)
     weights = dwa_weights(np.array([0.8, 0.3]), np.array([1.0, 0.6]), temperature=2.0)
