@@ -121,3 +121,23 @@ def test_fix_length_pad_modes():
     assert fix_length(x, 2).tolist() == [1, 2]
     assert fix_length(x, 5).tolist() == [1, 2, 3, 0, 0]
     assert fix_length(x, 8, "repeat").tolist() == [1, 2, 3, 1, 2, 3, 1, 2]
+
+
+def test_clips_of_the_wrong_length_are_padded_or_cut_and_logged(tmp_path, caplog):
+    import logging
+
+    from keras_mtl.data.items import AudioItem
+    from keras_mtl.data.pipeline import FeatureExtractor
+    from keras_mtl.features import FrontEndConfig
+    from keras_mtl.tasks import parse_task_set
+
+    task = parse_task_set("asc")[0]  # 1 s clips
+    rng = np.random.default_rng(0)
+    items = []
+    for name, seconds in (("short", 0.5), ("exact", 1.0), ("long", 1.7)):
+        sf.write(tmp_path / f"{name}.wav", 0.1 * rng.standard_normal(int(seconds * 16000)), 16000)
+        items.append(AudioItem(tmp_path / f"{name}.wav", name, label=task.classes[0]))
+    with caplog.at_level(logging.INFO, logger="keras_mtl.data.pipeline"):
+        split = FeatureExtractor(FrontEndConfig(), tmp_path / "cache").prepare(task, "train", items, 4)
+    assert {split.load_features(i).shape for i in range(3)} == {(101, 128)}
+    assert "1 clips shorter than 1.00 s padded" in caplog.text and "1 longer ones cut" in caplog.text

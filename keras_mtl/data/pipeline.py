@@ -58,7 +58,7 @@ class FeatureExtractor:
         output_frames = -(-input_frames // time_pool_factor) if ceil_frames else input_frames // time_pool_factor
         frame_seconds = self.frontend.frame_seconds * time_pool_factor
         paths = []
-        computed = 0
+        computed = padded = cut = 0
         bar = tqdm(items, desc=f"features {task.name}/{split}", unit="clip", disable=None, leave=False)
         for item in bar:
             try:
@@ -66,12 +66,17 @@ class FeatureExtractor:
             except FileNotFoundError:
                 raise DataError(f"{item.path}: audio file not found") from None
             if not path.exists():
-                audio = fix_length(load_audio(item.path, self.frontend.sample_rate), n_samples, task.pad_mode)
-                self.cache.store(item.path, n_samples, self._logmel(audio), task.pad_mode)
+                audio = load_audio(item.path, self.frontend.sample_rate)
+                padded += len(audio) < n_samples
+                cut += len(audio) > n_samples
+                self.cache.store(item.path, n_samples, self._logmel(fix_length(audio, n_samples, task.pad_mode)), task.pad_mode)
                 computed += 1
             paths.append(path)
         bar.close()
         log.info("%s/%s: %d clips (%d features computed, %d from cache)", task.name, split, len(items), computed, len(items) - computed)
+        if padded or cut:
+            log.info("%s/%s: %d clips shorter than %.2f s padded (%s), %d longer ones cut", task.name, split, padded,
+                     task.clip_seconds, task.pad_mode, cut)
         targets = [task.target(item, output_frames, frame_seconds) for item in items]
         return TaskSplit(task, split, items, paths, targets, input_frames, output_frames, frame_seconds)
 
