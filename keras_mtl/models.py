@@ -35,6 +35,8 @@ class ModelConfig:
     weak_output: bool = False  # frame tasks also output attention-pooled clip scores ("<task>_weak")
     # after the shared blocks, groups of tasks may share more blocks: [{"tasks": [gc, ac], "blocks": 2}, ...]
     share_groups: tuple = ()
+    # or any hierarchy: a tree spec of keras_mtl.synergy ({"tasks", "shared", "children"}), root = shared/
+    tree: dict | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -55,6 +57,12 @@ class ModelConfig:
             seen |= set(names)
             groups.append((names, depth))
         object.__setattr__(self, "share_groups", tuple(groups))
+        if self.tree is not None:
+            from keras_mtl import synergy
+
+            if self.shared_blocks is not None or self.share_groups:
+                raise ConfigError("model: give a tree or shared_blocks/share_groups, not both")
+            synergy.validate_tree(self.tree, len(self.channels))
         if self.n_mels % self.freq_pool_factor:
             raise ConfigError(f"model: n_mels {self.n_mels} is not divisible by the frequency pooling {self.freq_pool_factor}")
 
@@ -68,6 +76,8 @@ class ModelConfig:
 
     @property
     def n_shared(self) -> int:
+        if self.tree is not None:
+            return int(self.tree["shared"])
         return len(self.channels) if self.shared_blocks is None else self.shared_blocks
 
     def output_frames(self, input_frames: int) -> int:
@@ -192,7 +202,14 @@ def add_head_outputs(outputs: dict, task, prediction) -> None:
 
 def block_owner(config: ModelConfig, task_name: str, index: int) -> str:
     """Name prefix of conv block ``index`` (1-based) on ``task_name``'s path: 'shared', a share
-    group ('gc-ac') or the task itself."""
+    group or tree node ('gc-ac') or the task itself."""
+    if config.tree is not None:
+        from keras_mtl import synergy
+
+        owners = synergy.block_owners(config.tree)
+        if task_name not in owners:
+            raise ConfigError(f"model: task {task_name} is not in the tree ({', '.join(owners)})")
+        return owners[task_name][index - 1]
     if index <= config.n_shared:
         return "shared"
     for names, depth in config.share_groups:
