@@ -55,3 +55,19 @@ def parse_data_roots(values: list[str]) -> str | dict:
     if all(isinstance(root, dict) for root in roots):
         return {key: value for root in roots for key, value in root.items()}
     raise UserError("--data-root: give either one folder, or task=DIR for each task")
+
+
+def base_config(preset: str, config_path: str | None = None, epochs: int | None = None,
+                data_roots: list[str] | None = None) -> dict:
+    """The configuration every run of an experiment starts from: a preset, a YAML on top, epochs, data roots."""
+    from keras_mtl import config as run_config
+
+    base = run_config.load_preset(preset)
+    if config_path:
+        base = run_config.merge(base, run_config.load_yaml(config_path))
+    base = run_config.merge(base, {"preset": preset})
+    if epochs is not None:
+        base = run_config.merge(base, {"training": {"epochs": epochs}})
+    if data_roots:
+        base = run_config.merge(base, {"data_root": parse_data_roots(data_roots)})
+    return base

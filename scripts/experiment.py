@@ -37,7 +37,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
-    from keras_mtl import config as run_config
     from keras_mtl import experiments
     from keras_mtl.errors import ConfigError
 
@@ -49,14 +48,7 @@ def main(argv=None) -> int:
     if not seeds:
         raise ConfigError("--seeds: give at least one seed")
     rows = experiments.select_rows(experiment, [r.strip() for r in (args.rows or "").split(",") if r.strip()])
-    base = run_config.load_preset(args.preset)
-    if args.config:
-        base = run_config.merge(base, run_config.load_yaml(args.config))
-    base = run_config.merge(base, {"preset": args.preset})
-    if args.epochs is not None:
-        base = run_config.merge(base, {"training": {"epochs": args.epochs}})
-    if args.data_root:
-        base = run_config.merge(base, {"data_root": cli.parse_data_roots(args.data_root)})
+    base = cli.base_config(args.preset, args.config, args.epochs, args.data_root)
     out = Path(args.output_dir or f"runs/experiment-{experiment.name}")
     summary = experiments.run_experiment(experiment, base, seeds, out, rows, dry_run=args.dry_run)
     if not args.dry_run:

@@ -116,3 +116,38 @@ def test_model_from_a_tree_shares_exactly_what_the_tree_says():
     out = model(np.zeros((1, 101, 128), np.float32))
     assert set(out) >= {"gc", "ac", "scr", "vad"}
     assert isinstance(model, keras.Model)
+
+
+def test_synergy_pipeline_end_to_end_with_shards_and_merge(tmp_path):
+    """Reduced: the tiny preset's 2-layer template, three speech tasks, depths 1 and 2, one epoch."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "synergy.py"
+    env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
+    out = tmp_path / "synergy"
+    common = [sys.executable, str(script), "--tasks", "gc,ac,vad", "--depths", "1,2", "--threshold", "50",
+              "--preset", "tiny", "--epochs", "1", "--output-dir", str(out)]
+    for shard in ("0/2", "1/2"):
+        result = subprocess.run([*common, "--shard", shard], capture_output=True, text=True, env=env, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((out / "runs").glob("*/metrics.json"))) == 3 + 3 * 2  # singles and pairs, split between shards
+    result = subprocess.run([*common, "--merge"], capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "results.json").read_text())
+    synergy.validate_tree(summary["tree"], 2)
+    assert sorted(synergy.block_owners(summary["tree"])) == ["ac", "gc", "vad"]
+    assert set(summary["ar"]) == {"gc-ac", "gc-vad", "ac-vad"} and all(set(v) == {"1", "2"} for v in summary["ar"].values())
+    models = [row["model"] for row in summary["models"]]
+    assert models[0] == "3 independent models" and any(m.startswith("hierarchical") for m in models)
+    assert sum(m.startswith("flat MTL") for m in models) == 2
+    independent = summary["models"][0]["params"]
+    assert all(row["params"] <= independent for row in summary["models"])
+    for name in ("tables.md", "ar.csv", "models.csv", "graph.png", "tree.png", "tree.json"):
+        assert (out / name).stat().st_size > 0, name
+    again = subprocess.run([*common, "--merge"], capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0 and "done before, skipped" in again.stderr
+    assert json.loads((out / "results.json").read_text())["models"] == summary["models"]
