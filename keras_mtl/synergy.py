@@ -277,8 +277,9 @@ def relative_drop(single: float, multi: float) -> float:
 
 
 def ar_of(metrics: dict, singles: dict[str, float]) -> float:
-    """AR of a multi-task run: the largest relative drop of any of its tasks."""
-    return max(relative_drop(singles[t], headline(metrics, t)) for t in metrics["tasks"])
+    """AR of a multi-task run: the largest relative drop of any of its tasks (NaN if one is undefined)."""
+    drops = [relative_drop(singles[t], headline(metrics, t)) for t in metrics["tasks"]]
+    return float("nan") if any(math.isnan(d) for d in drops) else max(drops)
 
 
 def collect_ar(out: Path, tasks: Sequence[str], depths: Sequence[int]) -> tuple[dict, dict, dict]:
