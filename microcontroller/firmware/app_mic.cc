@@ -10,19 +10,12 @@
 #define KM_CPU_HZ 64000000u
 #endif
 
-namespace {
-void PrintLine(const char* line) {
-  km_platform_write(line);
-  km_platform_write("\n");
-}
-}  // namespace
-
 int main() {
   km_platform_init();
-  PrintLine("keras-mtl listener: microphone, 16 kHz");
-  if (!keras_mtl::ListenerStart(PrintLine)) return 1;
+  km_platform_write_line("keras-mtl listener: microphone, 16 kHz");
+  if (!keras_mtl::ListenerStart(km_platform_write_line)) return 1;
   if (km_mic_start() != 0) {
-    PrintLine("error: this board has no microphone driver");
+    km_platform_write_line("error: this board has no microphone driver");
     return 1;
   }
   char line[160];
@@ -43,7 +36,7 @@ int main() {
                (unsigned long)((now.frontend_cycles - last.frontend_cycles) / per_ms / 10),
                (unsigned long)((now.model_cycles - last.model_cycles) / per_ms / 10),
                (unsigned long)(km_mic_overruns() - reported_overruns));
-      PrintLine(line);
+      km_platform_write_line(line);
       reported_overruns = km_mic_overruns();
       last = now;
     }

@@ -10,13 +10,6 @@ extern "C" const unsigned char g_input_wav[];
 extern "C" const unsigned int g_input_wav_size;
 extern "C" const char g_input_wav_name[];
 
-namespace {
-void PrintLine(const char* line) {
-  km_platform_write(line);
-  km_platform_write("\n");
-}
-}  // namespace
-
 int main() {
   km_platform_init();
   char line[160];
@@ -24,18 +17,18 @@ int main() {
   const char* problem = km_wav_parse(g_input_wav, g_input_wav_size, &wav);
   if (problem != nullptr) {
     snprintf(line, sizeof(line), "error: %s: %s", g_input_wav_name, problem);
-    PrintLine(line);
+    km_platform_write_line(line);
     return 2;
   }
   if (wav.sample_rate != 16000) {
     snprintf(line, sizeof(line), "error: %s: %lu Hz; the models take 16000 Hz", g_input_wav_name,
              (unsigned long)wav.sample_rate);
-    PrintLine(line);
+    km_platform_write_line(line);
     return 2;
   }
   snprintf(line, sizeof(line), "keras-mtl listener: %s, %lu samples", g_input_wav_name, (unsigned long)wav.count);
-  PrintLine(line);
-  if (!keras_mtl::ListenerStart(PrintLine)) return 1;
+  km_platform_write_line(line);
+  if (!keras_mtl::ListenerStart(km_platform_write_line)) return 1;
   const size_t chunk = 1600;
   for (size_t at = 0; at < wav.count; at += chunk)
     keras_mtl::ListenerPush(wav.samples + at, wav.count - at < chunk ? wav.count - at : chunk);
@@ -44,11 +37,11 @@ int main() {
   snprintf(line, sizeof(line), "end: %lu samples, %lu frames, %lu encoder windows, %lu invocations, arena %lu bytes",
            (unsigned long)stats.samples, (unsigned long)stats.frames, (unsigned long)stats.windows,
            (unsigned long)stats.invocations, (unsigned long)stats.arena_bytes);
-  PrintLine(line);
+  km_platform_write_line(line);
   if (stats.model_cycles != 0) {
     snprintf(line, sizeof(line), "kilocycles: models %lu, front end %lu", (unsigned long)(stats.model_cycles / 1000),
              (unsigned long)(stats.frontend_cycles / 1000));
-    PrintLine(line);
+    km_platform_write_line(line);
   }
   return 0;
 }

@@ -11,6 +11,11 @@ extern "C" {
 void km_platform_init(void);
 /* Writes text to the serial line (blocking). */
 void km_platform_write(const char* text);
+/* One line: the text and a newline (the listener's report function). */
+static inline void km_platform_write_line(const char* text) {
+  km_platform_write(text);
+  km_platform_write("\n");
+}
 /* Free-running CPU cycle counter; 0 where the core has none (QEMU). */
 uint32_t km_platform_cycles(void);
 /* Ends the program (QEMU: exits the emulator with this status; boards: halts). */
