@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     rows = experiments.select_rows(experiment, [r.strip() for r in (args.rows or "").split(",") if r.strip()])
     base = cli.base_config(args.preset, args.config, args.epochs, args.data_root)
     out = Path(args.output_dir or f"runs/experiment-{experiment.name}")
-    summary = experiments.run_experiment(experiment, base, seeds, out, rows, dry_run=args.dry_run)
+    experiments.run_experiment(experiment, base, seeds, out, rows, dry_run=args.dry_run)
     if not args.dry_run:
         print((out / "table.md").read_text())
         print(f"experiment folder: {out}")

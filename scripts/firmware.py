@@ -12,7 +12,6 @@ local checkout of it. Writes <export>/firmware/ (build tree, listener output, fi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 

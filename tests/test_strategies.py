@@ -114,8 +114,7 @@ def test_strategies_reduce_the_training_loss(strategy_cls):
 from keras_mtl.data.pipeline import FeatureExtractor, make_semi_supervised_dataset  # noqa: E402
 from keras_mtl.data import desed  # noqa: E402
 from keras_mtl.features import FrontEndConfig  # noqa: E402
-from keras_mtl.strategies import (CrossHardMTL, CrossSoftMTL, FreezeMTL, ema_decay, sigmoid_rampup,  # noqa: E402
-                                  weak_key)
+from keras_mtl.strategies import CrossHardMTL, CrossSoftMTL, FreezeMTL, ema_decay, sigmoid_rampup  # noqa: E402
 from keras_mtl.weighting import FocalTaskWeighting, focal_task_weights  # noqa: E402
 
 SMALL_WEAK = ModelConfig(channels=(4, 8), pools=((2, 16), (2, 8)), gru_units=8, dropout=0.0, head_dropout=0.0,
