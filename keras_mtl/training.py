@@ -74,8 +74,8 @@ def make_distribution(config: RunConfig):
 
 def worker_role() -> tuple[bool, str]:
     """(whether this process is the chief, its task name) from TF_CONFIG; (True, "") without one."""
-    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}
-    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster") or {}
+    cluster_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task, cluster = cluster_config.get("task") or {}, cluster_config.get("cluster") or {}
     kind, index = task.get("type", "worker"), int(task.get("index", 0))
     chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
     return chief, f"{kind}-{index}"
@@ -400,8 +400,10 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
     val_ds = {t.name: make_dataset(data.test[t.name], tc.batch_for(t.name), training=False) for t in tasks}
 
     out = Path(config.output_dir) if config.output_dir else default_output_dir(config)
-    if config.distribute == "multi-worker" and not worker_role()[0]:
-        out = out / worker_role()[1]  # workers other than the chief keep their files apart
+    if config.distribute == "multi-worker":
+        chief, role = worker_role()
+        if not chief:
+            out = out / role  # workers other than the chief keep their files apart
     out.mkdir(parents=True, exist_ok=True)
     info = _describe(network, tasks, config, output_dir=out)
     log.info("run folder: %s", out)
