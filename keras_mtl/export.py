@@ -204,9 +204,9 @@ def convert_int8(model: keras.Model, representative: Callable[[], Iterable[dict[
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    # one weight scale per FULLY_CONNECTED: TFLite-Micro releases before 2024 and their CMSIS-NN kernels
-    # (the pinned firmware tree among them) apply the first channel's scale to every channel of a
-    # per-channel FC and compute wrong outputs; convolutions keep per-channel scales
+    # one weight scale per FULLY_CONNECTED: the CMSIS-NN FULLY_CONNECTED of the firmware's pinned
+    # TFLite-Micro tree (2023) applies the first channel's scale to every channel of a per-channel FC
+    # and computes wrong outputs (measured: up to 9 LSB); convolutions keep per-channel scales
     converter._experimental_disable_per_channel_quantization_for_dense_layers = True
     return converter.convert()
 

@@ -166,7 +166,7 @@ def test_export_report_tflm_agrees_with_litert(exported):
 
 
 def test_fully_connected_weights_have_one_scale(exported):
-    """TFLite-Micro trees before per-channel FC support (the pinned firmware tree) use one scale per FC."""
+    """The pinned firmware tree's CMSIS-NN FULLY_CONNECTED uses one scale per layer."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     for tflite in exported.glob("*.tflite"):
