@@ -292,6 +292,24 @@ def test_listener_output_parses_into_scenes_and_events():
     assert firmware.compare(found, other) and not firmware.compare(found, other, time_tolerance_ms=40)
 
 
+def test_firmware_comparison_accepts_only_what_one_output_step_explains():
+    from keras_mtl import firmware
+
+    host = firmware.Findings({"asc": [(0, 1000, "park", 30), (1000, 2000, "bus", 40)]}, {"sed": [(0, 80, "Dog")]})
+    host.margins = {"asc": [1.0, 5.0]}  # top-1 minus top-2 in output steps
+    active = np.zeros((4, 2), bool)
+    active[:2, 0] = True
+    uncertain = np.zeros((4, 2), bool)
+    uncertain[2, 0] = True  # frame 2 of Dog lies within one step of the threshold
+    host.activity = {"sed": (40, ["Dog", "Cat"], active, uncertain)}
+    near_tie = firmware.Findings({"asc": [(0, 1000, "tram", 30), (1000, 2000, "bus", 41)]}, {"sed": [(0, 120, "Dog")]})
+    assert firmware.compare(host, near_tie) == []
+    clear_win = firmware.Findings({"asc": [(0, 1000, "park", 30), (1000, 2000, "tram", 40)]}, {"sed": [(0, 80, "Dog")]})
+    assert "bus" in " ".join(firmware.compare(host, clear_win))
+    certain_frame = firmware.Findings(host.scenes, {"sed": [(0, 80, "Dog"), (120, 160, "Cat")]})
+    assert "Cat at 120 ms" in " ".join(firmware.compare(host, certain_frame))
+
+
 TFLM_SOURCE = os.environ.get("KERAS_MTL_TFLM_SOURCE")
 
 
