@@ -221,8 +221,9 @@ def operators(flatbuffer: bytes) -> list[str]:
 
 
 class Int8Model:
-    """A quantised model run by LiteRT or TFLite-Micro, with inputs and outputs by name (the Keras
-    names, from the model's signature) and float in/out conversion."""
+    """A quantised model run by LiteRT ("litert"; "litert-reference": its reference kernels, no
+    XNNPACK) or TFLite-Micro ("tflm"), with inputs and outputs by name (the Keras names, from the
+    model's signature) and float in/out conversion."""
 
     def __init__(self, flatbuffer: bytes, runtime_name: str = "litert", arena_size: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
@@ -239,6 +240,8 @@ class Int8Model:
         self.outputs = [dict(d, key=names_out[d["index"]]) for d in litert.get_output_details()]
         if runtime_name == "litert":
             self.interpreter = litert
+        elif runtime_name == "litert-reference":
+            self.interpreter = agreement.reference_interpreter(flatbuffer)
         elif runtime_name == "tflm":
             from tflite_micro.python.tflite_micro import runtime
 
@@ -255,12 +258,12 @@ class Int8Model:
     def run_int8(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for position, detail in enumerate(self.inputs):
             value = np.asarray(inputs[detail["key"]], np.int8).reshape(detail["shape"])
-            if self.runtime == "litert":
+            if self.runtime != "tflm":
                 self.interpreter.set_tensor(detail["index"], value)
             else:
                 self.interpreter.set_input(value, position)
         self.interpreter.invoke()
-        if self.runtime == "litert":
+        if self.runtime != "tflm":
             return {d["key"]: self.interpreter.get_tensor(d["index"]).copy() for d in self.outputs}
         return {d["key"]: np.array(self.interpreter.get_output(i)) for i, d in enumerate(self.outputs)}
 
@@ -497,8 +500,7 @@ def _export_network(run_dir: Path, config, tasks, network, plan: StreamingPlan, 
         int8_inputs = [{n: litert.quantize(n, v) for n, v in s.items()} for s in checks]
         arena = minimum_arena(flatbuffer, int8_inputs[0])
         micro = Int8Model(flatbuffer, "tflm", arena_size=arena)
-        reference = Int8Model(flatbuffer)
-        reference.interpreter = agreement.reference_interpreter(flatbuffer)
+        reference = Int8Model(flatbuffer, "litert-reference")
         end_to_end = agreement.end_to_end_lsb([reference.run_int8(i) for i in int8_inputs],
                                               [micro.run_int8(i) for i in int8_inputs])
         per_operator = agreement.per_operator_lsb(

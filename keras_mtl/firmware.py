@@ -163,7 +163,7 @@ def expected_report(export_dir: str | Path, wav: str | Path, front_end: str = "c
             filtered = median_filter(scores, size=(task.median_filter_frames, 1), mode="nearest") \
                 if task.median_filter_frames > 1 else scores
             uncertain = np.abs(filtered - task.threshold) <= step * 1.01
-            frames = int(np.ceil(duration * 1000 / (embedding_seconds * 1000) - 1e-9))
+            frames = math.ceil(duration / embedding_seconds - 1e-9)  # output frames that start inside the audio
             found.activity[task.name] = (int(round(embedding_seconds * 1000)), list(task.classes),
                                          active[:frames], uncertain[:frames])
     return found

@@ -20,6 +20,7 @@ namespace {
 
 constexpr int kMaxClasses = 64;
 constexpr int kMaxMedian = 31;
+constexpr size_t kMaxState = 256;  // bytes of a frame step's recurrent state
 constexpr int kPad = KM_FFT_SIZE / 2;  // centred frames: frame i is centred on sample i * hop
 
 // -- front end -------------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ void StepFrame(Model& m, const int8_t* embedding, const TfLiteTensor* embedding_
   if (!Invoke(m)) return;
   const TfLiteTensor* scores = it.output(p.scores_output);
   const TfLiteTensor* new_state = it.output(p.state_output);
-  int8_t next_state[256];
+  int8_t next_state[kMaxState];
   Requantize(new_state->data.int8, new_state, next_state, state, state->bytes);
 #ifdef KM_TRACE
   {
@@ -284,11 +285,19 @@ bool ListenerStart(ReportFunction report) {
       return false;
     }
     m.arena = m.piece->kind == KM_ENCODER ? g_arena_encoder : new (std::nothrow) uint8_t[m.piece->arena_size + 16];
+    if (m.arena == nullptr) {
+      Report("error: %s: no memory for a %d-byte arena", m.piece->name, m.piece->arena_size);
+      return false;
+    }
     uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(m.arena) + 15) & ~uintptr_t(15));
     m.interpreter = new (interpreters[i]) tflite::MicroInterpreter(tflite::GetModel(m.piece->model), g_resolver,
                                                                    aligned, m.piece->arena_size);
     if (m.interpreter->AllocateTensors() != kTfLiteOk) {
       Report("error: %s: AllocateTensors failed with a %d-byte arena", m.piece->name, m.piece->arena_size);
+      return false;
+    }
+    if (m.piece->kind == KM_FRAME_STEP && m.interpreter->input(m.piece->state_input)->bytes > kMaxState) {
+      Report("error: %s: a recurrent state larger than this firmware's %u bytes", m.piece->name, (unsigned)kMaxState);
       return false;
     }
     g_stats.arena_bytes += m.piece->arena_size;
