@@ -181,7 +181,7 @@ class MultiTaskStrategy(keras.Model):
         if self.teacher is None:
             return
         decay = ema_decay(self.optimizer.iterations - 1, self.max_ema_decay)
-        pairs = list(zip(self.teacher.weights, self.network.weights))
+        pairs = [(t, s) for t, s in zip(self.teacher.weights, self.network.weights) if t.dtype.is_floating]  # not counters
 
         def update(distribution, decay):
             for teacher_weight, student_weight in pairs:

@@ -356,6 +356,39 @@ def predict_split(path_model, split: TaskSplit, batch_size: int) -> list[np.ndar
     return outputs
 
 
+def evaluate_task(path_model, task, data: PreparedData, tc) -> dict:
+    """The task's DCASE-style metrics of ``path_model`` (the task's path) on its test split."""
+    split = data.test[task.name]
+    predictions = predict_split(path_model, split, tc.batch_for(task.name))
+    return task.evaluate(predictions, split.items, split.frame_seconds)
+
+
+def fit_network(network: keras.Model, tasks, data: PreparedData, config: RunConfig, epochs: int | None = None,
+                strategy_cls=None, callbacks=(), **strategy_options):
+    """Trains ``network`` on ``tasks`` (SoftMTL unless ``strategy_cls``) with a fresh optimizer, the
+    run's batches, learning-rate schedule and loss weights; returns the fitted strategy. For
+    procedures that train a network several times (compression)."""
+    from keras_mtl.strategies import SoftMTL
+
+    tc = config.training
+    epochs = tc.epochs if epochs is None else int(epochs)
+    names = [t.name for t in tasks]
+    steps = tc.steps_per_epoch or max(math.ceil(len(data.train[n]) / tc.batch_for(n)) for n in names)
+    weights = config.task_loss_weights() if list(config.tasks) == names else None
+    semi = [n for n in names if n in data.semi]
+    options = dict(loss_weights=weights, mean_teacher_tasks=semi, consistency_weight=tc.consistency_weight,
+                   rampup_steps=int(round(tc.rampup_fraction * steps * epochs)), cross_weight=tc.cross_weight,
+                   max_ema_decay=tc.ema_decay)
+    options.update(strategy_options)
+    strategy = (strategy_cls or SoftMTL)(network, tasks, **options)
+    strategy.compile(optimizer=make_optimizer(tc.learning_rate, steps * epochs, tc.weight_decay, tc.warmup_fraction))
+    augment = config.augment if tc.augment else None
+    batches = tf.data.Dataset.zip({t.name: training_batches(t, data, tc, augment, config.seed) for t in tasks})
+    strategy.fit(batches, epochs=epochs, steps_per_epoch=steps, callbacks=list(callbacks),
+                 verbose=1 if _interactive() else 2)
+    return strategy
+
+
 def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dict:
     """Run one experiment; returns the metrics dict (also written to the run folder).
     ``resume``: continue the run in ``config.output_dir`` from its last epoch checkpoint."""
@@ -459,8 +492,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
     results = {}
     for task in tasks:
         split = data.test[task.name]
-        predictions = predict_split(strategy.paths[task.name], split, tc.batch_for(task.name))
-        task_metrics = task.evaluate(predictions, split.items, split.frame_seconds)
+        task_metrics = evaluate_task(strategy.paths[task.name], task, data, tc)
         results[task.name] = {
             "split": split.split,
             "metrics": task_metrics,
