@@ -303,7 +303,8 @@ def collect_ar(out: Path, tasks: Sequence[str], depths: Sequence[int]) -> tuple[
 PAPER_TABLE3 = {("gc", "ac"): [2.3, 0.6, 0.9, 1.2, 1.0], ("gc", "scr"): [0.4, 0.4, 0.8, 0.8, 1.2],
                 ("gc", "vad"): [0.0, 0.0, 0.4, 0.0, 0.0], ("ac", "scr"): [0.8, 3.7, 2.7, 2.0, 7.0],
                 ("ac", "vad"): [1.8, 2.0, 1.7, 2.4, 2.3], ("scr", "vad"): [0.5, 0.5, 1.2, 1.2, 1.3]}
-PAPER_TABLE4 = [("4 independent models", 0.0, 120000), ("flat MTL, 7 shared", 2.7, 56600),
+PAPER_TABLE4 = [("4 independent models", 0.0, 120000), ("flat MTL, 7 shared", 2.7, 56600), ("LT4REC", 9.0, 58000),
+                ("LTH", 6.5, 58000),
                 ("{GC,AC},{SCR,VAD}", 1.9, 52600), ("{GC,SCR},{AC,VAD}", 4.0, 60700), ("{GC,VAD},{AC,SCR}", 3.5, 56600)]
 
 
@@ -313,10 +314,46 @@ def template_depth(base: dict) -> int:
     return len(run_config.build(base).model.channels)
 
 
+COMPRESSION_LABELS = {"lth": "LTH (pruned flat MTL)", "lt4rec": "LT4REC (sparse sharing)"}
+
+
+def check_compression(methods: Sequence[str]) -> None:
+    unknown = sorted(set(methods) - set(COMPRESSION_LABELS))
+    if unknown:
+        raise ConfigError(f"--compress {','.join(unknown)}: known methods are {', '.join(COMPRESSION_LABELS)}")
+
+
+def run_compression(out: Path, finals: list[Job], methods: Sequence[str], rate: float = 0.2) -> None:
+    """The seed 001 Table 4 baselines: the largest flat model (fewest shared layers) pruned by each
+    method down to the synthesised tree's parameters, into runs/<method>; a finished one is kept."""
+    from keras_mtl import compression
+
+    check_compression(methods)
+    if not methods:
+        return
+    tree = job_metrics(out, next(job for job in finals if job.stage == "tree"))
+    flats = sorted((job for job in finals if job.stage == "flat"), key=lambda job: job.model["shared_blocks"])
+    source = out / "runs" / flats[0].name
+    target = int(tree["model"]["params"])
+    dense = int(job_metrics(out, flats[0])["model"]["params"])
+    if dense <= target:
+        log.warning("compression skipped: the largest flat model (%s, %d params) is not larger than the tree (%d)",
+                    flats[0].name, dense, target)
+        return
+    for method in methods:
+        if (out / "runs" / method / "metrics.json").exists():
+            log.info("%s: done before, skipped", method)
+            continue
+        log.info("%s: pruning %s (%d params) to the tree's %d", method.upper(), flats[0].name, dense, target)
+        compression.compress_run(source, compression.CompressionSettings(method, target, rate), out / "runs" / method)
+
+
 def run_synergy(tasks: Sequence[str], depths: Sequence[int], threshold: float, base: dict, out: Path,
-                shard: tuple[int, int] | None = None, merge: bool = False, dry_run: bool = False) -> dict | None:
+                shard: tuple[int, int] | None = None, merge: bool = False, dry_run: bool = False,
+                compress: Sequence[str] = ()) -> dict | None:
     """All stages (see above). ``shard``: only that share of stages 1-2, then stop; ``merge``: skip
-    stages 1-2 (their runs must exist), synthesise, run stage 4 and write the tables."""
+    stages 1-2 (their runs must exist), synthesise, run stage 4 and write the tables. ``compress``:
+    also the LTH / LT4REC baselines (run_compression); finished ones join the tables in any case."""
     tasks = list(tasks)
     if len(tasks) < 2 or len(set(tasks)) != len(tasks):
         raise ConfigError(f"--tasks needs two or more distinct tasks, got {','.join(tasks)}")
@@ -325,6 +362,7 @@ def run_synergy(tasks: Sequence[str], depths: Sequence[int], threshold: float, b
     if not depths or depths[0] < 0 or depths[-1] > depth:
         raise ConfigError(f"--depths must lie in 0..{depth} (the template's layers), got {depths}")
     edge_weights({}, threshold)  # checks the threshold before anything is trained
+    check_compression(compress)
     first = first_jobs(tasks, depths)
     if dry_run:
         for job in shard_of(first, shard):
@@ -345,6 +383,7 @@ def run_synergy(tasks: Sequence[str], depths: Sequence[int], threshold: float, b
     log.info("synthesised tree (threshold %.2f%%):\n%s", threshold, describe(tree))
     finals = final_jobs(tasks, depths, tree, depth)
     run_jobs(finals, base, out)
+    run_compression(out, finals, compress)
     return summarize(out, tasks, depths, threshold, singles, params, ar, weights, tree, finals)
 
 
@@ -364,6 +403,13 @@ def summarize(out: Path, tasks, depths, threshold, singles, params, ar, weights,
             label = "split " + _tree_label(job.model["tree"])
         rows.append({"model": label, "job": job.name, "metrics": {t: 100 * headline(metrics, t) for t in tasks},
                      "ar": ar_of(metrics, singles), "params": int(metrics["model"]["params"])})
+    for method, label in COMPRESSION_LABELS.items():
+        path = out / "runs" / method / "metrics.json"
+        if path.exists():
+            metrics = json.loads(path.read_text())
+            rows.append({"model": f"{label}, {metrics['model']['dense_params']:,} → non-zero", "job": method,
+                         "metrics": {t: 100 * headline(metrics, t) for t in tasks},
+                         "ar": ar_of(metrics, singles), "params": int(metrics["model"]["params"])})
     for row in rows:
         row["saving_percent"] = 100.0 * (1 - row["params"] / independent)
     summary = {"tasks": list(tasks), "depths": list(depths), "threshold": threshold, "tree": tree,

@@ -6,6 +6,7 @@ independent, flat and other split models.
     python scripts/synergy.py --tasks gc,ac,scr,vad --threshold 2.0
     python scripts/synergy.py --tasks gc,ac,scr,vad --shard 0/4      # on four machines or shells ...
     python scripts/synergy.py --tasks gc,ac,scr,vad --merge          # ... then once, when all are done
+    python scripts/synergy.py --tasks gc,ac,scr,vad --merge --compress lth,lt4rec   # + the pruning baselines
 
 Writes <out>/runs/<job>/ (one ordinary run folder per model; a finished one is not trained again),
 tree.json, results.json, tables.md, ar.csv, models.csv, graph.png and tree.png.
@@ -33,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-dir", help="experiment folder (default runs/synergy-<tasks>)")
     p.add_argument("--shard", metavar="I/N", help="train only the I-th of N shares of stages 1-2, then stop")
     p.add_argument("--merge", action="store_true", help="stages 1-2 are done (by shards): synthesise, run stage 4, tabulate")
+    p.add_argument("--compress", default="", metavar="lth,lt4rec",
+                   help="also prune the largest flat model to the tree's size with these methods (Table 4's LTH / LT4REC rows)")
     p.add_argument("--dry-run", action="store_true", help="check the settings and list the stage 1-2 runs; train nothing")
     cli.add_logging_options(p)
     return p.parse_args(argv)
@@ -54,7 +57,8 @@ def main(argv=None) -> int:
     base = cli.base_config(args.preset, args.config, args.epochs, args.data_root)
     out = Path(args.output_dir or f"runs/synergy-{'-'.join(tasks)}")
     summary = synergy.run_synergy(tasks, depths, args.threshold, base, out, synergy.parse_shard(args.shard),
-                                  merge=args.merge, dry_run=args.dry_run)
+                                  merge=args.merge, dry_run=args.dry_run,
+                                  compress=[m.strip() for m in args.compress.split(",") if m.strip()])
     if summary is not None:
         print((out / "tables.md").read_text())
         print(f"synergy folder: {out}")

@@ -148,6 +148,11 @@ def test_synergy_pipeline_end_to_end_with_shards_and_merge(tmp_path):
     assert all(row["params"] <= independent for row in summary["models"])
     for name in ("tables.md", "ar.csv", "models.csv", "graph.png", "tree.png", "tree.json"):
         assert (out / name).stat().st_size > 0, name
-    again = subprocess.run([*common, "--merge"], capture_output=True, text=True, env=env, timeout=900)
-    assert again.returncode == 0 and "done before, skipped" in again.stderr
-    assert json.loads((out / "results.json").read_text())["models"] == summary["models"]
+    again = subprocess.run([*common, "--merge", "--compress", "lth"], capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0 and "done before, skipped" in again.stderr, again.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["models"]
+    assert rows[:len(summary["models"])] == summary["models"]
+    tree_params = next(row["params"] for row in rows if row["model"].startswith("hierarchical"))
+    lth = [row for row in rows if row["model"].startswith("LTH")]  # the flat-k1 model pruned to the tree's size
+    assert len(lth) == 1 and abs(lth[0]["params"] - tree_params) <= max(1, tree_params // 500)
+    assert (out / "runs" / "lth" / "masks.npz").is_file()
