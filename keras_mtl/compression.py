@@ -44,17 +44,67 @@ log = logging.getLogger(__name__)
 QAT_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
 
 
+def _attention_quantize_config():
+    """tfmot QuantizeConfig of TemporalAttentionPooling: 8-bit symmetric score weights, 8-bit output."""
+    import tensorflow_model_optimization as tfmot
+
+    quantizers = tfmot.quantization.keras.quantizers
+
+    class AttentionQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+        def get_weights_and_quantizers(self, layer):
+            return [(layer.score_kernel, quantizers.LastValueQuantizer(num_bits=8, per_axis=False, symmetric=True,
+                                                                       narrow_range=True))]
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            layer.score_kernel = quantize_weights[0]
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            return [quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+        def get_config(self):
+            return {}
+
+    return AttentionQuantizeConfig
+
+
+def _gru_quantize_config():
+    """tfmot's RNN QuantizeConfig (not registered for GRU by tfmot): 8-bit kernels, fake-quantised gate
+    activations; the state itself stays float (the int8 export quantises it per step)."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
+        Default8BitQuantizeConfigRNN)
+
+    return Default8BitQuantizeConfigRNN
+
+
 def quantization_aware(network: keras.Model) -> keras.Model:
-    """The network with tfmot fake quantisation on its Conv2D and Dense layers (weights copied)."""
+    """The network with tfmot fake quantisation: default 8-bit on Conv2D and Dense layers, our configs on
+    GRU and temporal attention pooling (weights copied; the input normalisation and pooling stay float)."""
     import tensorflow_model_optimization as tfmot
 
     from keras_mtl import models
 
+    attention_config, gru_config = _attention_quantize_config(), _gru_quantize_config()
     annotate = tfmot.quantization.keras.quantize_annotate_layer
-    annotated = keras.models.clone_model(
-        network, clone_function=lambda layer: annotate(layer) if isinstance(layer, QAT_LAYERS) else layer)
-    custom = {name: getattr(models, name) for name in ("TemporalAttentionPooling", "WeakAttentionPooling")
-              if hasattr(models, name)}
+
+    def annotated_layer(layer):
+        if isinstance(layer, QAT_LAYERS):
+            return annotate(layer)
+        if isinstance(layer, models.TemporalAttentionPooling):
+            return annotate(layer, quantize_config=attention_config())
+        if isinstance(layer, keras.layers.GRU):
+            return annotate(layer, quantize_config=gru_config([["kernel", "recurrent_kernel"]],
+                                                              [["activation", "recurrent_activation"]], False))
+        return layer
+
+    annotated = keras.models.clone_model(network, clone_function=annotated_layer)
+    custom = {name: getattr(models, name) for name in ("TemporalAttentionPooling", "WeakAttentionPooling")}
+    custom.update(AttentionQuantizeConfig=attention_config, Default8BitQuantizeConfigRNN=gru_config)
     with tfmot.quantization.keras.quantize_scope(custom):
         return tfmot.quantization.keras.quantize_apply(annotated)
 

@@ -333,7 +333,8 @@ def test_qat_wrapping_keeps_and_returns_the_weights():
 
     network, _, _ = _plan()
     quantized = compression.quantization_aware(network)
-    assert any(layer.name == "quant_shared/conv1" for layer in quantized.layers)
+    names = {layer.name for layer in quantized.layers}
+    assert {"quant_shared/conv1", "quant_asc/attention", "quant_sed/gru", "quant_sed/classifier"} <= names
     features = np.random.default_rng(0).standard_normal((1, 101, 128)).astype(np.float32)
     # fake quantisation changes the outputs a little, not the weights
     float_out, quant_out = np.asarray(network(features)["asc"]), np.asarray(quantized(features)["asc"])
