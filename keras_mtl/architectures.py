@@ -7,6 +7,9 @@
                    frame tasks, attention + linear for clip tasks
     georgiev_dnn   seed 004's DNN: per-band mean and standard deviation of the log filterbank
                    frames, three hidden layers of 128, 256 and 512 units, clip tasks
+    mtl-vae        seed 002's multi-task VAE for one frame task (keras_mtl.vae): recurrent variational
+                   encoder, shared decoder, strong / weak / reconstruction heads; trains with its own
+                   strategy on strong, weak, unlabelled and strong real clips
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ class Architecture:
     ceil_frames: bool = False  # strided 'same' convolutions: ceil(n / factor) output frames, not floor
     input_statistics: bool = False  # build() takes feature_mean/feature_var (training-set statistics)
     weak_output: bool = False  # build() takes weak_output=True: frame tasks also output clip scores
+    strategy: str | None = None  # the training strategy the architecture needs (None: --strategy)
 
     def output_frames(self, options: dict, input_frames: int) -> int:
         factor = self.time_pool_factor(options)
@@ -110,6 +114,20 @@ def _georgiev_dnn(tasks, options: dict) -> keras.Model:
     return keras.Model(mel, outputs, name="georgiev_dnn")
 
 
+def _mtl_vae(tasks, options: dict) -> keras.Model:
+    from keras_mtl import vae
+
+    options = dict(options)
+    mean, var = options.pop("feature_mean", None), options.pop("feature_var", None)
+    return vae.build_mtl_vae(tasks, vae.VAEConfig(**options), feature_mean=mean, feature_var=var)
+
+
+def _mtl_vae_time_factor(options: dict) -> int:
+    from keras_mtl import vae
+
+    return vae.VAEConfig(**{k: v for k, v in options.items() if not k.startswith("feature_")}).time_pool_factor
+
+
 REGISTRY = {
     "mtl": Architecture("mtl", _mtl, _mtl_time_factor,
                         description="shared CNN encoder, attention (clip) and GRU (frame) decoders", input_statistics=True,
@@ -120,6 +138,8 @@ REGISTRY = {
                                   description="CP-Mobile + 2 blocks + per-task decoders", ceil_frames=True,
                                   weak_output=True),
     "georgiev_dnn": Architecture("georgiev_dnn", _georgiev_dnn, lambda o: 1, ("clip",), "summary-statistics DNN"),
+    "mtl-vae": Architecture("mtl-vae", _mtl_vae, _mtl_vae_time_factor, ("frame",), "multi-task VAE for SED",
+                            input_statistics=True, weak_output=True, strategy="mtl-vae"),
 }
 
 

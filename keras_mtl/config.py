@@ -34,10 +34,17 @@ class TrainingConfig:
     # items per batch from the weak and unlabelled sets (default: a quarter of the task's batch each)
     weak_batch_size: int | None = None
     unlabeled_batch_size: int | None = None
+    # items per semi-supervised batch from the task's own (synthetic) strong split (default: the task's
+    # batch; 0: none, e.g. to train on the strong real clips alone) and from the strong real set
+    # (default: a quarter, when the set exists)
+    strong_batch_size: int | None = None
+    strong_real_batch_size: int | None = None
     consistency_weight: float = 2.0  # mean-teacher consistency weight after the ramp-up
     rampup_fraction: float = 0.25  # sigmoid ramp-up of the consistency over this share of the steps
     ema_decay: float = 0.999  # the teacher's largest EMA decay
     cross_weight: float = 1.0  # cross-task distillation weight (cross-soft, cross-hard)
+    kl_weight: float = 1.0  # mtl-vae: weight of the KL term after the warm-up
+    kl_warmup_fraction: float = 0.0  # mtl-vae: the KL weight rises linearly from 0 over this share of the steps
 
     def batch_for(self, task_name: str) -> int:
         return int(self.batch_size.get(task_name, self.default_batch_size))
@@ -55,16 +62,24 @@ class TrainingConfig:
             raise ConfigError(f"training.learning_rate must be positive, not {self.learning_rate}")
         if self.weight_decay < 0 or not 0.0 <= self.warmup_fraction < 1.0:
             raise ConfigError("training.weight_decay must be >= 0 and training.warmup_fraction in [0, 1)")
+        if self.kl_weight < 0 or not 0.0 <= self.kl_warmup_fraction <= 1.0:
+            raise ConfigError("training.kl_weight must be >= 0 and training.kl_warmup_fraction in [0, 1]")
         if self.steps_per_epoch is not None and int(self.steps_per_epoch) < 1:
             raise ConfigError("training.steps_per_epoch must be at least 1")
 
-    def semi_supervised_batches(self, task_name: str) -> tuple[int, int, int]:
-        """(strong, weak, unlabeled) items per mean-teacher batch of a frame task."""
-        strong = self.batch_for(task_name)
-        quarter = max(1, strong // 4)
-        weak = quarter if self.weak_batch_size is None else int(self.weak_batch_size)
-        unlabeled = quarter if self.unlabeled_batch_size is None else int(self.unlabeled_batch_size)
-        return strong, weak, unlabeled
+    def semi_supervised_batches(self, task_name: str) -> tuple[int, int, int, int]:
+        """(strong, weak, unlabeled, strong real) items per semi-supervised batch of a frame task."""
+        batch = self.batch_for(task_name)
+        quarter = max(1, batch // 4)
+
+        def size(value, default):
+            return default if value is None else int(value)
+
+        sizes = (size(self.strong_batch_size, batch), size(self.weak_batch_size, quarter),
+                 size(self.unlabeled_batch_size, quarter), size(self.strong_real_batch_size, quarter))
+        if any(s < 0 for s in sizes):
+            raise ConfigError("training: the strong, weak, unlabeled and strong_real batch sizes must be >= 0")
+        return sizes
 
 
 @dataclasses.dataclass(frozen=True)

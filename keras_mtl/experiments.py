@@ -4,6 +4,10 @@
                 CrossHardMTL, FreezeMTL(SED, ASC), FreezeMTL(ASC, SED); ASC accuracy, SED
                 event-based F1, params, MACs / 1 s; mean +- std over seeds
     weighting   seed 003: SoftMTL with fixed, DWA and MFL loss weights; plus the weight trajectories
+    vae-data    seed 002 Fig. 2: the MTL-VAE trained on more and more data types (synthetic strong,
+                + weak, + unlabelled reconstruction, + strong real; and strong real alone); SED
+                event-based and segment-based macro F1
+    vae-encoder seed 002 Fig. 3: deterministic vs variational encoder, all four data types
 
 Layout: ``<out>/rows/<row>/seed<k>/`` is a normal run folder; a row whose ``metrics.json`` exists
 is not trained again, so an interrupted experiment resumes where it stopped. ``table.md``,
@@ -39,12 +43,32 @@ class Experiment:
     name: str
     title: str
     rows: tuple
+    # (key, label): a task's headline metric ("sed") or one of its metrics ("sed:segment_f1_macro")
     columns: tuple = (("asc", "ASC accuracy"), ("sed", "SED event-based F1"))
     paper_source: str = ""
+    preset: str = "default"  # the configuration rows start from (scripts/experiment.py --preset overrides)
 
 
 def _pair(**settings) -> dict:
     return {"tasks": ["asc", "sed"], **settings}
+
+
+def _vae_data(strong: bool = True, weak: bool = True, unlabeled: bool = True, strong_real: bool = True) -> dict:
+    """MTL-VAE row settings: which data types go into the batches (a batch size of 0 leaves one out)."""
+    training = {}
+    for key, used in (("strong_batch_size", strong), ("weak_batch_size", weak), ("unlabeled_batch_size", unlabeled),
+                      ("strong_real_batch_size", strong_real)):
+        if not used:
+            training[key] = 0
+    return {"training": training}
+
+
+def _vae_encoder(variational: bool) -> dict:
+    options = dict(run_config.load_preset("seed002")["architecture_options"])
+    return {"architecture_options": {**options, "variational": variational}}
+
+
+VAE_COLUMNS = (("sed", "event-based macro F1"), ("sed:segment_f1_macro", "segment-based macro F1"))
 
 
 EXPERIMENTS = {
@@ -72,6 +96,32 @@ EXPERIMENTS = {
             Row("mfl", "MFL (focal task weighting)", _pair(strategy="soft", weighting="mfl")),
         ),
         paper_source="seed 003 reports its figures in the full paper only; the abstract gives no numbers",
+    ),
+    "vae-data": Experiment(
+        "vae-data", "MTL-VAE for SED by data types / tasks used (seed 002, Fig. 2)",
+        (
+            Row("strong-synthetic", "strong synthetic only", _vae_data(weak=False, unlabeled=False, strong_real=False),
+                {"sed": 12.6, "sed:segment_f1_macro": 31.4}),
+            Row("plus-weak", "+ weak", _vae_data(unlabeled=False, strong_real=False),
+                {"sed": 11.0, "sed:segment_f1_macro": 48.4}),
+            Row("plus-reconstruction", "+ reconstruction (unlabelled)", _vae_data(strong_real=False),
+                {"sed": 12.5, "sed:segment_f1_macro": 50.9}),
+            Row("plus-strong-real", "+ strong real (all four)", _vae_data(),
+                {"sed": 32.5, "sed:segment_f1_macro": 60.6}),
+            Row("strong-real", "strong real only", _vae_data(strong=False, weak=False, unlabeled=False),
+                {"sed": 19.8, "sed:segment_f1_macro": 41.8}),
+        ),
+        columns=VAE_COLUMNS, preset="seed002",
+        paper_source="seed 002 Fig. 2 (DCASE 2022 task 4 validation set)",
+    ),
+    "vae-encoder": Experiment(
+        "vae-encoder", "MTL-VAE for SED: deterministic vs variational encoder (seed 002, Fig. 3)",
+        (
+            Row("deterministic", "deterministic encoder", _vae_encoder(False), {"sed": 28.6, "sed:segment_f1_macro": 59.1}),
+            Row("variational", "variational encoder", _vae_encoder(True), {"sed": 32.5, "sed:segment_f1_macro": 60.6}),
+        ),
+        columns=VAE_COLUMNS, preset="seed002",
+        paper_source="seed 002 Fig. 3 (DCASE 2022 task 4 validation set, all four data types)",
     ),
 }
 
@@ -122,11 +172,14 @@ def run_experiment(experiment: Experiment, base: dict, seeds: list[int], out: Pa
     return summarize(experiment, out, rows, seeds)
 
 
-def _headline_percent(metrics: dict, task: str) -> float | None:
+def _headline_percent(metrics: dict, column: str) -> float | None:
+    """A column's value in percent: the task's headline ("sed") or a named metric ("sed:psds1")."""
+    task, _, metric = column.partition(":")
     result = metrics["tasks"].get(task)
-    if result is None or result["headline"]["value"] is None:
+    if result is None:
         return None
-    return 100.0 * float(result["headline"]["value"])
+    value = result["metrics"].get(metric) if metric else result["headline"]["value"]
+    return None if value is None else 100.0 * float(value)
 
 
 def summarize(experiment: Experiment, out: Path, rows: list[Row], seeds: list[int]) -> dict:
@@ -174,7 +227,7 @@ def markdown_table(experiment: Experiment, results: list[dict], seeds: list[int]
     has_paper = any(entry["paper"] for entry in results)
     header = ["model / strategy"] + [label + " %" for _, label in experiment.columns]
     if has_paper:
-        header += [f"paper {task.upper()} %" for task, _ in experiment.columns]
+        header += [f"paper {label if ':' in key else key.upper()} %" for key, label in experiment.columns]
     header += ["params", "MACs / 1 s", "runs"]
     lines = [f"# {experiment.title}", "",
              f"Mean ± std over seeds {', '.join(map(str, seeds))} (population std); our data and budget, not the paper's.",

@@ -27,7 +27,7 @@ from keras_mtl.backend import keras, tf
 from keras_mtl.errors import ConfigError
 from keras_mtl.models import task_submodel
 
-STRONG, WEAK, UNLABELED = 0, 1, 2  # item roles in a mean-teacher batch
+STRONG, WEAK, UNLABELED, STRONG_REAL = 0, 1, 2, 3  # item roles in a semi-supervised batch
 
 
 def weak_key(task_name: str) -> str:
@@ -141,7 +141,8 @@ class MultiTaskStrategy(keras.Model):
     def _semi_supervised_loss(self, task, targets, student, teacher, training: bool):
         """Strong BCE on strong items, weak BCE on strong + weak items, consistency on all."""
         role = targets["role"]
-        strong_rows, weak_rows = tf.equal(role, STRONG), tf.less_equal(role, WEAK)
+        strong_rows = tf.logical_or(tf.equal(role, STRONG), tf.equal(role, STRONG_REAL))
+        weak_rows = tf.logical_or(strong_rows, tf.equal(role, WEAK))
         strong_targets = tf.boolean_mask(targets["strong"], strong_rows)
         strong_predictions = tf.boolean_mask(student[task.name], strong_rows)
         loss = _bce(strong_targets, strong_predictions)

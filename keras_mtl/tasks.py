@@ -32,6 +32,7 @@ class Task:
     source: str | None = None  # manifest file of a user-defined task
     weak_split: str | None = None  # split of weakly labelled clips (frame tasks; mean teacher)
     unlabeled_split: str | None = None  # split of unlabelled clips (frame tasks; mean teacher)
+    strong_real_split: str | None = None  # more strongly labelled clips of another origin (frame tasks; optional)
 
     level = "clip"
 
@@ -189,7 +190,7 @@ for _name, _cls, _classes, _seconds, _corpus, _description, _options in (
      "acoustic scene classification (TAU Urban Acoustic Scenes 2022 Mobile, 10 scenes)", {}),
     ("sed", FrameDetectionTask, desed.CLASSES, 10.0, "desed", "sound event detection (DESED, 10 domestic classes)",
      {"train_split": "synthetic_train", "test_split": "validation", "weak_split": "weak",
-      "unlabeled_split": "unlabeled"}),
+      "unlabeled_split": "unlabeled", "strong_real_split": "strong_real"}),
     ("scr", ClipClassificationTask, speech_commands.WORDS, 1.0, "speech_commands",
      "spoken command recognition (Speech Commands v2, 35 words)", {}),
     ("gc", ClipClassificationTask, common_voice.GENDERS, 3.0, "common_voice_gender",

@@ -92,7 +92,7 @@ class PreparedData:
     train: dict[str, TaskSplit]
     test: dict[str, TaskSplit]
     roots: dict[str, Path]
-    # mean-teacher tasks: (weakly labelled, unlabelled) training splits, either may be None
+    # semi-supervised frame tasks: (weakly labelled, unlabelled, strong real) training splits, any may be None
     semi: dict[str, tuple[TaskSplit | None, TaskSplit | None]] = dataclasses.field(default_factory=dict)
 
 
@@ -123,8 +123,9 @@ def task_roots(config: RunConfig, tasks) -> dict[str, Path]:
     return {task.name: roots[task.name] for task in tasks}
 
 
-def mean_teacher_splits(config: RunConfig, tasks, roots: dict[str, Path]) -> dict[str, tuple[str | None, str | None]]:
-    """{frame task: (weak split, unlabeled split)} of the tasks trained with a mean teacher."""
+def mean_teacher_splits(config: RunConfig, tasks, roots: dict[str, Path]) -> dict[str, tuple]:
+    """{frame task: (weak split, unlabeled split, strong real split)} of the tasks trained on
+    semi-supervised batches (mean teacher, MTL-VAE); a split the data lack is None."""
     mode = config.training.mean_teacher
     if mode == "off":
         return {}
@@ -133,7 +134,7 @@ def mean_teacher_splits(config: RunConfig, tasks, roots: dict[str, Path]) -> dic
         if task.level != "frame":
             continue
         splits = tuple(split if split and corpora.has_split(task, roots[task.name], split) else None
-                       for split in (task.weak_split, task.unlabeled_split))
+                       for split in (task.weak_split, task.unlabeled_split, task.strong_real_split))
         if any(splits):
             found[task.name] = splits
         elif mode == "on":
@@ -320,8 +321,22 @@ def latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
         raise ConfigError(f"{folder}: damaged checkpoint (resume.json unreadable)") from None
 
 
+def strategy_class(config: RunConfig):
+    """The strategy class a run trains with: the architecture's own (mtl-vae) or --strategy."""
+    own = architectures.get_architecture(config.architecture).strategy
+    if own == "mtl-vae":
+        from keras_mtl.vae import MTLVAE
+
+        return MTLVAE
+    return get_strategy(config.strategy)
+
+
 def check_strategy_options(config: RunConfig) -> None:
     """Errors for strategy options that do not fit together, before any data is read."""
+    own = architectures.get_architecture(config.architecture).strategy
+    if own is not None and (config.strategy != "soft" or config.weighting != "fixed"):
+        raise ConfigError(f"architecture {config.architecture} trains with its own strategy: "
+                          f"drop --strategy {config.strategy} / --weighting {config.weighting}")
     weighting.check_weighting(config.weighting, config.strategy)
     if config.strategy == "freeze":
         if not config.order:
@@ -343,9 +358,9 @@ def check_strategy_options(config: RunConfig) -> None:
 def training_batches(task, data: PreparedData, tc, augment, seed: int) -> tf.data.Dataset:
     """A task's endless training batches: semi-supervised ones for mean-teacher tasks."""
     if task.name in data.semi:
-        weak, unlabeled = data.semi[task.name]
-        return make_semi_supervised_dataset(data.train[task.name], weak, unlabeled,
-                                            tc.semi_supervised_batches(task.name), augment, seed)
+        weak, unlabeled, strong_real = data.semi[task.name]
+        return make_semi_supervised_dataset(data.train[task.name], weak, unlabeled, tc.semi_supervised_batches(task.name),
+                                            augment, seed, strong_real=strong_real)
     return make_dataset(data.train[task.name], tc.batch_for(task.name), training=True, augment=augment, seed=seed)
 
 
@@ -397,7 +412,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
-    strategy_cls = get_strategy(config.strategy)
+    strategy_cls = strategy_class(config)
     check_strategy_options(config)
     loss_weights = config.task_loss_weights()
     started = time.monotonic()
@@ -422,6 +437,9 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
                    max_ema_decay=tc.ema_decay)
     if config.strategy == "freeze":
         options["order"] = config.order
+    if strategy_cls.__name__ == "MTLVAE":
+        options = dict(loss_weights=loss_weights, kl_weight=tc.kl_weight,
+                       kl_warmup_steps=int(round(tc.kl_warmup_fraction * steps * tc.epochs)))
     with scope():
         strategy = strategy_cls(network, tasks, **options)
     augment = config.augment if tc.augment else None
@@ -440,8 +458,9 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
     out.mkdir(parents=True, exist_ok=True)
     info = _describe(network, tasks, config, output_dir=out)
     log.info("run folder: %s", out)
-    log.info("training %s on %s: %d epochs x %d steps%s", config.strategy, "+".join(config.tasks), tc.epochs, steps,
-             f"; mean teacher for {', '.join(data.semi)}" if data.semi else "")
+    strategy_name = architectures.get_architecture(config.architecture).strategy or config.strategy
+    log.info("training %s on %s: %d epochs x %d steps%s", strategy_name, "+".join(config.tasks), tc.epochs, steps,
+             f"; semi-supervised batches for {', '.join(data.semi)}" if data.semi else "")
 
     history_writer = HistoryWriter(out / "history.csv")
     weighting_callback = weighting.make_weighting(config.weighting, strategy)
@@ -505,7 +524,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
         "tasks": results,
         "model": info["profile"]["total"],
         "shared": info["profile"]["parts"]["shared"],
-        "strategy": config.strategy,
+        "strategy": strategy_name,
         "weighting": config.weighting,
         "loss_weights": {name: float(w.numpy()) for name, w in strategy.loss_weights.items()},
         "mean_teacher": sorted(data.semi),

@@ -3,6 +3,8 @@
 
     python scripts/experiment.py strategies --seeds 0,1,2      # seed 000 Table 3
     python scripts/experiment.py weighting                     # seed 003: fixed vs DWA vs MFL
+    python scripts/experiment.py vae-data --seeds 0            # seed 002 Fig. 2: MTL-VAE by data types
+    python scripts/experiment.py vae-encoder --seeds 0         # seed 002 Fig. 3: deterministic vs variational
     python scripts/experiment.py strategies --rows soft,hard --epochs 5 --output-dir runs/quick
     python scripts/experiment.py strategies --data-root asc=/data/TAU22 --data-root sed=/data/DESED
 
@@ -21,10 +23,10 @@ log = logging.getLogger("experiment")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", help="strategies (seed 000 Table 3) or weighting (seed 003)")
+    p.add_argument("experiment", help="strategies (seed 000 Table 3), weighting (seed 003), vae-data or vae-encoder (seed 002)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--rows", help="only these rows (comma-separated names; see --dry-run)")
-    p.add_argument("--preset", default="default")
+    p.add_argument("--preset", help="built-in configuration the rows start from (default: the experiment's own)")
     p.add_argument("--config", help="YAML overriding the preset for every row")
     p.add_argument("--epochs", type=int, help="epochs per run (per phase for FreezeMTL)")
     p.add_argument("--data-root", action="append", help="as in train.py: DIR, or task=DIR (repeatable)")
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     if not seeds:
         raise ConfigError("--seeds: give at least one seed")
     rows = experiments.select_rows(experiment, [r.strip() for r in (args.rows or "").split(",") if r.strip()])
-    base = cli.base_config(args.preset, args.config, args.epochs, args.data_root)
+    base = cli.base_config(args.preset or experiment.preset, args.config, args.epochs, args.data_root)
     out = Path(args.output_dir or f"runs/experiment-{experiment.name}")
     experiments.run_experiment(experiment, base, seeds, out, rows, dry_run=args.dry_run)
     if not args.dry_run:

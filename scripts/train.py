@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, help="loss weight of the first task (soft, cross-soft); the others share 1-alpha")
     p.add_argument("--mean-teacher", choices=("auto", "on", "off"),
                    help="mean teacher for frame tasks with weak/unlabelled clips (default auto: when they exist)")
-    p.add_argument("--architecture", help="model family: mtl (default), cp_mobile, cp_mobile_rnn, georgiev_dnn")
+    p.add_argument("--architecture", "--model", dest="architecture",
+                   help="model family: mtl (default), cp_mobile, cp_mobile_rnn, georgiev_dnn, mtl-vae (SED)")
     p.add_argument("--preset", default="default", help="built-in configuration: default, tiny, paper")
     p.add_argument("--config", help="YAML file overriding the preset (e.g. a run folder's config.yaml)")
     p.add_argument("--epochs", type=int)

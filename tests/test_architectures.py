@@ -15,6 +15,8 @@ TASKS = {
     "cp_mobile": ("asc", {"base_channels": 8}),
     "cp_mobile_rnn": ("asc,sed", {"base_channels": 8, "gru_units": 8}),
     "georgiev_dnn": ("asc,scr", {"hidden": (16, 16, 16)}),
+    "mtl-vae": ("sed", {"channels": (4, 8), "pools": ((2, 16), (2, 8)), "encoder_units": 8, "latent_dim": 4,
+                        "decoder_units": 8}),
 }
 
 
@@ -39,7 +41,12 @@ def test_architecture_smoke(name):
     layers = profiling.profile(model)
     assert sum(l.params for l in layers) == sum(w.shape.num_elements() for w in model.trainable_weights)
     assert sum(l.macs for l in layers) > 0
-    strategy = SoftMTL(model, tasks)
+    if architecture.strategy == "mtl-vae":
+        from keras_mtl.vae import MTLVAE
+
+        strategy = MTLVAE(model, tasks)
+    else:
+        strategy = SoftMTL(model, tasks)
     strategy.compile(optimizer=make_optimizer(1e-3, total_steps=2))
     rng = np.random.default_rng(0)
     before = [w.numpy().copy() for w in model.trainable_weights]

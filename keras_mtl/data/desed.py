@@ -5,6 +5,8 @@
     <root>/audio/train/weak_16k/*.wav                            weak
     <root>/metadata/train/weak.tsv                               filename event_labels (comma list)
     <root>/audio/train/unlabel_in_domain_16k/*.wav               unlabelled
+    <root>/audio/train/strong_label_real_16k/*.wav               strong, real (DCASE 2022; optional)
+    <root>/metadata/train/audioset_strong.tsv                    filename onset offset event_label
     <root>/audio/validation/validation_16k/*.wav                 strong, used as test set
     <root>/metadata/validation/validation.tsv
     <root>/metadata/validation/validation_durations.tsv          filename duration
@@ -40,6 +42,7 @@ LAYOUT = {
     ),
     "weak": ("weak", "audio/train/weak_16k", "metadata/train/weak.tsv", None),
     "unlabeled": ("unlabeled", "audio/train/unlabel_in_domain_16k", None, None),
+    "strong_real": ("strong", "audio/train/strong_label_real_16k", "metadata/train/audioset_strong.tsv", None),
     "validation": (
         "strong",
         "audio/validation/validation_16k",
@@ -54,12 +57,12 @@ def looks_like_desed(root: Path) -> bool:
 
 
 def has_split(root: Path, split: str) -> bool:
-    """Whether ``root`` holds the audio folder of ``split`` (weak and unlabelled sets are optional)."""
+    """Whether ``root`` holds the audio folder of ``split`` (weak, unlabelled and strong real sets are optional)."""
     return split in LAYOUT and (Path(root) / LAYOUT[split][1]).is_dir()
 
 
 def read_desed(root: str | Path, split: str, classes=CLASSES) -> list[AudioItem]:
-    """Items of one split: 'synthetic_train', 'weak', 'unlabeled' or 'validation'."""
+    """Items of one split: 'synthetic_train', 'weak', 'unlabeled', 'strong_real' or 'validation'."""
     root = Path(root)
     if split not in LAYOUT:
         raise DataError(f"DESED has no split {split!r} (known: {', '.join(LAYOUT)})")

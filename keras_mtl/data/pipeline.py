@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from keras_mtl.backend import tf
 from keras_mtl.data.audio import fix_length, load_audio
 from keras_mtl.data.items import AudioItem
-from keras_mtl.errors import DataError
+from keras_mtl.errors import ConfigError, DataError
 from keras_mtl.features import AugmentConfig, FeatureCache, FrontEndConfig, LogMel, spec_augment
 
 log = logging.getLogger(__name__)
@@ -150,25 +150,27 @@ def make_semi_supervised_dataset(
     strong: TaskSplit,
     weak: TaskSplit | None,
     unlabeled: TaskSplit | None,
-    batch_sizes: tuple[int, int, int],
+    batch_sizes: tuple,
     augment: AugmentConfig | None = None,
     seed: int = 0,
+    strong_real: TaskSplit | None = None,
 ) -> tf.data.Dataset:
-    """Mean-teacher training batches of a frame task: each batch holds ``batch_sizes`` =
-    (strong, weak, unlabeled) items in that order, with targets ``{"strong": (B, T, C) frame
-    labels (zeros where unknown), "weak": (B, C) clip tags (strong items: any frame active),
-    "role": (B,) 0 strong / 1 weak / 2 unlabeled}``."""
+    """Semi-supervised training batches of a frame task: each batch holds ``batch_sizes`` =
+    (strong, weak, unlabeled[, strong real]) items in that order (a size of 0 or a missing split:
+    none), with targets ``{"strong": (B, T, C) frame labels (zeros where unknown), "weak": (B, C)
+    clip tags (strong items: any frame active), "role": (B,) 0 strong / 1 weak / 2 unlabeled /
+    3 strong real}``."""
     task = strong.task
     n_frames, n_classes = strong.output_frames, task.n_classes
     signature = {"strong": tf.TensorSpec((n_frames, n_classes), tf.float32),
                  "weak": tf.TensorSpec((n_classes,), tf.float32), "role": tf.TensorSpec((), tf.int32)}
     no_frames = np.zeros((n_frames, n_classes), np.float32)
     parts = []
-    for role, (split, size) in enumerate(zip((strong, weak, unlabeled), batch_sizes)):
+    for role, (split, size) in enumerate(zip((strong, weak, unlabeled, strong_real), batch_sizes)):
         if split is None or size <= 0:
             continue
-        if role == 0:
-            targets = [{"strong": t, "weak": t.max(axis=0), "role": np.int32(0)} for t in split.targets]
+        if role in (0, 3):
+            targets = [{"strong": t, "weak": t.max(axis=0), "role": np.int32(role)} for t in split.targets]
         elif role == 1:
             targets = [{"strong": no_frames, "weak": weak_target(item, task.classes), "role": np.int32(1)}
                        for item in split.items]
@@ -177,6 +179,8 @@ def make_semi_supervised_dataset(
                        for _ in split.items]
         dataset = _feature_dataset(split, targets, signature)
         parts.append(_training_batches(dataset, len(split), size, augment, seed + role))
+    if not parts:
+        raise ConfigError(f"task {task.name}: every part of its semi-supervised batches is empty")
     if len(parts) == 1:
         return parts[0].prefetch(tf.data.AUTOTUNE)
 

@@ -29,7 +29,8 @@ FORMAT_VERSION = 3
 CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague", "stockholm", "vienna")
 TRAIN_DEVICES = ("a", "a", "a", "b", "c", "s1", "s2", "s3")
 TEST_DEVICES = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")
-SPLIT_IDS = {"asc_train": 1, "asc_test": 2, "synthetic_train": 3, "weak": 4, "unlabeled": 5, "validation": 6}
+SPLIT_IDS = {"asc_train": 1, "asc_test": 2, "synthetic_train": 3, "weak": 4, "unlabeled": 5, "validation": 6,
+             "strong_real": 7}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +53,15 @@ class SyntheticConfig:
     sed_weak: int = 100
     sed_unlabeled: int = 100
     sed_validation: int = 120
+    # strongly labelled clips in DCASE 2022's strong_real layout (the MTL-VAE's fourth data type); the
+    # generator has no real recordings: these come from the same generator as synthetic_train
+    sed_strong_real: int = 0
 
     def fingerprint(self) -> str:
-        blob = json.dumps({**dataclasses.asdict(self), "format": FORMAT_VERSION}, sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if not fields["sed_strong_real"]:  # sets made before the field existed keep their folder
+            del fields["sed_strong_real"]
+        blob = json.dumps({**fields, "format": FORMAT_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
@@ -194,7 +201,8 @@ def _plan_all(config: SyntheticConfig) -> dict:
     asc_test = _plan_asc(config, "asc_test", config.asc_test_per_scene)
     sed = {split: _plan_sed(config, split, count) for split, count in (
         ("synthetic_train", config.sed_train), ("weak", config.sed_weak),
-        ("unlabeled", config.sed_unlabeled), ("validation", config.sed_validation))}
+        ("unlabeled", config.sed_unlabeled), ("validation", config.sed_validation),
+        ("strong_real", config.sed_strong_real)) if count or split != "strong_real"}
     audio = [(Path("tau22") / p["file"], p) for p in asc_train + asc_test]
     for split, plans in sed.items():
         folder = Path("desed") / desed.LAYOUT[split][1]
@@ -253,7 +261,9 @@ def _write_metadata(root: Path, plans: dict) -> None:
     fileio.write_text(setup / "fold1_test.csv", _lines("filename", [p["file"] for p in plans["asc_test"]]))
 
     d = root / "desed"
-    for split in ("synthetic_train", "validation"):
+    for split in ("synthetic_train", "validation", "strong_real"):
+        if split not in plans["sed"]:
+            continue
         rows = [f"{p['file']}\t{e['onset']:.3f}\t{e['offset']:.3f}\t{e['label']}" for p in plans["sed"][split] for e in p["events"]]
         fileio.write_text(d / desed.LAYOUT[split][2], _lines("filename\tonset\toffset\tevent_label", rows))
     durations = [f"{p['file']}\t{p['seconds']:.3f}" for p in plans["sed"]["validation"]]

@@ -1,0 +1,121 @@
+"""The multi-task VAE for SED (seed 002): KL term, sampling, per-head item selection, training."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keras_mtl import vae
+from keras_mtl.backend import keras, tf
+from keras_mtl.errors import ConfigError
+from keras_mtl.tasks import resolve_tasks
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(channels=(4, 8), pools=((2, 16), (2, 8)), encoder_units=8, latent_dim=4, decoder_units=8, dropout=0.0)
+
+
+def _sed():
+    return resolve_tasks(["sed"], None)
+
+
+def test_kl_divergence_matches_the_closed_form():
+    mean = tf.constant([[0.5, -1.0]])
+    log_var = tf.constant([[0.0, math.log(2.0)]])
+    # -1/2 (1 + log s^2 - m^2 - s^2) per dimension: 0.125 and 1 - ln(2)/2
+    expected = 0.125 + (1.0 - 0.5 * math.log(2.0))
+    assert float(vae.kl_divergence(mean, log_var)) == pytest.approx(expected, rel=1e-6)
+    assert float(vae.kl_divergence(tf.zeros((3, 5, 4)), tf.zeros((3, 5, 4)))) == 0.0  # the prior itself
+
+
+def test_sampling_is_stochastic_in_training_and_the_mean_at_inference():
+    layer = vae.Sampling()
+    mean, log_var = tf.fill((2, 50, 4), 0.3), tf.zeros((2, 50, 4))
+    first, second = layer([mean, log_var], training=True), layer([mean, log_var], training=True)
+    assert not np.allclose(first, second)
+    assert abs(float(tf.math.reduce_std(first - mean)) - 1.0) < 0.2  # exp(0 / 2) = unit noise
+    np.testing.assert_array_equal(layer([mean, log_var], training=False), mean)
+    np.testing.assert_array_equal(vae.Sampling(variational=False)([mean, log_var], training=True), mean)
+    network = vae.build_mtl_vae(_sed(), vae.VAEConfig(**TINY))
+    x = np.random.default_rng(0).standard_normal((1, 200, 128)).astype(np.float32)
+    np.testing.assert_array_equal(network(x, training=False)["sed"], network(x, training=False)["sed"])
+    assert not np.allclose(network(x, training=True)["sed"], network(x, training=True)["sed"])
+
+
+def test_deterministic_encoder_has_no_variance_and_no_kl():
+    network = vae.build_mtl_vae(_sed(), vae.VAEConfig(**TINY, variational=False))
+    assert "sed_latent_log_var" not in network.output
+    strategy = vae.MTLVAE(network, _sed())
+    x = np.random.default_rng(0).standard_normal((2, 200, 128)).astype(np.float32)
+    terms = strategy.loss_terms(network(x, training=True), tf.zeros((2, 50, 10)))
+    assert float(terms["kld"]) == 0.0
+
+
+def test_each_head_loss_sees_only_its_items():
+    strategy = vae.MTLVAE(vae.build_mtl_vae(_sed(), vae.VAEConfig(**TINY)), _sed())
+    rng = np.random.default_rng(1)
+    roles = tf.constant([0, 1, 2, 3], tf.int32)
+    targets = {"strong": tf.constant((rng.random((4, 25, 10)) > 0.7).astype(np.float32)),
+               "weak": tf.constant((rng.random((4, 10)) > 0.5).astype(np.float32)), "role": roles}
+    outputs = {"sed": rng.uniform(0.05, 0.95, (4, 25, 10)), "sed_weak": rng.uniform(0.05, 0.95, (4, 10)),
+               "sed_reconstruction": rng.standard_normal((4, 25, 128)),
+               "sed_reconstruction_target": rng.standard_normal((4, 25, 128)),
+               "sed_latent_mean": rng.standard_normal((4, 25, 4)), "sed_latent_log_var": rng.standard_normal((4, 25, 4))}
+    outputs = {k: tf.constant(v, tf.float32) for k, v in outputs.items()}
+    base = {k: float(v) for k, v in strategy.loss_terms(outputs, targets).items() if k in strategy.term_trackers}
+    heads = {"strong_bce": ("sed", {0, 3}), "weak_bce": ("sed_weak", {1}), "reconstruction_mse": ("sed_reconstruction", {2})}
+    for term, (key, own_rows) in heads.items():
+        for row in range(4):
+            changed = dict(outputs)
+            value = outputs[key].numpy().copy()
+            value[row] = np.clip(value[row] * 0.5 + 0.2, 0.01, 0.99) if term != "reconstruction_mse" else value[row] + 1.0
+            changed[key] = tf.constant(value)
+            result = float(strategy.loss_terms(changed, targets)[term])
+            if row in own_rows:
+                assert result != pytest.approx(base[term]), (term, row)
+            else:
+                assert result == pytest.approx(base[term], abs=0), (term, row)
+    # a batch without unlabelled items has no reconstruction loss
+    no_unlabeled = dict(targets, role=tf.constant([0, 1, 3, 3], tf.int32))
+    assert float(strategy.loss_terms(outputs, no_unlabeled)["reconstruction_mse"]) == 0.0
+
+
+def test_train_cli_mtl_vae_with_four_data_types_reduces_the_loss(tmp_path):
+    env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
+    config = tmp_path / "vae.yaml"
+    config.write_text("synthetic: {sed_strong_real: 3}\n"
+                      "architecture_options: {channels: [4, 8], pools: [[2, 16], [2, 8]], encoder_units: 8,"
+                      " latent_dim: 4, decoder_units: 8, dropout: 0.0}\n"
+                      "training: {steps_per_epoch: 4, strong_real_batch_size: 2, kl_warmup_fraction: 0.5}\n")
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--preset", "tiny", "--task-set", "sed",
+                             "--model", "mtl-vae", "--config", str(config), "--epochs", "4", "--output-dir", str(run)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "semi-supervised batches for sed" in result.stderr and "sed/strong_real: 3 clips" in result.stderr
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert float(rows[-1]["sed_strong_bce"]) < float(rows[0]["sed_strong_bce"])
+    assert float(rows[-1]["sed_reconstruction_mse"]) < float(rows[0]["sed_reconstruction_mse"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["strategy"] == "mtl-vae" and {"event_f1_macro", "segment_f1_macro"} <= set(metrics["tasks"]["sed"]["metrics"])
+    summary = (run / "model_summary.txt").read_text()
+    assert "shared/encoder_gru" in summary and "shared/sampling" in summary and "sed/reconstruction" in summary
+    loaded = keras.models.load_model(run / "model.keras", compile=False)
+    assert isinstance(loaded.get_layer("shared/sampling"), vae.Sampling)
+
+
+def test_mtl_vae_refuses_what_it_cannot_do():
+    with pytest.raises(ConfigError, match="one frame-level task"):
+        vae.build_mtl_vae(resolve_tasks(["asc"], None), vae.VAEConfig(**TINY))
+    from keras_mtl import cli, training
+    from keras_mtl import config as run_config
+
+    config = run_config.build(run_config.merge(cli.base_config("seed002"), {"strategy": "hard"}))
+    with pytest.raises(ConfigError, match="its own strategy"):
+        training.check_strategy_options(config)
