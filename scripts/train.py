@@ -8,6 +8,7 @@
     python scripts/train.py --task-set asc,sed --strategy freeze --order sed,asc
     python scripts/train.py --task-set asc,sed --weighting dwa      # or mfl; --alpha 0.7 for fixed weights
     python scripts/train.py --task-set asc,sed --dry-run
+    python scripts/train.py --preset seed002                         # MTL-VAE for SED (--model mtl-vae)
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ log = logging.getLogger("train")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task-set", default="asc,sed", help="comma-separated tasks: asc, sed, scr, gc, ac, vad (or NAME from --task)")
+    p.add_argument("--task-set", help="comma-separated tasks: asc, sed, scr, gc, ac, vad (or NAME from --task); "
+                   "default: the preset's, else asc,sed")
     p.add_argument("--task", action="append", default=[], metavar="NAME=LEVEL:MANIFEST[:seconds=S]",
                    help="define a task from a manifest, no code: clip level (filename,label[,split] CSV) or frame "
                         "level (DESED-style strong tsv), e.g. --task mytask=clip:data/manifest.csv; repeatable")
@@ -67,7 +69,8 @@ def resolve_config(args):
     if args.config:
         data = run_config.merge(data, run_config.load_yaml(args.config))
     custom = dict(parse_task_definition(text) for text in args.task)
-    tasks = [t.name for t in parse_task_set(args.task_set, custom)]
+    task_set = args.task_set or ",".join(data.get("tasks") or ["asc", "sed"])
+    tasks = [t.name for t in parse_task_set(task_set, custom)]
     override = {"tasks": tasks, "strategy": args.strategy.strip().lower(), "preset": args.preset,
                 "weighting": args.weighting.strip().lower()}
     if custom:
