@@ -200,3 +200,11 @@ def test_compress_cli_writes_run_folders(setup, tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "compress.py"), str(run), "--method", "lth",
                              "--target-params", "5"], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode != 0 and "--target-params 5" in result.stderr
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "compress.py"), str(run), "--method", "qat",
+                             "--epochs", "1", "--max-eval-clips", "1", "-q"], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    qat = json.loads((run / "compress-qat" / "metrics.json").read_text())
+    assert set(qat["compression"]["int8"]) == {"asc", "sed"} and "qat_int8_streamed" in qat["compression"]["int8"]["asc"]
+    assert (run / "compress-qat" / "export" / "encoder.tflite").is_file()
+    assert (run / "compress-qat" / "ptq-export" / "encoder.tflite").is_file()
