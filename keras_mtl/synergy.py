@@ -350,7 +350,7 @@ def run_compression(out: Path, finals: list[Job], methods: Sequence[str], rate: 
 
 def run_synergy(tasks: Sequence[str], depths: Sequence[int], threshold: float, base: dict, out: Path,
                 shard: tuple[int, int] | None = None, merge: bool = False, dry_run: bool = False,
-                compress: Sequence[str] = ()) -> dict | None:
+                compress: Sequence[str] = (), compress_rate: float = 0.2) -> dict | None:
     """All stages (see above). ``shard``: only that share of stages 1-2, then stop; ``merge``: skip
     stages 1-2 (their runs must exist), synthesise, run stage 4 and write the tables. ``compress``:
     also the LTH / LT4REC baselines (run_compression); finished ones join the tables in any case."""
@@ -383,7 +383,7 @@ def run_synergy(tasks: Sequence[str], depths: Sequence[int], threshold: float, b
     log.info("synthesised tree (threshold %.2f%%):\n%s", threshold, describe(tree))
     finals = final_jobs(tasks, depths, tree, depth)
     run_jobs(finals, base, out)
-    run_compression(out, finals, compress)
+    run_compression(out, finals, compress, compress_rate)
     return summarize(out, tasks, depths, threshold, singles, params, ar, weights, tree, finals)
 
 

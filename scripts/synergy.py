@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--merge", action="store_true", help="stages 1-2 are done (by shards): synthesise, run stage 4, tabulate")
     p.add_argument("--compress", default="", metavar="lth,lt4rec",
                    help="also prune the largest flat model to the tree's size with these methods (Table 4's LTH / LT4REC rows)")
+    p.add_argument("--compress-rate", type=float, default=0.2,
+                   help="fraction of surviving weights pruned per round by --compress (default 0.2)")
     p.add_argument("--dry-run", action="store_true", help="check the settings and list the stage 1-2 runs; train nothing")
     cli.add_logging_options(p)
     return p.parse_args(argv)
@@ -58,7 +60,8 @@ def main(argv=None) -> int:
     out = Path(args.output_dir or f"runs/synergy-{'-'.join(tasks)}")
     summary = synergy.run_synergy(tasks, depths, args.threshold, base, out, synergy.parse_shard(args.shard),
                                   merge=args.merge, dry_run=args.dry_run,
-                                  compress=[m.strip() for m in args.compress.split(",") if m.strip()])
+                                  compress=[m.strip() for m in args.compress.split(",") if m.strip()],
+                                  compress_rate=args.compress_rate)
     if summary is not None:
         print((out / "tables.md").read_text())
         print(f"synergy folder: {out}")
