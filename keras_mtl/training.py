@@ -6,6 +6,7 @@ Run folder (``runs/<time>-<tasks>-<strategy>/``):
     profile.txt          params and MACs per 1 s of audio, per layer
     model.keras          the trained functional network (tf_keras format)
     history.csv          per-epoch training and validation losses/metrics
+    batch_loss.csv       the training losses after every batch (running mean within each epoch)
     metrics.json         per task: DCASE metrics, params, MACs / 1 s; plus run facts
     training_curves.png  loss and headline metric per epoch
 """
@@ -267,6 +268,27 @@ class HistoryWriter(keras.callbacks.Callback):
         fileio.write_text(self.path, buffer.getvalue())
 
 
+class BatchLossWriter(keras.callbacks.Callback):
+    """Writes batch_loss.csv (optimizer step, training loss of that batch's running epoch mean, and
+    each task's) at every epoch end: the learning curve at batch resolution (keras_mtl.analysis)."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path, self.rows, self.step = path, [], 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        self.rows.append({"step": self.step, **{k: float(v) for k, v in (logs or {}).items() if k.endswith("loss")}})
+
+    def on_epoch_end(self, epoch, logs=None):
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        fileio.write_text(self.path, buffer.getvalue())
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch: ``checkpoint/epoch-<n>/`` with the network, the teacher, the optimizer
     and the loss weights (tf.train.Checkpoint) and ``resume.json`` (epochs done, phase, weighting
@@ -466,6 +488,8 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
     weighting_callback = weighting.make_weighting(config.weighting, strategy)
     checkpointer = EpochCheckpoint(out / "checkpoint", strategy, weighting_callback, history_writer)
     callbacks = [EpochValidation(strategy, val_ds), weighting_callback, history_writer, checkpointer]
+    if not resume:  # a resumed run's batch log would have a hole
+        callbacks.insert(0, BatchLossWriter(out / "batch_loss.csv"))
     saved = latest_checkpoint(out) if resume else None
     if resume and saved is None:
         log.warning("%s has no checkpoint yet: training from the start", out)

@@ -1,0 +1,467 @@
+"""Which tasks help each other (seed 004): dataset and learning-curve measurements of every task,
+the gain of each task from being trained with another one (hard parameter sharing), and how the
+measurements relate to the gain (Pearson correlation, cross-validated logistic regression).
+
+Measurements per task (training split): labels, clips, labelled frames (frame tasks), label entropy
+(bits) and kurtosis (excess, of the label counts), type/token ratio (distinct labels / label
+occurrences), mean clip length, total duration, sample rate, an SNR estimate (median over clips of
+the 95th minus the 5th percentile of frame level, dB, from the log-mel frames), the share of event
+time where two or more events overlap (frame tasks) and the label granularity (strong, weak and
+unlabelled clips). Learning-curve features of the single-task run (its batch_loss.csv): the slope
+of the loss at 10/20/30/50/70% of the training batches and a, b, c of L(i) = a ln(c i + d) + b (d = 1).
+
+Gain of main task M with auxiliary task A: M's headline metric in the two-task model minus the
+single-task one, in points (positive: A helps M). Every ordered pair is one sample: M's features,
+A's features and their ratios M/A are the explanatory variables.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from keras_mtl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CURVE_POINTS = (0.1, 0.2, 0.3, 0.5, 0.7)
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+def label_entropy(counts: Sequence[float]) -> float:
+    """Shannon entropy (bits) of the label distribution given by ``counts``."""
+    counts = np.asarray([c for c in counts if c > 0], np.float64)
+    if counts.size == 0:
+        return 0.0
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: no negative zero
+
+
+def label_kurtosis(counts: Sequence[float]) -> float:
+    """Excess (Fisher) kurtosis of the label counts: 0 for a normal spread, negative for a flat one."""
+    x = np.asarray(counts, np.float64)
+    if x.size < 2 or np.allclose(x, x[0]):
+        return 0.0
+    centred = x - x.mean()
+    return float((centred ** 4).mean() / (centred ** 2).mean() ** 2 - 3.0)
+
+
+def log_curve(i, a, b, c, d):
+    return a * np.log(c * i + d) + b
+
+
+def fit_log_curve(steps: Sequence[float], losses: Sequence[float]) -> dict:
+    """a, b, c of L(i) = a ln(c i + d) + b fitted by least squares, and the RMSE. d is fixed at 1:
+    scaling c and d together only shifts b (a ln(k(c i + d)) = a ln(c i + d) + a ln k), so the four
+    parameters are not identifiable together."""
+    from scipy.optimize import curve_fit
+
+    i, y = np.asarray(steps, np.float64), np.asarray(losses, np.float64)
+    if i.size < 5:
+        raise ConfigError(f"a learning curve needs at least 5 points to fit, got {i.size}")
+    scale = float(i.max())
+    u = i / scale  # fit on steps scaled to (0, 1]: c then is per unit of training, reported per step
+
+    def model(x, a, b, log_c):
+        return log_curve(x, a, b, np.exp(log_c), 1.0)
+
+    best = None
+    for log_c in (-2.0, 0.0, 2.0, 4.0, 6.0):
+        try:
+            params, _ = curve_fit(model, u, y, p0=(-0.3, float(y[0]), log_c), maxfev=20000)
+        except RuntimeError:
+            continue
+        rmse = float(np.sqrt(np.mean((model(u, *params) - y) ** 2)))
+        if best is None or rmse < best[1]:
+            best = (params, rmse)
+    if best is None:
+        raise ConfigError("the learning curve could not be fitted with a ln(c i + 1) + b")
+    (a, b, log_c), rmse = best
+    return {"a": float(a), "b": float(b), "c": float(np.exp(log_c) / scale), "d": 1.0, "rmse": rmse}
+
+
+def curve_gradients(losses: Sequence[float], points: Sequence[float] = CURVE_POINTS) -> dict:
+    """Slope of the loss per batch at each fraction of training: a linear fit over a window of 10% of
+    the batches (at least 3) centred on the point."""
+    y = np.asarray(losses, np.float64)
+    n = y.size
+    half = max(1, int(round(0.05 * n)))
+    out = {}
+    for point in points:
+        centre = min(n - 1, max(0, int(round(point * (n - 1)))))
+        lo, hi = max(0, centre - half), min(n, centre + half + 1)
+        x = np.arange(lo, hi, dtype=np.float64)
+        out[f"gradient_{int(round(100 * point))}"] = float(np.polyfit(x, y[lo:hi], 1)[0]) if hi - lo >= 2 else 0.0
+    return out
+
+
+def snr_estimate(features: Sequence[np.ndarray]) -> float:
+    """Median over clips of the 95th minus the 5th percentile of frame level (dB) from log-mel frames."""
+    spreads = []
+    for frames in features:
+        level = 10.0 * np.log10(np.mean(np.exp(np.asarray(frames, np.float64)), axis=-1) + 1e-12)
+        spreads.append(np.percentile(level, 95) - np.percentile(level, 5))
+    return float(np.median(spreads)) if spreads else float("nan")
+
+
+def overlap_share(items, seconds_per_frame: float = 0.01) -> float | None:
+    """Share of event time (at 10 ms) during which two or more events are active; None without events."""
+    active_total, overlapped = 0, 0
+    for item in items:
+        if not item.events:
+            continue
+        end = max(e.offset for e in item.events)
+        counts = np.zeros(int(math.ceil(end / seconds_per_frame)) + 1, np.int32)
+        for event in item.events:
+            counts[int(event.onset / seconds_per_frame):int(math.ceil(event.offset / seconds_per_frame))] += 1
+        active_total += int((counts > 0).sum())
+        overlapped += int((counts > 1).sum())
+    return overlapped / active_total if active_total else None
+
+
+def dataset_measurements(task, train, semi=(), sample_rate: int = 16000, snr_clips: int = 50) -> dict:
+    """The dataset features of one task from its prepared training split (and semi-supervised splits)."""
+    items = train.items
+    if task.level == "clip":
+        labels = [item.label for item in items]
+    else:
+        labels = [event.label for item in items for event in (item.events or ())]
+    counts = [labels.count(c) for c in task.classes]
+    durations = [item.duration or task.clip_seconds for item in items]
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(train), size=min(snr_clips, len(train)), replace=False)
+    result = {
+        "labels": task.n_classes,
+        "clips": len(items),
+        "labelled_frames": int(sum(float(t.sum() > 0) if t.ndim == 1 else float((t.max(axis=-1) > 0).sum())
+                                   for t in train.targets)) if task.level == "frame" else 0,
+        "entropy": label_entropy(counts),
+        "kurtosis": label_kurtosis(counts),
+        "type_token_ratio": len({l for l in labels}) / len(labels) if labels else 0.0,
+        "mean_clip_seconds": float(np.mean(durations)),
+        "total_seconds": float(np.sum(durations)),
+        "sample_rate": sample_rate,
+        "snr_db": snr_estimate([train.load_features(int(i)) for i in picks]),
+        "overlap_share": (overlap_share(items) or 0.0) if task.level == "frame" else 0.0,
+        "strong_clips": len(items) if task.level == "frame" else 0,
+        "weak_clips": len(semi[0]) if len(semi) > 0 and semi[0] is not None else 0,
+        "unlabeled_clips": len(semi[1]) if len(semi) > 1 and semi[1] is not None else 0,
+    }
+    return result
+
+
+def learning_curve_features(run_dir: Path) -> dict:
+    """Gradients and log-curve parameters of a run's training loss (batch_loss.csv; else history.csv
+    with one point per epoch)."""
+    import csv
+
+    batch_log = run_dir / "batch_loss.csv"
+    if batch_log.exists():
+        rows = list(csv.DictReader(batch_log.open()))
+        steps = [float(r["step"]) for r in rows]
+        losses = [float(r["loss"]) for r in rows]
+    else:
+        rows = list(csv.DictReader((run_dir / "history.csv").open()))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        steps = [float(r["epoch"]) * metrics["steps_per_epoch"] for r in rows]
+        losses = [float(r["loss"]) for r in rows]
+    features = curve_gradients(losses)
+    try:
+        fit = fit_log_curve(steps, losses)
+    except ConfigError as error:
+        log.warning("%s: %s; its curve parameters are left empty", run_dir, error)
+        fit = {k: float("nan") for k in ("a", "b", "c", "d", "rmse")}
+    features.update({f"curve_{k}": v for k, v in fit.items()})
+    return features
+
+
+# -- relations ----------------------------------------------------------------------------------
+
+def correlations(table, target: str = "gain") -> "pandas.DataFrame":
+    """Pearson r and p of every numeric column with ``target`` (constant columns left out), by |r|."""
+    import pandas as pd
+    from scipy.stats import pearsonr
+
+    rows = []
+    for column in table.columns:
+        if column == target or not np.issubdtype(table[column].dtype, np.number):
+            continue
+        x = table[column].astype(float)
+        if x.nunique() < 2 or table[target].nunique() < 2 or x.isna().any():
+            continue
+        r, p = pearsonr(x, table[target].astype(float))
+        rows.append({"feature": column, "r": float(r), "p": float(p)})
+    result = pd.DataFrame(rows, columns=["feature", "r", "p"])
+    return result.reindex(result["r"].abs().sort_values(ascending=False).index).reset_index(drop=True)
+
+
+def gain_classifier(table, features: Sequence[str], target: str = "gain", folds: int = 5, seed: int = 0) -> dict:
+    """Logistic regression predicting gain > 0 from standardised ``features``, stratified k-fold
+    cross-validated: accuracy per fold and its mean, the majority-class baseline, and the
+    coefficients of a fit on all samples."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = table[list(features)].astype(float).to_numpy()
+    y = (table[target].astype(float).to_numpy() > 0).astype(int)
+    counts = np.bincount(y, minlength=2)
+    folds = int(min(folds, counts.min()))
+    result = {"samples": int(len(y)), "positive": int(counts[1]), "baseline_accuracy": float(counts.max() / len(y))}
+    if folds < 2:
+        result["note"] = "one class (almost) only: no cross-validation"
+        return result
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    scores = cross_val_score(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    model.fit(x, y)
+    coefficients = model[-1].coef_[0]
+    result.update({"folds": folds, "fold_accuracy": [float(s) for s in scores], "cv_accuracy": float(scores.mean()),
+                   "coefficients": {f: float(c) for f, c in zip(features, coefficients)}})
+    return result
+
+
+def pair_table(tasks: Sequence[str], measurements: dict, singles: dict, pairs: dict):
+    """One row per ordered pair (main, auxiliary): gain in points and the features of both (main_*,
+    aux_*) and their ratios (ratio_*)."""
+    import pandas as pd
+
+    rows = []
+    for main, aux in itertools.permutations(tasks, 2):
+        key = tuple(sorted((main, aux), key=list(tasks).index))
+        if key not in pairs or pairs[key].get(main) is None or singles.get(main) is None:
+            continue
+        row = {"main": main, "auxiliary": aux, "gain": 100.0 * (pairs[key][main] - singles[main])}
+        for name, value in measurements[main].items():
+            row[f"main_{name}"] = value
+            other = measurements[aux].get(name)
+            row[f"aux_{name}"] = other
+            if isinstance(value, (int, float)) and isinstance(other, (int, float)) and other:
+                row[f"ratio_{name}"] = value / other
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# -- efficiency ---------------------------------------------------------------------------------
+
+def latency_per_second(network, n_mels: int, frames: int = 101, repeats: int = 20) -> float:
+    """Median wall time (ms) of one batch-1 forward pass over 1 s of log-mel frames (Keras, float)."""
+    from keras_mtl.backend import tf
+
+    x = tf.zeros((1, frames, n_mels))
+    call = tf.function(lambda v: network(v, training=False))
+    call(x)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = call(x)
+        tf.nest.map_structure(lambda t: t.numpy(), out)
+        times.append(1000.0 * (time.perf_counter() - started))
+    return float(np.median(times))
+
+
+@dataclasses.dataclass
+class Efficiency:
+    model: str
+    params: int
+    int8_weight_bytes: int
+    macs_per_second: int
+    latency_ms: float
+
+
+# -- the pipeline --------------------------------------------------------------------------------
+
+COMPARED = ("frontend", "augment", "training", "synthetic", "speech_synthetic", "seed", "architecture")
+
+
+def analysis_jobs(tasks: Sequence[str]) -> list:
+    """Single-task runs, every two-task run with all layers shared, and the all-task run."""
+    from keras_mtl.synergy import Job
+
+    jobs = [Job(f"single-{t}", "single", (t,), {}) for t in tasks]
+    jobs += [Job(f"pair-{a}-{b}", "pair", (a, b), {}) for a, b in itertools.combinations(tasks, 2)]
+    jobs.append(Job("all", "all", tuple(tasks), {}))
+    return jobs
+
+
+def matching_run(job, config, reuse: Path | None) -> Path | None:
+    """A finished synergy run of the same tasks with every layer shared and the same settings."""
+    import yaml
+
+    if reuse is None:
+        return None
+    depth = len(config.model.channels)
+    names = [job.name] if job.stage == "single" else [f"{job.name}-k{depth}"]
+    wanted = config.to_dict()
+    for name in names:
+        folder = Path(reuse) / "runs" / name
+        if not (folder / "metrics.json").exists():
+            continue
+        found = yaml.safe_load((folder / "config.yaml").read_text())
+        model = dict(found.get("model") or {})
+        if model.get("shared_blocks") in (depth, None):
+            model["shared_blocks"] = wanted["model"]["shared_blocks"]
+        if model == wanted["model"] and all(found.get(k) == wanted.get(k) for k in COMPARED):
+            return folder
+    return None
+
+
+def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None = None, dry_run: bool = False) -> dict | None:
+    """Trains what is missing, then measures, relates and writes the report folder ``out``."""
+    from keras_mtl import fileio, synergy, training
+
+    tasks = list(tasks)
+    if len(tasks) < 2 or len(set(tasks)) != len(tasks):
+        raise ConfigError(f"--tasks needs two or more distinct tasks, got {','.join(tasks)}")
+    jobs = analysis_jobs(tasks)
+    folders = {}
+    for job in jobs:
+        config = synergy.job_config(base, job, out)
+        folders[job.name] = matching_run(job, config, reuse) or out / "runs" / job.name
+    if dry_run:
+        for job in jobs:
+            state = "reused" if folders[job.name].parent.parent != out else "train"
+            log.info("%s: %s (%s)", job.name, state, folders[job.name])
+        return None
+    todo = [job for job in jobs if not (folders[job.name] / "metrics.json").exists()]
+    log.info("%d runs to train, %d reused or done before", len(todo), len(jobs) - len(todo))
+    synergy.run_jobs(todo, base, out)
+    metrics = {name: json.loads((folder / "metrics.json").read_text()) for name, folder in folders.items()}
+
+    all_config = synergy.job_config(base, jobs[-1], out)
+    from keras_mtl.tasks import resolve_tasks
+
+    resolved = resolve_tasks(tasks, all_config.custom_tasks)
+    data = training.prepare_data(all_config, resolved)
+    measurements = {}
+    for task in resolved:
+        values = dataset_measurements(task, data.train[task.name], data.semi.get(task.name, ()),
+                                      all_config.frontend.sample_rate)
+        values.update(learning_curve_features(folders[f"single-{task.name}"]))
+        measurements[task.name] = values
+    singles = {t: synergy.headline(metrics[f"single-{t}"], t) for t in tasks}
+    pairs = {(a, b): {t: synergy.headline(metrics[f"pair-{a}-{b}"], t) for t in (a, b)}
+             for a, b in itertools.combinations(tasks, 2)}
+    table = pair_table(tasks, measurements, singles, pairs)
+    corr = correlations(table)
+    top = [f for f in corr["feature"].head(5)] if len(corr) else []
+    regression = gain_classifier(table, top) if top else {"note": "no varying feature"}
+    efficiency = efficiency_rows(tasks, folders, all_config)
+
+    out.mkdir(parents=True, exist_ok=True)
+    import pandas as pd
+
+    measured = pd.DataFrame([{"task": t, **v} for t, v in measurements.items()])
+    fileio.write_text(out / "measurements.csv", measured.to_csv(index=False))
+    fileio.write_text(out / "gains.csv", table.to_csv(index=False))
+    fileio.write_text(out / "correlations.csv", corr.to_csv(index=False))
+    fileio.write_json(out / "regression.json", regression)
+    fileio.write_text(out / "efficiency.csv", pd.DataFrame([dataclasses.asdict(e) for e in efficiency]).to_csv(index=False))
+    plot_correlations(table, corr, out / "correlations.png")
+    plot_learning_curves(tasks, folders, measurements, out / "learning_curves.png")
+    summary = {"tasks": tasks, "singles": singles, "pairs": {f"{a}-{b}": v for (a, b), v in pairs.items()},
+               "runs": {k: str(v) for k, v in folders.items()}, "regression": regression}
+    fileio.write_json(out / "results.json", summary)
+    fileio.write_text(out / "report.md", report_markdown(tasks, measured, table, corr, regression, efficiency))
+    return summary
+
+
+def efficiency_rows(tasks, folders: dict, config) -> list[Efficiency]:
+    """The all-task model vs one single-task model (the mean) vs every single-task model in turn."""
+    from keras_mtl import models  # noqa: F401  (registers the custom layers)
+    from keras_mtl import profiling
+    from keras_mtl.backend import keras
+
+    def measure(name):
+        network = keras.models.load_model(folders[name] / "model.keras", compile=False)
+        layers = profiling.profile(network, config.frontend)
+        total = profiling.summarize(layers)["total"]
+        return (int(total["params"]), int(total["int8_weight_bytes"]), int(total["macs_per_second"]),
+                latency_per_second(network, int(network.input.shape[-1]), config.frontend.n_frames(config.frontend.sample_rate)))
+
+    multi = measure("all")
+    singles = [measure(f"single-{t}") for t in tasks]
+    mean = [float(np.mean([s[i] for s in singles])) for i in range(4)]
+    total = [float(np.sum([s[i] for s in singles])) for i in range(4)]
+    return [Efficiency(f"multi-task ({'+'.join(tasks)})", *multi),
+            Efficiency("one single-task model (mean)", int(mean[0]), int(mean[1]), int(mean[2]), mean[3]),
+            Efficiency(f"{len(tasks)} single-task models in turn", int(total[0]), int(total[1]), int(total[2]), total[3])]
+
+
+def plot_correlations(table, corr, path: Path) -> None:
+    """Heat map of the correlations among the gain and the features most correlated with it."""
+    from keras_mtl.reporting import pyplot, save_figure
+
+    plt = pyplot()
+    names = ["gain"] + list(corr["feature"].head(12))
+    matrix = table[names].astype(float).corr().to_numpy() if len(names) > 1 else np.ones((1, 1))
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(names), 0.8 + 0.5 * len(names)))
+    image = ax.imshow(np.nan_to_num(matrix), vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="Pearson r")
+    ax.set_title("gain and the most related features", fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_learning_curves(tasks, folders: dict, measurements: dict, path: Path) -> None:
+    """Each single-task run's training loss per batch with its fitted a ln(c i + d) + b."""
+    import csv
+
+    from keras_mtl.reporting import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for task in tasks:
+        log_path = folders[f"single-{task}"] / "batch_loss.csv"
+        if not log_path.exists():
+            continue
+        rows = list(csv.DictReader(log_path.open()))
+        steps = np.array([float(r["step"]) for r in rows])
+        line, = ax.plot(steps, [float(r["loss"]) for r in rows], alpha=0.5, label=task)
+        m = measurements[task]
+        if math.isnan(m["curve_a"]):
+            continue
+        ax.plot(steps, log_curve(steps, m["curve_a"], m["curve_b"], m["curve_c"], m["curve_d"]), color=line.get_color(),
+                linestyle="--")
+    ax.set_xlabel("training batch")
+    ax.set_ylabel("training loss (dashed: a ln(c i + d) + b)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def report_markdown(tasks, measured, table, corr, regression: dict, efficiency: list) -> str:
+    lines = [f"# Which tasks help each other ({', '.join(t.upper() for t in tasks)})", "",
+             "## Dataset and learning-curve measurements (training splits)", "", _markdown(measured),
+             "", "## Gain of the main task from the auxiliary one (points; two-task model, all layers shared)", "",
+             _markdown(table[["main", "auxiliary", "gain"]]) if len(table) else "(none)", "",
+             "## Features most correlated with the gain (Pearson)", "",
+             _markdown(corr.head(15)) if len(corr) else "(none)", "",
+             "## Logistic regression: gain > 0 from the five most correlated features", "",
+             "```", json.dumps(regression, indent=1), "```", "",
+             "## Efficiency (float Keras on this machine, batch 1, 1 s of audio)", "",
+             "| model | params | int8 weight bytes | MACs / 1 s | latency ms / 1 s |", "|---|---|---|---|---|"]
+    for e in efficiency:
+        lines.append(f"| {e.model} | {e.params:,} | {e.int8_weight_bytes:,} | {e.macs_per_second:,} | {e.latency_ms:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(frame) -> str:
+    """A DataFrame as a markdown table (numbers to 4 significant digits)."""
+    def cell(value):
+        if isinstance(value, (float, np.floating)):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)

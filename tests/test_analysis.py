@@ -1,0 +1,95 @@
+"""Task-relation analysis (seed 004): statistics, curve fit, correlation/regression, the CLI."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from keras_mtl import analysis
+from keras_mtl.data.items import AudioItem, Event
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_entropy_and_kurtosis_of_known_distributions():
+    assert analysis.label_entropy([5, 5, 5, 5]) == pytest.approx(2.0)
+    assert analysis.label_entropy([3, 1]) == pytest.approx(-(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25)))
+    assert analysis.label_entropy([7, 0, 0]) == 0.0
+    rng = np.random.default_rng(0)
+    assert analysis.label_kurtosis(rng.standard_normal(200_000)) == pytest.approx(0.0, abs=0.05)
+    assert analysis.label_kurtosis(rng.uniform(size=200_000)) == pytest.approx(-1.2, abs=0.05)
+    assert analysis.label_kurtosis([1, 1]) == 0.0 and analysis.label_kurtosis([0, 2]) == pytest.approx(-2.0)
+
+
+def test_log_curve_fit_recovers_its_parameters():
+    steps = np.arange(1, 401, dtype=float)
+    losses = analysis.log_curve(steps, -0.4, 2.5, 0.05, 1.0)
+    fit = analysis.fit_log_curve(steps, losses)
+    assert fit["rmse"] < 1e-4
+    np.testing.assert_allclose([fit["a"], fit["b"], fit["c"], fit["d"]], [-0.4, 2.5, 0.05, 1.0], rtol=1e-3)
+    noisy = losses + np.random.default_rng(1).normal(0, 0.01, steps.size)
+    assert analysis.fit_log_curve(steps, noisy)["a"] == pytest.approx(-0.4, rel=0.1)
+    gradients = analysis.curve_gradients(2.0 - 0.003 * steps)
+    assert all(v == pytest.approx(-0.003) for v in gradients.values()) and len(gradients) == 5
+
+
+def test_overlap_share_and_snr():
+    items = [AudioItem(Path("a.wav"), "a", events=(Event(0.0, 2.0, "x"), Event(1.0, 3.0, "y"))),
+             AudioItem(Path("b.wav"), "b", events=(Event(0.0, 1.0, "x"),))]
+    assert analysis.overlap_share(items) == pytest.approx(1.0 / 4.0, abs=0.01)  # 1 s of 4 s active
+    quiet_loud = np.log(np.concatenate([np.full((50, 8), 1e-3), np.full((50, 8), 1e-1)]))
+    assert analysis.snr_estimate([quiet_loud]) == pytest.approx(20.0, abs=0.01)
+
+
+def test_correlation_and_regression_find_a_planted_relation():
+    rng = np.random.default_rng(0)
+    n = 60
+    informative = rng.standard_normal(n)
+    noise = rng.standard_normal(n)
+    gain = 3.0 * informative + 0.3 * rng.standard_normal(n)
+    table = pd.DataFrame({"main": ["t"] * n, "informative": informative, "noise": noise, "constant": 1.0, "gain": gain})
+    corr = analysis.correlations(table)
+    assert list(corr["feature"]) == ["informative", "noise"]  # constant and text columns are left out
+    assert corr.loc[0, "r"] > 0.95 and corr.loc[0, "p"] < 1e-10 and abs(corr.loc[1, "r"]) < 0.3
+    result = analysis.gain_classifier(table, ["informative", "noise"])
+    assert result["cv_accuracy"] > 0.85 and result["folds"] == 5
+    assert result["coefficients"]["informative"] > abs(result["coefficients"]["noise"])
+    one_class = table.assign(gain=1.0)
+    assert "note" in analysis.gain_classifier(one_class, ["informative"])
+
+
+def test_pair_table_rows_are_ordered_pairs_with_ratios():
+    measurements = {"a": {"clips": 10, "snr_db": 5.0}, "b": {"clips": 20, "snr_db": 10.0}}
+    table = analysis.pair_table(["a", "b"], measurements, {"a": 0.5, "b": 0.8}, {("a", "b"): {"a": 0.6, "b": 0.7}})
+    rows = {(r.main, r.auxiliary): r for r in table.itertuples()}
+    assert rows[("a", "b")].gain == pytest.approx(10.0) and rows[("b", "a")].gain == pytest.approx(-10.0)
+    assert rows[("a", "b")].ratio_clips == pytest.approx(0.5) and rows[("b", "a")].aux_snr_db == 5.0
+
+
+def test_analyze_tasks_cli_end_to_end(tmp_path):
+    env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
+    out = tmp_path / "analysis"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "analyze_tasks.py"), "--tasks", "asc,gc,vad",
+                             "--preset", "tiny", "--epochs", "2", "--output-dir", str(out), "-q"],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("measurements.csv", "gains.csv", "correlations.csv", "regression.json", "efficiency.csv", "report.md",
+                 "correlations.png", "learning_curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    gains = pd.read_csv(out / "gains.csv")
+    assert len(gains) == 6 and set(gains["main"]) == {"asc", "gc", "vad"}
+    measured = pd.read_csv(out / "measurements.csv").set_index("task")
+    assert measured.loc["asc", "labels"] == 10 and measured.loc["vad", "labelled_frames"] > 0
+    assert measured.loc["asc", "entropy"] > measured.loc["gc", "entropy"] > 0
+    assert (out / "runs" / "single-asc" / "batch_loss.csv").is_file()
+    efficiency = pd.read_csv(out / "efficiency.csv")
+    assert efficiency.loc[0, "params"] < efficiency.loc[2, "params"]  # shared encoder: fewer than the three
+    summary = json.loads((out / "results.json").read_text())
+    assert set(summary["pairs"]) == {"asc-gc", "asc-vad", "gc-vad"}
