@@ -197,9 +197,6 @@ def test_compress_cli_writes_run_folders(setup, tmp_path):
     masks = np.load(out / "masks.npz")
     assert any(k.startswith("asc/shared/") for k in masks.files) and any(k.startswith("sed/shared/") for k in masks.files)
     assert (out / "model.keras").is_file() and (out / "rounds.png").is_file() and (out / "history.csv").is_file()
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "compress.py"), str(run), "--method", "lth",
-                             "--target-params", "5"], capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode != 0 and "--target-params 5" in result.stderr
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "compress.py"), str(run), "--method", "qat",
                              "--epochs", "1", "--max-eval-clips", "1", "-q"], capture_output=True, text=True, env=env,
                             timeout=600)

@@ -148,7 +148,7 @@ def test_synergy_pipeline_end_to_end_with_shards_and_merge(tmp_path):
     assert all(row["params"] <= independent for row in summary["models"])
     for name in ("tables.md", "ar.csv", "models.csv", "graph.png", "tree.png", "tree.json"):
         assert (out / name).stat().st_size > 0, name
-    again = subprocess.run([*common, "--merge", "--compress", "lth"], capture_output=True, text=True, env=env, timeout=900)
+    again = subprocess.run([*common, "--merge", "--compress", "lth", "--compress-rate", "0.5"], capture_output=True, text=True, env=env, timeout=900)
     assert again.returncode == 0 and "done before, skipped" in again.stderr, again.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())["models"]
     assert rows[:len(summary["models"])] == summary["models"]
