@@ -293,19 +293,25 @@ def analysis_jobs(tasks: Sequence[str]) -> list:
 
 
 def matching_run(job, config, reuse: Path | None) -> Path | None:
-    """A finished synergy run of the same tasks with every layer shared and the same settings."""
+    """A finished synergy run of the same tasks with every layer shared and the same settings (its
+    single-task runs, pair-<a>-<b>-k<depth> and flat-k<depth>)."""
     import yaml
+
+    from keras_mtl import config as run_config
 
     if reuse is None:
         return None
     depth = len(config.model.channels)
-    names = [job.name] if job.stage == "single" else [f"{job.name}-k{depth}"]
+    names = {"single": [job.name], "pair": [f"{job.name}-k{depth}"], "all": [f"flat-k{depth}"]}[job.stage]
     wanted = config.to_dict()
     for name in names:
         folder = Path(reuse) / "runs" / name
         if not (folder / "metrics.json").exists():
             continue
-        found = yaml.safe_load((folder / "config.yaml").read_text())
+        try:  # built, so that fields added since the run take their defaults
+            found = run_config.build(yaml.safe_load((folder / "config.yaml").read_text())).to_dict()
+        except ConfigError:
+            continue
         model = dict(found.get("model") or {})
         if model.get("shared_blocks") in (depth, None):
             model["shared_blocks"] = wanted["model"]["shared_blocks"]

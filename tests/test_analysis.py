@@ -93,3 +93,26 @@ def test_analyze_tasks_cli_end_to_end(tmp_path):
     assert efficiency.loc[0, "params"] < efficiency.loc[2, "params"]  # shared encoder: fewer than the three
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["pairs"]) == {"asc-gc", "asc-vad", "gc-vad"}
+
+
+def test_reuse_takes_matching_synergy_runs_only(tmp_path):
+    import yaml
+
+    from keras_mtl import cli, synergy
+
+    base = cli.base_config("tiny", None, 2, None)
+    synergy_dir = tmp_path / "synergy"
+    for job in (synergy.Job("single-gc", "single", ("gc",), {}),
+                synergy.Job("pair-gc-vad-k2", "pair", ("gc", "vad"), {"shared_blocks": 2})):
+        config = synergy.job_config(base, job, synergy_dir)
+        folder = synergy_dir / "runs" / job.name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
+        (folder / "metrics.json").write_text("{}")
+    jobs = {job.name: job for job in analysis.analysis_jobs(["gc", "vad"])}
+    out = tmp_path / "analysis"
+    found = {name: analysis.matching_run(job, synergy.job_config(base, job, out), synergy_dir) for name, job in jobs.items()}
+    assert found == {"single-gc": synergy_dir / "runs" / "single-gc", "single-vad": None,
+                     "pair-gc-vad": synergy_dir / "runs" / "pair-gc-vad-k2", "all": None}
+    other = cli.base_config("tiny", None, 3, None)  # other epochs: not the same experiment
+    assert analysis.matching_run(jobs["single-gc"], synergy.job_config(other, jobs["single-gc"], out), synergy_dir) is None
