@@ -227,7 +227,8 @@ def markdown_table(experiment: Experiment, results: list[dict], seeds: list[int]
     has_paper = any(entry["paper"] for entry in results)
     header = ["model / strategy"] + [label + " %" for _, label in experiment.columns]
     if has_paper:
-        header += [f"paper {label if ':' in key else key.upper()} %" for key, label in experiment.columns]
+        by_metric = any(":" in key for key, _ in experiment.columns)  # several columns of one task: name them
+        header += [f"paper {label if by_metric else key.upper()} %" for key, label in experiment.columns]
     header += ["params", "MACs / 1 s", "runs"]
     lines = [f"# {experiment.title}", "",
              f"Mean ± std over seeds {', '.join(map(str, seeds))} (population std); our data and budget, not the paper's.",
