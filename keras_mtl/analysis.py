@@ -185,7 +185,7 @@ def learning_curve_features(run_dir: Path) -> dict:
 
 # -- relations ----------------------------------------------------------------------------------
 
-def correlations(table, target: str = "gain") -> "pandas.DataFrame":
+def correlations(table, target: str = "gain"):
     """Pearson r and p of every numeric column with ``target`` (constant columns left out), by |r|."""
     import pandas as pd
     from scipy.stats import pearsonr

@@ -260,12 +260,17 @@ class HistoryWriter(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, "seconds": round(time.monotonic() - self.started, 2), **self.extra}
         row.update({k: float(v) for k, v in (logs or {}).items()})
         self.rows.append(row)
-        columns = list(dict.fromkeys(k for r in self.rows for k in r))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        fileio.write_text(self.path, buffer.getvalue())
+        write_rows(self.path, self.rows)
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """A CSV of dict rows (columns: every key, in order of appearance), written atomically."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.write_text(path, buffer.getvalue())
 
 
 class BatchLossWriter(keras.callbacks.Callback):
@@ -281,12 +286,7 @@ class BatchLossWriter(keras.callbacks.Callback):
         self.rows.append({"step": self.step, **{k: float(v) for k, v in (logs or {}).items() if k.endswith("loss")}})
 
     def on_epoch_end(self, epoch, logs=None):
-        columns = list(dict.fromkeys(k for r in self.rows for k in r))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        fileio.write_text(self.path, buffer.getvalue())
+        write_rows(self.path, self.rows)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
