@@ -94,7 +94,7 @@ class PreparedData:
     test: dict[str, TaskSplit]
     roots: dict[str, Path]
     # semi-supervised frame tasks: (weakly labelled, unlabelled, strong real) training splits, any may be None
-    semi: dict[str, tuple[TaskSplit | None, TaskSplit | None]] = dataclasses.field(default_factory=dict)
+    semi: dict[str, tuple[TaskSplit | None, ...]] = dataclasses.field(default_factory=dict)
 
 
 def task_roots(config: RunConfig, tasks) -> dict[str, Path]:
@@ -274,8 +274,9 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 
 class BatchLossWriter(keras.callbacks.Callback):
-    """Writes batch_loss.csv (optimizer step, training loss of that batch's running epoch mean, and
-    each task's) at every epoch end: the learning curve at batch resolution (keras_mtl.analysis)."""
+    """Writes batch_loss.csv at every epoch end: per training batch, the step and the losses Keras
+    reports after it (running means over the epoch so far, total and per task); the learning curve
+    at batch resolution (keras_mtl.analysis)."""
 
     def __init__(self, path: Path):
         super().__init__()
