@@ -315,14 +315,11 @@ def _tolerance(total: int) -> int:
     return max(1, total // 1000)
 
 
-def _headlines(strategy, tasks, data, config) -> dict:
+def _evaluate_tasks(strategy, tasks, data, config) -> dict:
+    """Each task's test metrics through the strategy's path for it."""
     from keras_mtl import training
 
-    out = {}
-    for task in tasks:
-        metrics = training.evaluate_task(strategy.paths[task.name], task, data, config.training)
-        out[task.name] = metrics
-    return out
+    return {task.name: training.evaluate_task(strategy.paths[task.name], task, data, config.training) for task in tasks}
 
 
 def lottery_ticket(network: keras.Model, tasks: Sequence, data, config, target_params: int, rate: float = 0.2,
@@ -355,7 +352,7 @@ def lottery_ticket(network: keras.Model, tasks: Sequence, data, config, target_p
             if keeper.weights is None:
                 raise ConfigError(f"--rewind-epoch {rewind_epoch}: a round trains only {epochs or config.training.epochs} epochs")
             rewind_to = keeper.weights
-        metrics = _headlines(strategy, tasks, data, config)
+        metrics = _evaluate_tasks(strategy, tasks, data, config)
         row = {"round": index, "fraction": fraction, "nonzero_params": nonzero_params(total, masks),
                "sparsity": sparsity(masks), "headline": {t.name: metrics[t.name][t.headline] for t in tasks}}
         rounds.append(row)
