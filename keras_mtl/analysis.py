@@ -13,6 +13,12 @@ of the loss at 10/20/30/50/70% of the training batches and a, b, c of L(i) = a l
 Gain of main task M with auxiliary task A: M's headline metric in the two-task model minus the
 single-task one, in points (positive: A helps M). Every ordered pair is one sample: M's features,
 A's features and their ratios M/A are the explanatory variables.
+
+Class overlap (seed 004, experiment 5; ASC with SED on the built-in synthetic data, whose generator
+draws each scene's events mostly from that scene's typical events): an event typical of two or more
+scenes is shared, one typical of a single scene unique. ASC alone and ASC + SED are trained again
+with the ASC training clips that contain a shared event left out, and ASC accuracy is compared on
+the scenes with a unique event and on the others, with and without those clips.
 """
 from __future__ import annotations
 
@@ -282,14 +288,75 @@ class Efficiency:
 COMPARED = ("frontend", "augment", "training", "synthetic", "speech_synthetic", "seed", "architecture")
 
 
-def analysis_jobs(tasks: Sequence[str]) -> list:
-    """Single-task runs, every two-task run with all layers shared, and the all-task run."""
+def analysis_jobs(tasks: Sequence[str], overlap_list: Path | None = None) -> list:
+    """Single-task runs, every two-task run with all layers shared, the all-task run and, with an
+    ``overlap_list`` (ASC clips to leave out), ASC alone and ASC + SED without those clips."""
     from keras_mtl.synergy import Job
 
     jobs = [Job(f"single-{t}", "single", (t,), {}) for t in tasks]
     jobs += [Job(f"pair-{a}-{b}", "pair", (a, b), {}) for a, b in itertools.combinations(tasks, 2)]
     jobs.append(Job("all", "all", tuple(tasks), {}))
+    if overlap_list is not None:
+        left_out = {"exclude_train": {"asc": str(overlap_list)}}
+        jobs.append(Job("overlap-single-asc", "overlap", ("asc",), {}, left_out))
+        jobs.append(Job("overlap-pair-asc-sed", "overlap", ("asc", "sed"), {}, left_out))
     return jobs
+
+
+# -- class overlap (experiment 5) -----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class EventRelation:
+    """Which events are typical of which scenes, and what follows from it."""
+
+    scene_events: dict  # scene -> events typical of it
+
+    @property
+    def shared_events(self) -> set:
+        return {e for e in self.events if sum(e in v for v in self.scene_events.values()) > 1}
+
+    @property
+    def unique_events(self) -> set:
+        return self.events - self.shared_events
+
+    @property
+    def events(self) -> set:
+        return {e for v in self.scene_events.values() for e in v}
+
+    @property
+    def scenes_with_unique_events(self) -> list:
+        return sorted(s for s, v in self.scene_events.items() if set(v) & self.unique_events)
+
+
+def synthetic_overlap(synthetic_config) -> tuple[EventRelation, list[str]]:
+    """The built-in synthetic data's scene/event relation and its ASC training clips (paths relative
+    to the ASC root) that contain a shared event (from the generator's plan: nothing is rendered)."""
+    from keras_mtl.data import sounds, synthetic
+
+    relation = EventRelation({scene: tuple(events) for scene, events in sounds.SCENE_EVENTS.items()})
+    shared = relation.shared_events
+    plans = synthetic._plan_all(synthetic_config)["asc_train"]
+    return relation, [p["file"] for p in plans if any(e["label"] in shared for e in p["events"])]
+
+
+def overlap_rows(relation: EventRelation, metrics: dict, clips: int, left_out: int) -> list[dict]:
+    """ASC accuracy overall, on the scenes with a unique event and on the others, per model and data."""
+    unique = relation.scenes_with_unique_events
+    rows = []
+    for data, single, pair in (("all ASC clips", "single-asc", "pair-asc-sed"),
+                               (f"{left_out} of {clips} ASC clips (shared events) left out", "overlap-single-asc",
+                                "overlap-pair-asc-sed")):
+        for model, name in (("ASC alone", single), ("ASC + SED", pair)):
+            asc = metrics[name]["tasks"]["asc"]["metrics"]
+            per_scene = asc.get("class_accuracy") or {}
+            group = lambda scenes: 100.0 * float(np.mean([per_scene[s] for s in scenes if per_scene.get(s) is not None]))  # noqa: E731
+            row = {"training data": data, "model": model, "asc accuracy": 100.0 * float(asc["accuracy"]),
+                   "scenes with a unique event": group(unique),
+                   "scenes sharing all their events": group([s for s in per_scene if s not in unique])}
+            sed = metrics[name]["tasks"].get("sed")
+            row["sed event f1"] = 100.0 * float(sed["metrics"]["event_f1_macro"]) if sed else float("nan")
+            rows.append(row)
+    return rows
 
 
 def matching_run(job, config, reuse: Path | None) -> Path | None:
@@ -302,7 +369,7 @@ def matching_run(job, config, reuse: Path | None) -> Path | None:
     if reuse is None:
         return None
     depth = len(config.model.channels)
-    names = {"single": [job.name], "pair": [f"{job.name}-k{depth}"], "all": [f"flat-k{depth}"]}[job.stage]
+    names = {"single": [job.name], "pair": [f"{job.name}-k{depth}"], "all": [f"flat-k{depth}"]}.get(job.stage, [])
     wanted = config.to_dict()
     for name in names:
         folder = Path(reuse) / "runs" / name
@@ -327,7 +394,16 @@ def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None
     tasks = list(tasks)
     if len(tasks) < 2 or len(set(tasks)) != len(tasks):
         raise ConfigError(f"--tasks needs two or more distinct tasks, got {','.join(tasks)}")
-    jobs = analysis_jobs(tasks)
+    overlap = None
+    if {"asc", "sed"} <= set(tasks):
+        probe = synergy.job_config(base, analysis_jobs(tasks)[0], out)
+        if probe.data_root is None:
+            overlap = synthetic_overlap(probe.synthetic)
+        else:
+            log.info("class-overlap experiment skipped: it needs the built-in synthetic data (which events "
+                     "belong to which scene is known there)")
+    overlap_list = out / "class_overlap" / "asc_clips_with_shared_events.txt"
+    jobs = analysis_jobs(tasks, overlap_list if overlap else None)
     folders = {}
     for job in jobs:
         config = synergy.job_config(base, job, out)
@@ -337,12 +413,14 @@ def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None
             state = "reused" if folders[job.name].parent.parent != out else "train"
             log.info("%s: %s (%s)", job.name, state, folders[job.name])
         return None
+    if overlap:
+        fileio.write_text(overlap_list, "".join(f"{name}\n" for name in overlap[1]))
     todo = [job for job in jobs if not (folders[job.name] / "metrics.json").exists()]
     log.info("%d runs to train, %d reused or done before", len(todo), len(jobs) - len(todo))
     synergy.run_jobs(todo, base, out)
     metrics = {name: json.loads((folder / "metrics.json").read_text()) for name, folder in folders.items()}
 
-    all_config = synergy.job_config(base, jobs[-1], out)
+    all_config = synergy.job_config(base, next(job for job in jobs if job.name == "all"), out)
     from keras_mtl.tasks import resolve_tasks
 
     resolved = resolve_tasks(tasks, all_config.custom_tasks)
@@ -373,10 +451,20 @@ def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None
     fileio.write_text(out / "efficiency.csv", pd.DataFrame([dataclasses.asdict(e) for e in efficiency]).to_csv(index=False))
     plot_correlations(table, corr, out / "correlations.png")
     plot_learning_curves(tasks, folders, measurements, out / "learning_curves.png")
+    overlap_table = None
+    if overlap:
+        relation, left_out = overlap
+        overlap_table = pd.DataFrame(overlap_rows(relation, metrics, len(data.train["asc"]), len(left_out)))
+        fileio.write_text(out / "class_overlap" / "results.csv", overlap_table.to_csv(index=False))
+        fileio.write_json(out / "class_overlap" / "relation.json", {
+            "scene_events": {k: list(v) for k, v in relation.scene_events.items()},
+            "shared_events": sorted(relation.shared_events), "unique_events": sorted(relation.unique_events),
+            "scenes_with_unique_events": relation.scenes_with_unique_events, "asc_clips_left_out": len(left_out)})
     summary = {"tasks": tasks, "singles": singles, "pairs": {f"{a}-{b}": v for (a, b), v in pairs.items()},
                "runs": {k: str(v) for k, v in folders.items()}, "regression": regression}
     fileio.write_json(out / "results.json", summary)
-    fileio.write_text(out / "report.md", report_markdown(tasks, measured, table, corr, regression, efficiency))
+    fileio.write_text(out / "report.md", report_markdown(tasks, measured, table, corr, regression, efficiency,
+                                                         overlap and (overlap[0], overlap_table)))
     return summary
 
 
@@ -445,7 +533,7 @@ def plot_learning_curves(tasks, folders: dict, measurements: dict, path: Path) -
     save_figure(fig, path)
 
 
-def report_markdown(tasks, measured, table, corr, regression: dict, efficiency: list) -> str:
+def report_markdown(tasks, measured, table, corr, regression: dict, efficiency: list, overlap=None) -> str:
     lines = [f"# Which tasks help each other ({', '.join(t.upper() for t in tasks)})", "",
              "## Dataset and learning-curve measurements (training splits)", "", _markdown(measured),
              "", "## Gain of the main task from the auxiliary one (points; two-task model, all layers shared)", "",
@@ -458,6 +546,13 @@ def report_markdown(tasks, measured, table, corr, regression: dict, efficiency: 
              "| model | params | int8 weight bytes | MACs / 1 s | latency ms / 1 s |", "|---|---|---|---|---|"]
     for e in efficiency:
         lines.append(f"| {e.model} | {e.params:,} | {e.int8_weight_bytes:,} | {e.macs_per_second:,} | {e.latency_ms:.2f} |")
+    if overlap:
+        relation, results = overlap
+        lines += ["", "## Class overlap: ASC with SED (seed 004, experiment 5)", "",
+                  f"Shared events (typical of two or more scenes): {', '.join(sorted(relation.shared_events))}. "
+                  f"Unique: {', '.join(sorted(relation.unique_events)) or 'none'}, so the scenes with a unique event "
+                  f"are {', '.join(relation.scenes_with_unique_events) or 'none'}. Accuracy in %, SED event F1 in %.",
+                  "", _markdown(results)]
     return "\n".join(lines) + "\n"
 
 

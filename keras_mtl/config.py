@@ -100,6 +100,9 @@ class RunConfig:
     cache_dir: str | None = None
     loss_weights: dict | None = None
     custom_tasks: dict | None = None  # name -> {"level", "manifest", "seconds"} (user-defined tasks)
+    # task -> text file naming clips (paths relative to the task's data root, one a line) that are left
+    # out of its training split
+    exclude_train: dict | None = None
     frontend: FrontEndConfig = dataclasses.field(default_factory=FrontEndConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

@@ -64,7 +64,7 @@ class StreamingPlan:
 def _frames_layer_of(network: keras.Model, task) -> str | None:
     """Name of the layer whose output the task's decoder reads, or None if it has no known decoder."""
     names = {layer.name for layer in network.layers}
-    head = f"{task.name}/attention" if task.level == "clip" else f"{task.name}/gru"
+    head = f"{task.name}/attention" if task.level == "clip" else recurrent_path(network, task.name)[0]
     if head in names:
         return network.get_layer(head)._inbound_nodes[0].inbound_layers.name
     if task.level == "clip":
@@ -161,35 +161,61 @@ def clip_head(network: keras.Model, task: str, frames: int, width: int) -> keras
     return keras.Model(inputs, x, name=f"{task}_head")
 
 
+def recurrent_path(network: keras.Model, task: str) -> list[str]:
+    """The layers between a frame task's embeddings and its classifier: ``<task>/gru``, or for the
+    MTL-VAE the encoder GRU, the latent mean (the inference path: no sampling) and the decoder GRU."""
+    names = {layer.name for layer in network.layers}
+    if f"{task}/gru" not in names and "shared/encoder_gru" in names:
+        return ["shared/encoder_gru", "shared/latent_mean", "shared/decoder_gru"]
+    return [f"{task}/gru"]
+
+
 def frame_step(network: keras.Model, task: str, width: int) -> keras.Model:
-    """One GRU step + classifier with the state as explicit input and output (Keras GRU,
-    reset_after): z = sig(x Wz + bz + h Uz + cz), r = sig(x Wr + br + h Ur + cr),
-    n = tanh(x Wn + bn + r * (h Un + cn)), h' = n + z * (h - n)."""
-    gru = network.get_layer(f"{task}/gru")
+    """One step of the task's recurrent path + classifier, with the recurrent state as explicit input
+    and output (the states of several GRUs side by side in one vector, in path order)."""
+    layers = [network.get_layer(name) for name in recurrent_path(network, task)]
+    grus = [layer for layer in layers if isinstance(layer, keras.layers.GRU)]
+    frame = keras.Input(shape=(width,), batch_size=1, name="frame")
+    state = keras.Input(shape=(sum(g.units for g in grus),), batch_size=1, name="state")
+    x, offset, new_states = frame, 0, []
+    for layer in layers:
+        if isinstance(layer, keras.layers.GRU):
+            h = state if len(grus) == 1 else state[:, offset:offset + layer.units]
+            x = _gru_step(layer, x, h)
+            offset += layer.units
+            new_states.append(x)
+        else:
+            x = layer(x)
+    if len(new_states) == 1:
+        new_state = keras.layers.Identity(name="new_state")(new_states[0])
+    else:
+        new_state = keras.layers.Concatenate(name="new_state")(new_states)
+    scores = network.get_layer(f"{task}/classifier")(x)
+    scores = keras.layers.Identity(name="scores")(scores)
+    return keras.Model([frame, state], [scores, new_state], name=f"{task}_step")
+
+
+def _gru_step(gru, x, state):
+    """One step of a Keras GRU (reset_after) as dense layers: z = sig(x Wz + bz + h Uz + cz),
+    r = sig(x Wr + br + h Ur + cr), n = tanh(x Wn + bn + r * (h Un + cn)), h' = n + z * (h - n)."""
     if not (gru.reset_after and gru.use_bias and gru.recurrent_activation.__name__ == "sigmoid"
             and gru.activation.__name__ == "tanh"):
-        raise ConfigError(f"{task}/gru: only the default GRU (reset_after, sigmoid/tanh, bias) can be exported")
+        raise ConfigError(f"{gru.name}: only the default GRU (reset_after, sigmoid/tanh, bias) can be exported")
     kernel, recurrent, bias = gru.get_weights()
     units = gru.units
-    frame = keras.Input(shape=(width,), batch_size=1, name="frame")
-    state = keras.Input(shape=(units,), batch_size=1, name="state")
     gates = {}
     for index, gate in enumerate(("z", "r", "n")):
         cols = slice(index * units, (index + 1) * units)
-        x_part = keras.layers.Dense(units, name=f"{task}/gru_x{gate}")
-        h_part = keras.layers.Dense(units, name=f"{task}/gru_h{gate}")
-        gates[gate] = (x_part(frame), h_part(state))
+        x_part = keras.layers.Dense(units, name=f"{gru.name}_x{gate}")
+        h_part = keras.layers.Dense(units, name=f"{gru.name}_h{gate}")
+        gates[gate] = (x_part(x), h_part(state))
         x_part.set_weights([kernel[:, cols], bias[0, cols]])
         h_part.set_weights([recurrent[:, cols], bias[1, cols]])
-    z = keras.layers.Activation("sigmoid", name=f"{task}/gru_z")(keras.layers.Add()(list(gates["z"])))
-    r = keras.layers.Activation("sigmoid", name=f"{task}/gru_r")(keras.layers.Add()(list(gates["r"])))
-    n = keras.layers.Activation("tanh", name=f"{task}/gru_n")(
+    z = keras.layers.Activation("sigmoid", name=f"{gru.name}_z")(keras.layers.Add()(list(gates["z"])))
+    r = keras.layers.Activation("sigmoid", name=f"{gru.name}_r")(keras.layers.Add()(list(gates["r"])))
+    n = keras.layers.Activation("tanh", name=f"{gru.name}_n")(
         keras.layers.Add()([gates["n"][0], keras.layers.Multiply()([r, gates["n"][1]])]))
-    new_state = keras.layers.Add(name="new_state")(
-        [n, keras.layers.Multiply()([z, keras.layers.Subtract()([state, n])])])
-    scores = network.get_layer(f"{task}/classifier")(new_state)
-    scores = keras.layers.Identity(name="scores")(scores)
-    return keras.Model([frame, state], [scores, new_state], name=f"{task}_step")
+    return keras.layers.Add()([n, keras.layers.Multiply()([z, keras.layers.Subtract()([state, n])])])
 
 
 # -- conversion ------------------------------------------------------------------------------------

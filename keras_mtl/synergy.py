@@ -184,6 +184,7 @@ class Job:
     stage: str  # single, pair, flat, tree, split
     tasks: tuple
     model: dict  # merged into the run's model section
+    overrides: dict = dataclasses.field(default_factory=dict)  # merged into the run's configuration
 
 
 def first_jobs(tasks: Sequence[str], depths: Sequence[int]) -> list[Job]:
@@ -243,7 +244,7 @@ def job_config(base: dict, job: Job, out: Path):
 
     model = run_config.merge(base.get("model") or {}, job.model)
     data = run_config.merge(base, {"tasks": list(job.tasks), "strategy": "soft", "model": model,
-                                   "output_dir": str(out / "runs" / job.name)})
+                                   "output_dir": str(out / "runs" / job.name), **job.overrides})
     return run_config.build(data)
 
 

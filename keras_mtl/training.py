@@ -157,11 +157,17 @@ def prepare_data(config: RunConfig, tasks) -> PreparedData:
     roots = task_roots(config, tasks)
     semi_splits = mean_teacher_splits(config, tasks, roots)
     items, semi_items = {}, {}
+    excluded = dict(config.exclude_train or {})
+    unknown = set(excluded) - {task.name for task in tasks}
+    if unknown:
+        raise ConfigError(f"exclude_train names task(s) not in the task set: {', '.join(sorted(unknown))}")
     for task in tasks:
-        items[task.name] = (
-            corpora.read_split(task, roots[task.name], task.train_split),
-            corpora.read_split(task, roots[task.name], task.test_split),
-        )
+        train_items = corpora.read_split(task, roots[task.name], task.train_split)
+        if task.name in excluded:
+            train_items = exclude_items(train_items, roots[task.name], Path(excluded[task.name]))
+            log.info("%s/%s: %d clips after leaving out those listed in %s", task.name, task.train_split,
+                     len(train_items), excluded[task.name])
+        items[task.name] = (train_items, corpora.read_split(task, roots[task.name], task.test_split))
         if task.name in semi_splits:
             semi_items[task.name] = tuple(
                 (split, corpora.read_split(task, roots[task.name], split)) if split else None
@@ -181,6 +187,35 @@ def prepare_data(config: RunConfig, tasks) -> PreparedData:
             semi[task.name] = tuple(extractor.prepare(task, pair[0], pair[1], factor, ceil) if pair else None
                                     for pair in semi_items[task.name])
     return PreparedData(train, test, roots, semi)
+
+
+def exclude_items(items: list, root: Path, listing: Path) -> list:
+    """``items`` without the clips named in ``listing`` (paths relative to ``root``, one a line; blank
+    lines and # comments skipped); a name that is no item of the split is an error."""
+    try:
+        lines = listing.read_text().splitlines()
+    except OSError as error:
+        raise DataError(f"{listing}: cannot read the list of clips to leave out ({error.strerror})") from None
+    base = Path(root).resolve()
+
+    def name_of(item) -> str:
+        path = Path(item.path).resolve()
+        return path.relative_to(base).as_posix() if path.is_relative_to(base) else str(item.path)
+
+    present = {name_of(item) for item in items}
+    names = set()
+    for number, line in enumerate(lines, start=1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        if name not in present:
+            raise DataError(f"{listing}, line {number}: {name!r} is not a clip of this split (paths are relative "
+                            f"to {root})")
+        names.add(name)
+    kept = [item for item in items if name_of(item) not in names]
+    if not kept:
+        raise DataError(f"{listing}: leaves no clip in the split")
+    return kept
 
 
 def _check_disjoint(task, train_items, test_items) -> None:

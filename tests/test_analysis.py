@@ -116,3 +116,57 @@ def test_reuse_takes_matching_synergy_runs_only(tmp_path):
                      "pair-gc-vad": synergy_dir / "runs" / "pair-gc-vad-k2", "all": None}
     other = cli.base_config("tiny", None, 3, None)  # other epochs: not the same experiment
     assert analysis.matching_run(jobs["single-gc"], synergy.job_config(other, jobs["single-gc"], out), synergy_dir) is None
+
+
+def test_event_relation_and_the_synthetic_clips_with_shared_events():
+    relation = analysis.EventRelation({"park": ("Dog", "Cat"), "street": ("Dog", "Speech"), "mall": ("Dishes",)})
+    assert relation.shared_events == {"Dog"} and relation.unique_events == {"Cat", "Speech", "Dishes"}
+    assert relation.scenes_with_unique_events == ["mall", "park", "street"]
+    assert analysis.EventRelation({"a": ("x",), "b": ("x",)}).scenes_with_unique_events == []
+
+    from keras_mtl.data.synthetic import SyntheticConfig, _plan_all
+
+    config = SyntheticConfig(asc_train_per_scene=6, asc_test_per_scene=2, sed_train=4, sed_validation=2, sed_weak=2,
+                             sed_unlabeled=2)
+    relation, left_out = analysis.synthetic_overlap(config)
+    plans = {p["file"]: p for p in _plan_all(config)["asc_train"]}
+    assert left_out and set(left_out) < set(plans)  # some clips are kept: those without a shared event
+    for name, plan in plans.items():
+        assert (name in left_out) == any(e["label"] in relation.shared_events for e in plan["events"])
+
+
+def test_overlap_rows_compare_scene_groups():
+    relation = analysis.EventRelation({"park": ("Dog",), "street": ("Dog",), "mall": ("Dishes",)})
+
+    def run(accuracy, per_scene, sed=None):
+        tasks = {"asc": {"metrics": {"accuracy": accuracy, "class_accuracy": per_scene}}}
+        if sed is not None:
+            tasks["sed"] = {"metrics": {"event_f1_macro": sed}}
+        return {"tasks": tasks}
+
+    metrics = {"single-asc": run(0.5, {"park": 0.4, "street": 0.6, "mall": 0.5}),
+               "pair-asc-sed": run(0.6, {"park": 0.5, "street": 0.5, "mall": 0.8}, 0.3),
+               "overlap-single-asc": run(0.4, {"park": 0.2, "street": 0.4, "mall": 0.6}),
+               "overlap-pair-asc-sed": run(0.45, {"park": 0.3, "street": 0.3, "mall": 0.75}, 0.25)}
+    rows = analysis.overlap_rows(relation, metrics, clips=30, left_out=12)
+    assert [r["model"] for r in rows] == ["ASC alone", "ASC + SED"] * 2
+    assert rows[1]["scenes with a unique event"] == pytest.approx(80.0)
+    assert rows[0]["scenes sharing all their events"] == pytest.approx(50.0)
+    assert rows[3]["sed event f1"] == pytest.approx(25.0) and math.isnan(rows[2]["sed event f1"])
+    assert rows[2]["training data"].startswith("12 of 30")
+
+
+def test_exclude_train_leaves_out_listed_clips_and_names_a_bad_line(tmp_path):
+    from keras_mtl.errors import DataError
+    from keras_mtl.training import exclude_items
+
+    items = [AudioItem(path=tmp_path / "audio" / f"{k}.wav", key=str(k), label="a") for k in range(3)]
+    listing = tmp_path / "leave_out.txt"
+    listing.write_text("# clips with a shared event\naudio/1.wav\n\n")
+    assert [i.key for i in exclude_items(items, tmp_path, listing)] == ["0", "2"]
+    listing.write_text("audio/1.wav\naudio/9.wav\n")
+    with pytest.raises(DataError, match=r"leave_out.txt, line 2: 'audio/9.wav' is not a clip"):
+        exclude_items(items, tmp_path, listing)
+    listing.write_text("audio/0.wav\naudio/1.wav\naudio/2.wav\n")
+    with pytest.raises(DataError, match="leaves no clip"):
+        exclude_items(items, tmp_path, listing)

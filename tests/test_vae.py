@@ -119,3 +119,23 @@ def test_mtl_vae_refuses_what_it_cannot_do():
     config = run_config.build(run_config.merge(cli.base_config("seed002"), {"strategy": "hard"}))
     with pytest.raises(ConfigError, match="its own strategy"):
         training.check_strategy_options(config)
+
+
+def test_mtl_vae_streams_its_mean_path_as_one_step_with_both_states():
+    from keras_mtl import export
+    from keras_mtl.features import FrontEndConfig
+
+    keras.utils.set_random_seed(0)
+    config = vae.VAEConfig(**TINY)
+    network = vae.build_mtl_vae(_sed(), config, feature_mean=np.full(128, -5.0, np.float32))
+    plan = export.plan_streaming(network, _sed(), FrontEndConfig(), config.time_pool_factor)
+    assert [p.name for p in plan.pieces] == ["encoder", "sed_step"]
+    step = plan.piece("sed_step")
+    layer_names = {layer.name for layer in step.model.layers}
+    assert "shared/latent_mean" in layer_names and "shared/latent_log_var" not in layer_names
+    assert step.model.inputs[1].shape[-1] == config.encoder_units + config.decoder_units
+    features = np.random.default_rng(0).standard_normal((1, 401, 128)).astype(np.float32)
+    full = np.asarray(network(features, training=False)["sed"])[0]
+    frames = np.asarray(keras.Model(network.input, network.get_layer(step.branch).output)(features))[0]
+    streamed = export.StreamingRunner(plan, export.keras_call).predict(step, features[0], {step.branch: frames})
+    np.testing.assert_allclose(streamed, full, atol=1e-5)
