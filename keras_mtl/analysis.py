@@ -274,13 +274,44 @@ def latency_per_second(network, n_mels: int, frames: int = 101, repeats: int = 2
     return float(np.median(times))
 
 
+def int8_latency_per_second(network, tasks, config, train: dict, repeats: int = 20) -> tuple[float, int]:
+    """(median LiteRT int8 time in ms of one second of audio, flatbuffer bytes) of the network's
+    streaming int8 pieces (keras_mtl.export), run the way the device runs them: the encoder once, each
+    frame step once per output frame, each clip head or whole-clip model once per clip (its share of
+    one second); calibrated on four training clips per task."""
+    from keras_mtl import export, training
+
+    factor, _ = training.time_resolution(config)
+    plan = export.plan_streaming(network, tasks, config.frontend, factor)
+    calibration = export.calibration_samples(plan, tasks, train, 4, np.random.default_rng(0))
+    milliseconds, size = 0.0, 0
+    for piece in plan.pieces:
+        samples = calibration[piece.name]
+        flatbuffer = export.convert_int8(piece.model, lambda: iter(samples))
+        model = export.Int8Model(flatbuffer)
+        inputs = {name: model.quantize(name, value) for name, value in samples[0].items()}
+        model.run_int8(inputs)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model.run_int8(inputs)
+            times.append(1000.0 * (time.perf_counter() - started))
+        per_second = plan.output_frames if piece.kind == "frame_step" else (
+            1.0 / piece.windows if piece.kind in ("clip_head", "clip_model") else 1.0)
+        milliseconds += per_second * float(np.median(times))
+        size += len(flatbuffer)
+    return milliseconds, size
+
+
 @dataclasses.dataclass
 class Efficiency:
     model: str
     params: int
     int8_weight_bytes: int
     macs_per_second: int
-    latency_ms: float
+    float_latency_ms: float  # float Keras, whole network, batch 1, 1 s of log-mel frames
+    int8_latency_ms: float  # LiteRT int8 streaming pieces, one second of audio
+    int8_flatbuffer_bytes: int  # the streaming pieces' .tflite bytes
 
 
 # -- the pipeline --------------------------------------------------------------------------------
@@ -438,7 +469,7 @@ def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None
     corr = correlations(table)
     top = [f for f in corr["feature"].head(5)] if len(corr) else []
     regression = gain_classifier(table, top) if top else {"note": "no varying feature"}
-    efficiency = efficiency_rows(tasks, folders, all_config)
+    efficiency = efficiency_rows(tasks, folders, all_config, data.train)
 
     out.mkdir(parents=True, exist_ok=True)
     import pandas as pd
@@ -468,26 +499,34 @@ def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None
     return summary
 
 
-def efficiency_rows(tasks, folders: dict, config) -> list[Efficiency]:
+def efficiency_rows(tasks, folders: dict, config, train: dict) -> list[Efficiency]:
     """The all-task model vs one single-task model (the mean) vs every single-task model in turn."""
     from keras_mtl import models  # noqa: F401  (registers the custom layers)
     from keras_mtl import profiling
     from keras_mtl.backend import keras
+    from keras_mtl.tasks import resolve_tasks
 
-    def measure(name):
+    def measure(name, names):
         network = keras.models.load_model(folders[name] / "model.keras", compile=False)
         layers = profiling.profile(network, config.frontend)
         total = profiling.summarize(layers)["total"]
+        log.info("efficiency: %s: float and int8 latency", name)
+        int8_ms, int8_bytes = int8_latency_per_second(network, resolve_tasks(names, config.custom_tasks), config, train)
         return (int(total["params"]), int(total["int8_weight_bytes"]), int(total["macs_per_second"]),
-                latency_per_second(network, int(network.input.shape[-1]), config.frontend.n_frames(config.frontend.sample_rate)))
+                latency_per_second(network, int(network.input.shape[-1]), config.frontend.n_frames(config.frontend.sample_rate)),
+                int8_ms, int8_bytes)
 
-    multi = measure("all")
-    singles = [measure(f"single-{t}") for t in tasks]
-    mean = [float(np.mean([s[i] for s in singles])) for i in range(4)]
-    total = [float(np.sum([s[i] for s in singles])) for i in range(4)]
-    return [Efficiency(f"multi-task ({'+'.join(tasks)})", *multi),
-            Efficiency("one single-task model (mean)", int(mean[0]), int(mean[1]), int(mean[2]), mean[3]),
-            Efficiency(f"{len(tasks)} single-task models in turn", int(total[0]), int(total[1]), int(total[2]), total[3])]
+    multi = measure("all", list(tasks))
+    singles = [measure(f"single-{t}", [t]) for t in tasks]
+    mean = [float(np.mean([s[i] for s in singles])) for i in range(6)]
+    total = [float(np.sum([s[i] for s in singles])) for i in range(6)]
+
+    def row(label, values):
+        return Efficiency(label, int(values[0]), int(values[1]), int(values[2]), float(values[3]), float(values[4]),
+                          int(values[5]))
+
+    return [row(f"multi-task ({'+'.join(tasks)})", multi), row("one single-task model (mean)", mean),
+            row(f"{len(tasks)} single-task models in turn", total)]
 
 
 def plot_correlations(table, corr, path: Path) -> None:
@@ -542,10 +581,14 @@ def report_markdown(tasks, measured, table, corr, regression: dict, efficiency: 
              _markdown(corr.head(15)) if len(corr) else "(none)", "",
              "## Logistic regression: gain > 0 from the five most correlated features", "",
              "```", json.dumps(regression, indent=1), "```", "",
-             "## Efficiency (float Keras on this machine, batch 1, 1 s of audio)", "",
-             "| model | params | int8 weight bytes | MACs / 1 s | latency ms / 1 s |", "|---|---|---|---|---|"]
+             "## Efficiency per 1 s of audio on this machine (batch 1)", "",
+             "Float: the Keras network on 1 s of log-mel frames. Int8: LiteRT running the streaming int8 "
+             "pieces the way a device does (encoder once, frame steps once per output frame).", "",
+             "| model | params | int8 weight bytes | MACs / 1 s | float ms / 1 s | int8 ms / 1 s | int8 .tflite bytes |",
+             "|---|---|---|---|---|---|---|"]
     for e in efficiency:
-        lines.append(f"| {e.model} | {e.params:,} | {e.int8_weight_bytes:,} | {e.macs_per_second:,} | {e.latency_ms:.2f} |")
+        lines.append(f"| {e.model} | {e.params:,} | {e.int8_weight_bytes:,} | {e.macs_per_second:,} | "
+                     f"{e.float_latency_ms:.2f} | {e.int8_latency_ms:.2f} | {e.int8_flatbuffer_bytes:,} |")
     if overlap:
         relation, results = overlap
         lines += ["", "## Class overlap: ASC with SED (seed 004, experiment 5)", "",

@@ -476,20 +476,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, calibrati
     return report
 
 
-def _export_network(run_dir: Path, config, tasks, network, plan: StreamingPlan, data, out: Path, calibration_clips: int,
-                    verify_samples: int, max_eval_clips: int | None) -> dict:
-    """export_run for one network: calibrate, convert, verify, evaluate, write ``out``."""
-    from keras_mtl import c_arrays, fileio, profiling
-    from keras_mtl.features import mel_weight_matrix
-
-    rng = np.random.default_rng(config.seed)
+def calibration_samples(plan: StreamingPlan, tasks, train: dict, clips: int, rng) -> dict[str, list[dict]]:
+    """Inputs of every piece from up to ``clips`` training clips per task, run through the float
+    pieces: encoder windows, clip-head embeddings and frame-step (embedding, state) pairs."""
     float_runner = StreamingRunner(plan, keras_call)
-
-    # calibration inputs per piece, drawn from the training splits
     calibration: dict[str, list[dict]] = {p.name: [] for p in plan.pieces}
     for task in tasks:
-        split = data.train[task.name]
-        picks = rng.choice(len(split), size=min(calibration_clips, len(split)), replace=False)
+        split = train[task.name]
+        picks = rng.choice(len(split), size=min(clips, len(split)), replace=False)
         for index in picks:
             features = split.load_features(int(index)).astype(np.float32)
             if "encoder" in calibration:
@@ -504,11 +498,24 @@ def _export_network(run_dir: Path, config, tasks, network, plan: StreamingPlan, 
                 if piece.kind == "clip_head":
                     width = piece.model.inputs[0].shape[1]
                     calibration[piece.name].append({"frames": _fit(embeddings, width)[None]})
-                elif len(calibration[piece.name]) < 40 * calibration_clips:
+                elif len(calibration[piece.name]) < 40 * clips:
                     state = np.zeros((1, piece.model.inputs[1].shape[-1]), np.float32)
                     for frame in embeddings[:: max(1, len(embeddings) // 40)]:
                         calibration[piece.name].append({"frame": frame[None], "state": state})
                         state = keras_call(piece, {"frame": frame[None], "state": state})["new_state"]
+    return calibration
+
+
+def _export_network(run_dir: Path, config, tasks, network, plan: StreamingPlan, data, out: Path, calibration_clips: int,
+                    verify_samples: int, max_eval_clips: int | None) -> dict:
+    """export_run for one network: calibrate, convert, verify, evaluate, write ``out``."""
+    from keras_mtl import c_arrays, fileio, profiling
+    from keras_mtl.features import mel_weight_matrix
+
+    rng = np.random.default_rng(config.seed)
+    float_runner = StreamingRunner(plan, keras_call)
+
+    calibration = calibration_samples(plan, tasks, data.train, calibration_clips, rng)
 
     report = {"run": str(run_dir), "streaming": {
         "window_frames": plan.window_frames, "hop_frames": plan.hop_frames, "context_frames": plan.context_frames,

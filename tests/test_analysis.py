@@ -91,6 +91,8 @@ def test_analyze_tasks_cli_end_to_end(tmp_path):
     assert (out / "runs" / "single-asc" / "batch_loss.csv").is_file()
     efficiency = pd.read_csv(out / "efficiency.csv")
     assert efficiency.loc[0, "params"] < efficiency.loc[2, "params"]  # shared encoder: fewer than the three
+    assert (efficiency["int8_latency_ms"] > 0).all() and (efficiency["int8_flatbuffer_bytes"] > 0).all()
+    assert efficiency.loc[2, "int8_flatbuffer_bytes"] == pytest.approx(3 * efficiency.loc[1, "int8_flatbuffer_bytes"], abs=3)
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["pairs"]) == {"asc-gc", "asc-vad", "gc-vad"}
 
