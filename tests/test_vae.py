@@ -139,3 +139,15 @@ def test_mtl_vae_streams_its_mean_path_as_one_step_with_both_states():
     frames = np.asarray(keras.Model(network.input, network.get_layer(step.branch).output)(features))[0]
     streamed = export.StreamingRunner(plan, export.keras_call).predict(step, features[0], {step.branch: frames})
     np.testing.assert_allclose(streamed, full, atol=1e-5)
+    # int8: the one-vector state splits and joins with ops TFLite-Micro has, and it runs them like LiteRT
+    samples = [{"frame": f[None], "state": np.zeros((1, 16), np.float32)} for f in frames[::4]]
+    flatbuffer = export.convert_int8(step.model, lambda: iter(samples))
+    assert {"STRIDED_SLICE", "CONCATENATION"} <= set(export.operators(flatbuffer))
+    litert, micro = export.Int8Model(flatbuffer, "litert-reference"), export.Int8Model(flatbuffer, "tflm", 32 * 1024)
+    state = np.zeros((1, 16), np.float32)
+    for frame in frames[:20]:
+        inputs = {"frame": litert.quantize("frame", frame[None]), "state": litert.quantize("state", state)}
+        expected, got = litert.run_int8(inputs), micro.run_int8(inputs)
+        for name in ("scores", "new_state"):
+            assert np.abs(expected[name].astype(int) - got[name].astype(int)).max() <= 2
+        state = litert.dequantize("new_state", expected["new_state"])
