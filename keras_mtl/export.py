@@ -9,6 +9,7 @@ once per frame, so the network is cut into pieces with static shapes and batch 1
                      the model) equal those of the whole-clip network; windows start 100 frames apart
     <task>_head      clip task: embeddings of a clip's windows (1, k * frames per window, F) -> class scores
     <task>_step      frame task: one embedding (1, F) and the GRU state (1, U) -> event scores and new state
+                     (the MTL-VAE: encoder GRU -> latent mean -> decoder GRU, both states in one vector)
 
 The device runs the encoder once per second of audio, each clip head on the last k windows, and
 each frame task's step model once per output frame, feeding the state back; flash and arena do
