@@ -511,7 +511,11 @@ def efficiency_rows(tasks, folders: dict, config, train: dict) -> list[Efficienc
         layers = profiling.profile(network, config.frontend)
         total = profiling.summarize(layers)["total"]
         log.info("efficiency: %s: float and int8 latency", name)
-        int8_ms, int8_bytes = int8_latency_per_second(network, resolve_tasks(names, config.custom_tasks), config, train)
+        try:
+            int8_ms, int8_bytes = int8_latency_per_second(network, resolve_tasks(names, config.custom_tasks), config, train)
+        except (ConfigError, RuntimeError, ValueError) as error:  # e.g. an op with no int8 kernel
+            log.warning("efficiency: %s: no int8 latency (%s)", name, str(error).splitlines()[0][:200])
+            int8_ms, int8_bytes = float("nan"), 0
         return (int(total["params"]), int(total["int8_weight_bytes"]), int(total["macs_per_second"]),
                 latency_per_second(network, int(network.input.shape[-1]), config.frontend.n_frames(config.frontend.sample_rate)),
                 int8_ms, int8_bytes)
