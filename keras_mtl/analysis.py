@@ -501,13 +501,11 @@ def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None
 
 def efficiency_rows(tasks, folders: dict, config, train: dict) -> list[Efficiency]:
     """The all-task model vs one single-task model (the mean) vs every single-task model in turn."""
-    from keras_mtl import models  # noqa: F401  (registers the custom layers)
-    from keras_mtl import profiling
-    from keras_mtl.backend import keras
+    from keras_mtl import architectures, profiling
     from keras_mtl.tasks import resolve_tasks
 
     def measure(name, names):
-        network = keras.models.load_model(folders[name] / "model.keras", compile=False)
+        network = architectures.load_network(folders[name] / "model.keras")
         layers = profiling.profile(network, config.frontend)
         total = profiling.summarize(layers)["total"]
         log.info("efficiency: %s: float and int8 latency", name)

@@ -17,7 +17,7 @@ import dataclasses
 import math
 from typing import Callable, Sequence
 
-from keras_mtl import models
+from keras_mtl import models, vae
 from keras_mtl.backend import keras, tf
 from keras_mtl.cp_mobile import CPMobileConfig, build_cp_mobile, cp_mobile_encoder
 from keras_mtl.errors import ConfigError
@@ -115,16 +115,12 @@ def _georgiev_dnn(tasks, options: dict) -> keras.Model:
 
 
 def _mtl_vae(tasks, options: dict) -> keras.Model:
-    from keras_mtl import vae
-
     options = dict(options)
     mean, var = options.pop("feature_mean", None), options.pop("feature_var", None)
     return vae.build_mtl_vae(tasks, vae.VAEConfig(**options), feature_mean=mean, feature_var=var)
 
 
 def _mtl_vae_time_factor(options: dict) -> int:
-    from keras_mtl import vae
-
     return vae.VAEConfig(**{k: v for k, v in options.items() if not k.startswith("feature_")}).time_pool_factor
 
 
@@ -156,3 +152,9 @@ def build(name: str, tasks: Sequence, **options) -> keras.Model:
         if task.level not in architecture.levels:
             raise ConfigError(f"{name} cannot predict {task.level}-level task {task.name}")
     return architecture.build(list(tasks), options)
+
+
+def load_network(path) -> keras.Model:
+    """A saved network of any registered architecture (their custom layers are registered by the
+    imports of this module), without its training configuration."""
+    return keras.models.load_model(path, compile=False)

@@ -427,8 +427,8 @@ def load_run(run_dir: Path):
     """A finished run's configuration, tasks, trained network and streaming plan."""
     import yaml
 
+    from keras_mtl import architectures, training
     from keras_mtl import config as run_config
-    from keras_mtl import training
     from keras_mtl.tasks import resolve_tasks
 
     for name in ("config.yaml", "model.keras"):
@@ -436,7 +436,7 @@ def load_run(run_dir: Path):
             raise ConfigError(f"{run_dir}: not a finished run folder ({name} is missing)")
     config = run_config.build(yaml.safe_load((run_dir / "config.yaml").read_text()))
     tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
-    network = keras.models.load_model(run_dir / "model.keras", compile=False)
+    network = architectures.load_network(run_dir / "model.keras")
     factor, _ = training.time_resolution(config)
     return config, tasks, network, plan_streaming(network, tasks, config.frontend, factor)
 

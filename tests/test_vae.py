@@ -108,6 +108,11 @@ def test_train_cli_mtl_vae_with_four_data_types_reduces_the_loss(tmp_path):
     assert "shared/encoder_gru" in summary and "shared/sampling" in summary and "sed/reconstruction" in summary
     loaded = keras.models.load_model(run / "model.keras", compile=False)
     assert isinstance(loaded.get_layer("shared/sampling"), vae.Sampling)
+    # a fresh process that never imported keras_mtl.vae loads the run and plans its streaming export
+    plan = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from keras_mtl import export; "
+                           "print([p.name for p in export.load_run(Path(sys.argv[1]))[3].pieces])", str(run)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert plan.returncode == 0 and "['encoder', 'sed_step']" in plan.stdout, plan.stderr[-2000:]
 
 
 def test_mtl_vae_refuses_what_it_cannot_do():
