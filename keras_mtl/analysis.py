@@ -275,29 +275,39 @@ def latency_per_second(network, n_mels: int, frames: int = 101, repeats: int = 2
 
 
 def int8_latency_per_second(network, tasks, config, train: dict, repeats: int = 20) -> tuple[float, int]:
-    """(median LiteRT int8 time in ms of one second of audio, flatbuffer bytes) of the network's
-    streaming int8 pieces (keras_mtl.export), run the way the device runs them: the encoder once, each
-    frame step once per output frame, each clip head or whole-clip model once per clip (its share of
-    one second); calibrated on four training clips per task."""
+    """(median LiteRT int8 time in ms of one second of audio, flatbuffer bytes), calibrated on four
+    training clips per task. Networks with an encoder to stream: the int8 pieces of keras_mtl.export,
+    run the way the device runs them (the encoder once, each frame step once per output frame, each
+    clip head once per clip: its share of one second). Networks without one (whole-clip models such
+    as the Georgiev DNN): the whole network, every task's output, on one second of frames."""
     from keras_mtl import export, training
+    from keras_mtl.backend import keras
 
     factor, _ = training.time_resolution(config)
     plan = export.plan_streaming(network, tasks, config.frontend, factor)
-    calibration = export.calibration_samples(plan, tasks, train, 4, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    if plan.branches:
+        calibration = export.calibration_samples(plan, tasks, train, 4, rng)
+        runs = [(piece.model, calibration[piece.name], plan.output_frames if piece.kind == "frame_step" else
+                 (1.0 / piece.windows if piece.kind == "clip_head" else 1.0)) for piece in plan.pieces]
+    else:
+        frames = config.frontend.n_frames(config.frontend.sample_rate)
+        mel = keras.Input(shape=(frames, int(network.input.shape[-1])), batch_size=1, name="mel")
+        whole = keras.Model(mel, network(mel), name="whole_network")
+        samples = [{"mel": export.fit_frames(train[t.name].load_features(int(i)).astype(np.float32), frames)[None]}
+                   for t in tasks for i in rng.choice(len(train[t.name]), size=min(4, len(train[t.name])), replace=False)]
+        runs = [(whole, samples, 1.0)]
     milliseconds, size = 0.0, 0
-    for piece in plan.pieces:
-        samples = calibration[piece.name]
-        flatbuffer = export.convert_int8(piece.model, lambda: iter(samples))
-        model = export.Int8Model(flatbuffer)
-        inputs = {name: model.quantize(name, value) for name, value in samples[0].items()}
-        model.run_int8(inputs)
+    for keras_model, samples, per_second in runs:
+        flatbuffer = export.convert_int8(keras_model, lambda: iter(samples))
+        interpreter = export.Int8Model(flatbuffer)
+        inputs = {name: interpreter.quantize(name, value) for name, value in samples[0].items()}
+        interpreter.run_int8(inputs)
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
-            model.run_int8(inputs)
+            interpreter.run_int8(inputs)
             times.append(1000.0 * (time.perf_counter() - started))
-        per_second = plan.output_frames if piece.kind == "frame_step" else (
-            1.0 / piece.windows if piece.kind in ("clip_head", "clip_model") else 1.0)
         milliseconds += per_second * float(np.median(times))
         size += len(flatbuffer)
     return milliseconds, size
@@ -585,7 +595,8 @@ def report_markdown(tasks, measured, table, corr, regression: dict, efficiency: 
              "```", json.dumps(regression, indent=1), "```", "",
              "## Efficiency per 1 s of audio on this machine (batch 1)", "",
              "Float: the Keras network on 1 s of log-mel frames. Int8: LiteRT running the streaming int8 "
-             "pieces the way a device does (encoder once, frame steps once per output frame).", "",
+             "pieces the way a device does (encoder once, frame steps once per output frame; a network "
+             "without an encoder to stream runs whole on 1 s of frames).", "",
              "| model | params | int8 weight bytes | MACs / 1 s | float ms / 1 s | int8 ms / 1 s | int8 .tflite bytes |",
              "|---|---|---|---|---|---|---|"]
     for e in efficiency:

@@ -391,7 +391,7 @@ class StreamingRunner:
             return self.call(piece, {"mel": features[None]})[piece.model.output_names[0]][0]
         frames = (embeddings or self.embeddings(features))[piece.branch]
         if piece.kind == "clip_head":
-            frames = _fit(frames, piece.model.inputs[0].shape[1])
+            frames = fit_frames(frames, piece.model.inputs[0].shape[1])
             return self.call(piece, {"frames": frames[None]})[piece.model.output_names[0]][0]
         state = np.zeros((1, piece.model.inputs[1].shape[-1]), np.float32)
         scores = []
@@ -498,7 +498,7 @@ def calibration_samples(plan: StreamingPlan, tasks, train: dict, clips: int, rng
                 embeddings = float_runner.embeddings(features)[piece.branch]
                 if piece.kind == "clip_head":
                     width = piece.model.inputs[0].shape[1]
-                    calibration[piece.name].append({"frames": _fit(embeddings, width)[None]})
+                    calibration[piece.name].append({"frames": fit_frames(embeddings, width)[None]})
                 elif len(calibration[piece.name]) < 40 * clips:
                     state = np.zeros((1, piece.model.inputs[1].shape[-1]), np.float32)
                     for frame in embeddings[:: max(1, len(embeddings) // 40)]:
@@ -593,7 +593,8 @@ def _export_network(run_dir: Path, config, tasks, network, plan: StreamingPlan, 
     return report
 
 
-def _fit(frames: np.ndarray, width: int) -> np.ndarray:
+def fit_frames(frames: np.ndarray, width: int) -> np.ndarray:
+    """The first ``width`` frames, zero-padded at the end when there are fewer."""
     frames = frames[:width]
     if frames.shape[0] < width:
         frames = np.concatenate([frames, np.zeros((width - frames.shape[0], frames.shape[1]), frames.dtype)])
