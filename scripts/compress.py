@@ -33,6 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="LTH: rewind survivors to their values after this many epochs of the first round (default 0: initial)")
     p.add_argument("--output-dir", help="the compressed run folder (default RUN_DIR/compress-METHOD)")
     p.add_argument("--max-eval-clips", type=int, help="QAT: evaluate the int8 exports on at most this many test clips per task")
+    p.add_argument("--calibration-clips", type=int, default=64, help="QAT: training clips per task calibrating the int8 exports")
     cli.add_logging_options(p)
     return p.parse_args(argv)
 
@@ -41,9 +42,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
     from keras_mtl import compression
+    from keras_mtl.errors import ConfigError
 
     settings = compression.CompressionSettings(args.method, args.target_params, args.rate, args.epochs, args.rewind_epoch)
-    options = {"max_eval_clips": args.max_eval_clips} if args.method == "qat" else {}
+    if args.calibration_clips < 1:
+        raise ConfigError("--calibration-clips must be at least 1")
+    options = ({"max_eval_clips": args.max_eval_clips, "calibration_clips": args.calibration_clips}
+               if args.method == "qat" else {})
     metrics = compression.compress_run(args.run_dir, settings, args.output_dir, **options)
     print(f"{args.method.upper()}: {metrics['model']['params']:,} parameters"
           f"{' non-zero of ' + format(metrics['model']['dense_params'], ',') if 'dense_params' in metrics['model'] else ''}")

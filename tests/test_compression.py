@@ -198,7 +198,7 @@ def test_compress_cli_writes_run_folders(setup, tmp_path):
     assert any(k.startswith("asc/shared/") for k in masks.files) and any(k.startswith("sed/shared/") for k in masks.files)
     assert (out / "model.keras").is_file() and (out / "rounds.png").is_file() and (out / "history.csv").is_file()
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "compress.py"), str(run), "--method", "qat",
-                             "--epochs", "1", "--max-eval-clips", "1", "-q"], capture_output=True, text=True, env=env,
+                             "--epochs", "1", "--max-eval-clips", "1", "--calibration-clips", "2", "-q"], capture_output=True, text=True, env=env,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     qat = json.loads((run / "compress-qat" / "metrics.json").read_text())
