@@ -320,8 +320,8 @@ class Efficiency:
     int8_weight_bytes: int
     macs_per_second: int
     float_latency_ms: float  # float Keras, whole network, batch 1, 1 s of log-mel frames
-    int8_latency_ms: float  # LiteRT int8 streaming pieces, one second of audio
-    int8_flatbuffer_bytes: int  # the streaming pieces' .tflite bytes
+    int8_latency_ms: float  # LiteRT int8, one second of audio (int8_latency_per_second)
+    int8_flatbuffer_bytes: int  # the .tflite bytes timed
 
 
 # -- the pipeline --------------------------------------------------------------------------------
@@ -389,11 +389,11 @@ def overlap_rows(relation: EventRelation, metrics: dict, clips: int, left_out: i
                                 "overlap-pair-asc-sed")):
         for model, name in (("ASC alone", single), ("ASC + SED", pair)):
             asc = metrics[name]["tasks"]["asc"]["metrics"]
-            per_scene = asc.get("class_accuracy") or {}
-            group = lambda scenes: 100.0 * float(np.mean([per_scene[s] for s in scenes if per_scene.get(s) is not None]))  # noqa: E731
+            per_scene = {s: v for s, v in (asc.get("class_accuracy") or {}).items() if v is not None}
             row = {"training data": data, "model": model, "asc accuracy": 100.0 * float(asc["accuracy"]),
-                   "scenes with a unique event": group(unique),
-                   "scenes sharing all their events": group([s for s in per_scene if s not in unique])}
+                   "scenes with a unique event": 100.0 * float(np.mean([per_scene[s] for s in unique if s in per_scene])),
+                   "scenes sharing all their events": 100.0 * float(np.mean([v for s, v in per_scene.items()
+                                                                             if s not in unique]))}
             sed = metrics[name]["tasks"].get("sed")
             row["sed event f1"] = 100.0 * float(sed["metrics"]["event_f1_macro"]) if sed else float("nan")
             rows.append(row)
