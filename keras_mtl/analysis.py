@@ -264,12 +264,16 @@ def latency_per_second(network, n_mels: int, frames: int = 101, repeats: int = 2
 
     x = tf.zeros((1, frames, n_mels))
     call = tf.function(lambda v: network(v, training=False))
-    call(x)
+    return median_milliseconds(lambda: tf.nest.map_structure(lambda t: t.numpy(), call(x)), repeats)
+
+
+def median_milliseconds(run, repeats: int = 20) -> float:
+    """Median wall time (ms) of ``run()`` over ``repeats`` calls, after one untimed warm-up call."""
+    run()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        out = call(x)
-        tf.nest.map_structure(lambda t: t.numpy(), out)
+        run()
         times.append(1000.0 * (time.perf_counter() - started))
     return float(np.median(times))
 
@@ -302,13 +306,7 @@ def int8_latency_per_second(network, tasks, config, train: dict, repeats: int = 
         flatbuffer = export.convert_int8(keras_model, lambda: iter(samples))
         interpreter = export.Int8Model(flatbuffer)
         inputs = {name: interpreter.quantize(name, value) for name, value in samples[0].items()}
-        interpreter.run_int8(inputs)
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            interpreter.run_int8(inputs)
-            times.append(1000.0 * (time.perf_counter() - started))
-        milliseconds += per_second * float(np.median(times))
+        milliseconds += per_second * median_milliseconds(lambda: interpreter.run_int8(inputs), repeats)
         size += len(flatbuffer)
     return milliseconds, size
 
