@@ -1,13 +1,4 @@
-"""Voice activity detection data: built by placing speech utterances into noise, or read from
-strong labels with a ``speech`` class.
-
-Layout (written by ``build_vad_set``, read by ``read_vad``; users with real annotations
-write the same files):
-
-    <root>/audio/train/*.wav, <root>/audio/test/*.wav
-    <root>/metadata/train.tsv, test.tsv                   filename onset offset event_label (speech)
-    <root>/metadata/train_durations.tsv, test_durations.tsv   filename duration
-"""
+"""TODO docstring."""
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +15,8 @@ from keras_mtl.data.items import AudioItem
 from keras_mtl.data.tables import parse_float, read_table
 from keras_mtl.errors import DataError
 
+
 log = logging.getLogger(__name__)
-CLASSES = ("speech",)
-SPLITS = ("train", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +28,6 @@ class VadBuildConfig:
     snr_db: tuple = (-5.0, 20.0)
     seed: int = 0
     sample_rate: int = 16000
-
-
-def looks_like_vad(root: Path) -> bool:
-    return (root / "metadata" / "train.tsv").is_file() and (root / "audio" / "train").is_dir()
 
 
 def _active_span(signal: np.ndarray, sample_rate: int, floor_db: float = -35.0) -> tuple[int, int]:
@@ -104,27 +90,3 @@ def build_vad_set(root: str | Path, speech: list[Path], noises: list[Path], conf
         fileio.write_text(root / "metadata" / f"{split}.tsv", "filename\tonset\toffset\tevent_label\n" + "\n".join(rows) + "\n")
         fileio.write_text(root / "metadata" / f"{split}_durations.tsv", "filename\tduration\n" + "\n".join(durations) + "\n")
     return root
-
-
-def read_vad(root: str | Path, split: str, classes=CLASSES) -> list[AudioItem]:
-    root = Path(root)
-    if split not in SPLITS:
-        raise DataError(f"VAD has no split {split!r} (known: {', '.join(SPLITS)})")
-    if not (root / "audio" / split).is_dir():
-        raise DataError(f"{root}: not a VAD folder (audio/{split} is missing)")
-    tsv = root / "metadata" / f"{split}.tsv"
-    events = read_strong_tsv(tsv, classes)
-    durations_path = root / "metadata" / f"{split}_durations.tsv"
-    durations = {r.get("filename"): parse_float(r, "duration", durations_path)
-                 for r in read_table(durations_path, required=("filename", "duration"))}
-    items = []
-    for name in sorted(set(events) | set(durations)):
-        path = root / "audio" / split / name
-        if not path.is_file():
-            raise DataError(f"{tsv}: audio file {path} not found")
-        found = tuple(sorted(events.get(name, []), key=lambda e: e.onset))
-        items.append(AudioItem(path=path, key=name, events=found, tags=tuple(sorted({e.label for e in found})),
-                               duration=durations.get(name)))
-    if not items:
-        raise DataError(f"{tsv}: no clips")
-    return items

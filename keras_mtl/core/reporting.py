@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from keras_mtl import fileio
-from keras_mtl.profiling import human
 
 
 def plot_history(rows: list[dict], tasks, path: Path) -> None:
@@ -64,3 +63,10 @@ def results_table(metrics: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
+
+
+def human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:.0f}"

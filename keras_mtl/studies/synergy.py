@@ -1,25 +1,4 @@
-"""Hierarchical multi-task learning by task synergy (seed 001): from pairwise AR values to a tree.
-
-AR(i, j, k): the largest relative drop (%) of task i's or task j's metric, in the two-task model
-whose first k encoder layers are shared, against each task's single-task model.
-
-Synthesis with threshold Q:
-  1. edge weight w(i, j) = the largest k whose AR(i, j, k) <= Q (0 when there is none);
-  2. for the current set of tasks, the smallest edge weight L inside it becomes L shared layers of
-     the set's node; the weights inside the set drop by L;
-  3. the set is split in two non-empty parts maximising the smallest edge weight inside each part
-     (a single task is unconstrained); ties go to the most balanced split, then to the split whose
-     part holding the set's first task (in the given order) comes first lexicographically by task
-     position;
-  4. each part is synthesised the same way and hangs below the node; a single task gets the layers
-     left to the template's depth. A node that would share no layer (L = 0, not the root) is
-     dissolved into its parent, which then has more than two children.
-
-The tree is a plain dict (YAML/JSON): {"tasks": [...], "shared": L, "children": [...]}; the root's
-layers are the model's ``shared/`` blocks, an inner node's are named by its tasks (``gc+ac/conv7``),
-a task's own by the task (``vad/conv8``); TensorFlow scope names allow no "+", so
-parts are joined with "-".
-"""
+"""TODO docstring."""
 from __future__ import annotations
 
 import dataclasses
@@ -31,6 +10,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from keras_mtl.errors import ConfigError
+
 
 log = logging.getLogger(__name__)
 
@@ -106,77 +86,6 @@ def _inner_minimum(part: list[str], weights: dict) -> float:
         return math.inf  # a single task constrains nothing
     return min(weights[frozenset(p)] for p in itertools.combinations(part, 2))
 
-
-# -- trees ----------------------------------------------------------------------------------------
-
-def validate_tree(tree: Mapping, depth: int) -> None:
-    """Checks a tree spec: every task on exactly one leaf, children's tasks partition the node's,
-    and every root-to-leaf path has ``depth`` layers."""
-    def visit(node, above: int, path: str):
-        if not isinstance(node, Mapping) or "tasks" not in node or "shared" not in node:
-            raise ConfigError(f"tree {path}: a node needs 'tasks' and 'shared'")
-        tasks, shared, children = list(node["tasks"]), int(node["shared"]), list(node.get("children") or [])
-        if shared < 0:
-            raise ConfigError(f"tree {path}: negative shared depth")
-        if children:
-            covered = [t for child in children for t in child.get("tasks", [])]
-            if sorted(covered) != sorted(tasks) or len(children) < 2:
-                raise ConfigError(f"tree {path}: the children must split {tasks} into at least two parts")
-            for child in children:
-                visit(child, above + shared, f"{path}/{'+'.join(child['tasks'])}")
-        elif len(tasks) != 1:
-            raise ConfigError(f"tree {path}: a leaf holds exactly one task, not {tasks}")
-        elif above + shared != depth:
-            raise ConfigError(f"tree {path}: {above + shared} layers from the input to {tasks[0]}, "
-                              f"the template has {depth}")
-
-    visit(tree, 0, "root")
-
-
-def node_prefix(node: Mapping, root: bool) -> str:
-    """Layer-name prefix of a node's blocks: 'shared' for the root, the task for a leaf, 'a-b' between."""
-    if root:
-        return "shared"
-    return "-".join(node["tasks"])
-
-
-def block_owners(tree: Mapping) -> dict[str, list[str]]:
-    """{task: [prefix of block 1, block 2, ...]} along the task's path through the tree."""
-    owners: dict[str, list[str]] = {}
-
-    def visit(node, above: list[str], root: bool):
-        here = above + [node_prefix(node, root)] * int(node["shared"])
-        if not node.get("children"):
-            owners[node["tasks"][0]] = here
-        for child in node.get("children") or []:
-            visit(child, here, False)
-
-    visit(tree, [], True)
-    return owners
-
-
-def describe(tree: Mapping, indent: str = "") -> str:
-    """The tree as indented text: one line per node, its tasks and its layers."""
-    lines = []
-
-    def visit(node, start: int, pad: str, root: bool):
-        count = int(node["shared"])
-        span = f"layers {start + 1}-{start + count}" if count > 1 else (f"layer {start + 1}" if count else "no layers")
-        lines.append(f"{pad}{node_prefix(node, root)} [{', '.join(node['tasks'])}]: {span}")
-        for child in node.get("children") or []:
-            visit(child, start + count, pad + "  ", False)
-
-    visit(tree, 0, indent, True)
-    return "\n".join(lines)
-
-
-# -- the experiment (scripts/synergy.py) ----------------------------------------------------------
-#
-# Stage 1: one single-task model of the template per task. Stage 2: for every pair and every depth
-# k, the two-task model whose first k layers are shared (each branch keeps the single-task size:
-# shared + own layers = the template). AR, edge weights, the tree. Stage 4: the tree's model, the
-# flat all-task models (k shared layers), and the other splits at the tree's depths. Every model is
-# a normal run folder under <out>/runs/<job>/; a job whose metrics.json exists is not trained again.
 
 @dataclasses.dataclass(frozen=True)
 class Job:
@@ -304,6 +213,8 @@ def collect_ar(out: Path, tasks: Sequence[str], depths: Sequence[int]) -> tuple[
 PAPER_TABLE3 = {("gc", "ac"): [2.3, 0.6, 0.9, 1.2, 1.0], ("gc", "scr"): [0.4, 0.4, 0.8, 0.8, 1.2],
                 ("gc", "vad"): [0.0, 0.0, 0.4, 0.0, 0.0], ("ac", "scr"): [0.8, 3.7, 2.7, 2.0, 7.0],
                 ("ac", "vad"): [1.8, 2.0, 1.7, 2.4, 2.3], ("scr", "vad"): [0.5, 0.5, 1.2, 1.2, 1.3]}
+
+
 PAPER_TABLE4 = [("4 independent models", 0.0, 120000), ("flat MTL, 7 shared", 2.7, 56600), ("LT4REC", 9.0, 58000),
                 ("LTH", 6.5, 58000),
                 ("{GC,AC},{SCR,VAD}", 1.9, 52600), ("{GC,SCR},{AC,VAD}", 4.0, 60700), ("{GC,VAD},{AC,SCR}", 3.5, 56600)]

@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from keras_mtl.backend import keras, tf
+from keras_mtl.core.reporting import human
 from keras_mtl.features import FrontEndConfig
 
 
@@ -137,12 +138,5 @@ def format_table(layers: list[LayerProfile]) -> str:
         if k == 0 or k == len(rows) - 2:
             lines.append("-" * (sum(widths) + 8))
     return "\n".join(lines)
-
-
-def human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return f"{n:.0f}"
 
 

@@ -1,0 +1,269 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from keras_mtl import agreement
+from keras_mtl.backend import keras, tf
+from keras_mtl.errors import ConfigError
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Piece:
+    """One exported model: its Keras form, what feeds it, and its role on the device."""
+
+    name: str
+    model: keras.Model
+    kind: str  # "encoder", "clip_head", "frame_step" or "clip_model"
+    task: str | None = None
+    branch: str | None = None  # the encoder output (frames layer) a head reads
+    windows: int = 1  # clip heads / clip models: encoder windows per clip
+    traced: Callable | None = dataclasses.field(default=None, repr=False)  # see keras_call
+
+
+@dataclasses.dataclass
+class StreamingPlan:
+    """How the device cuts audio: windows of ``window_frames`` log-mel frames every ``hop_frames``."""
+
+    window_frames: int
+    hop_frames: int
+    context_frames: int  # log-mel frames of context on each side of the second a window covers
+    output_frames: int  # embeddings per window
+    pad_value: np.ndarray  # log-mel frame used beyond the ends of a clip (the input normalisation mean)
+    branches: list[str]  # encoder outputs, in order (frames layer names)
+    pieces: list[Piece]
+
+    def piece(self, name: str) -> Piece:
+        return next(p for p in self.pieces if p.name == name)
+
+
+def _frames_layer_of(network: keras.Model, task) -> str | None:
+    """Name of the layer whose output the task's decoder reads, or None if it has no known decoder."""
+    names = {layer.name for layer in network.layers}
+    head = f"{task.name}/attention" if task.level == "clip" else recurrent_path(network, task.name)[0]
+    if head in names:
+        return network.get_layer(head)._inbound_nodes[0].inbound_layers.name
+    if task.level == "clip":
+        return None
+    if f"{task.name}/bigru" in names:
+        raise ConfigError(f"task {task.name}: a bidirectional GRU cannot run frame by frame on a device; "
+                          "train with model.bidirectional: false to export it")
+    raise ConfigError(f"task {task.name}: no {head} layer to export as a streaming step")
+
+
+def plan_streaming(network: keras.Model, tasks, frontend, time_pool_factor: int) -> StreamingPlan:
+    """Cut ``network`` into an encoder, clip heads and frame steps (see the module docstring)."""
+    hop_frames = int(round(1.0 / frontend.frame_seconds))  # one second of frames
+    if hop_frames % time_pool_factor:
+        raise ConfigError(f"one second ({hop_frames} frames) is not a multiple of the model's time pooling "
+                          f"({time_pool_factor}); the encoder cannot be run window by window")
+    n_mels = int(network.input.shape[-1])
+    branches: list[str] = []
+    heads = {}
+    for task in tasks:
+        branch = _frames_layer_of(network, task)
+        heads[task.name] = branch
+        if branch is not None and branch not in branches:
+            branches.append(branch)
+    trunk = keras.Model(network.input, [network.get_layer(b).output for b in branches]) if branches else None
+    radius = receptive_radius(trunk) if trunk is not None else 0
+    context = -(-radius // time_pool_factor) * time_pool_factor
+    window = hop_frames + 2 * context
+    output_frames = hop_frames // time_pool_factor
+    crop = context // time_pool_factor
+    try:
+        pad_value = np.asarray(network.get_layer("shared/input_norm").get_weights()[0], np.float32).reshape(-1)
+    except (ValueError, IndexError):
+        pad_value = np.zeros(n_mels, np.float32)
+
+    pieces = []
+    if branches:
+        mel = keras.Input(shape=(window, n_mels), batch_size=1, name="mel")
+        outputs = trunk(mel)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        named = [keras.layers.Cropping1D((crop, crop), name=b.replace("/", "_"))(o) for b, o in zip(branches, outputs)]
+        pieces.append(Piece("encoder", keras.Model(mel, named, name="encoder"), "encoder"))
+    for task in tasks:
+        branch = heads[task.name]
+        windows = max(1, int(round(task.clip_seconds)))
+        if branch is None:
+            frames = frontend.n_frames(int(round(task.clip_seconds * frontend.sample_rate)))
+            mel = keras.Input(shape=(frames, n_mels), batch_size=1, name="mel")
+            path = keras.Model(network.input, network.output[task.name])
+            pieces.append(Piece(f"{task.name}_model", keras.Model(mel, path(mel), name=f"{task.name}_model"),
+                                "clip_model", task.name, windows=windows))
+            continue
+        width = int(network.get_layer(branch).output.shape[-1])
+        if task.level == "clip":
+            pieces.append(Piece(f"{task.name}_head", clip_head(network, task.name, windows * output_frames, width),
+                                "clip_head", task.name, branch, windows))
+        else:
+            pieces.append(Piece(f"{task.name}_step", frame_step(network, task.name, width), "frame_step", task.name, branch))
+    return StreamingPlan(window, hop_frames, context, output_frames, pad_value, branches, pieces)
+
+
+def receptive_radius(model: keras.Model) -> int:
+    """Input frames on each side that can reach an output frame: convolutions add
+    (kernel // 2) * dilation and poolings (pool - 1), times the stride accumulated before them
+    (an upper bound for branching models; time is axis 1)."""
+    radius, stride = 0, 1
+    for layer in _layers_in_order(model):
+        config = layer.get_config()
+        if "kernel_size" in config:
+            kernel, step = config["kernel_size"][0], config["strides"][0]
+            dilation = config.get("dilation_rate", (1,))[0]
+            radius += (kernel // 2) * dilation * stride
+            stride *= step
+        elif "pool_size" in config:
+            pool, step = config["pool_size"][0], (config.get("strides") or config["pool_size"])[0]
+            radius += (pool - 1) * stride
+            stride *= step
+    return radius
+
+
+def _layers_in_order(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _layers_in_order(layer)
+        else:
+            yield layer
+
+
+def clip_head(network: keras.Model, task: str, frames: int, width: int) -> keras.Model:
+    """Attention pooling + classifier over ``frames`` embeddings (the trained layers, shared weights)."""
+    x = inputs = keras.Input(shape=(frames, width), batch_size=1, name="frames")
+    x = network.get_layer(f"{task}/attention")(x)
+    x = network.get_layer(f"{task}/classifier")(x)
+    return keras.Model(inputs, x, name=f"{task}_head")
+
+
+def recurrent_path(network: keras.Model, task: str) -> list[str]:
+    """The layers between a frame task's embeddings and its classifier: ``<task>/gru``, or for the
+    MTL-VAE the encoder GRU, the latent mean (the inference path: no sampling) and the decoder GRU."""
+    names = {layer.name for layer in network.layers}
+    if f"{task}/gru" not in names and "shared/encoder_gru" in names:
+        return ["shared/encoder_gru", "shared/latent_mean", "shared/decoder_gru"]
+    return [f"{task}/gru"]
+
+
+def frame_step(network: keras.Model, task: str, width: int) -> keras.Model:
+    """One step of the task's recurrent path + classifier, with the recurrent state as explicit input
+    and output (the states of several GRUs side by side in one vector, in path order)."""
+    layers = [network.get_layer(name) for name in recurrent_path(network, task)]
+    grus = [layer for layer in layers if isinstance(layer, keras.layers.GRU)]
+    frame = keras.Input(shape=(width,), batch_size=1, name="frame")
+    state = keras.Input(shape=(sum(g.units for g in grus),), batch_size=1, name="state")
+    x, offset, new_states = frame, 0, []
+    for layer in layers:
+        if isinstance(layer, keras.layers.GRU):
+            h = state if len(grus) == 1 else state[:, offset:offset + layer.units]
+            x = _gru_step(layer, x, h)
+            offset += layer.units
+            new_states.append(x)
+        else:
+            x = layer(x)
+    if len(new_states) == 1:
+        new_state = keras.layers.Identity(name="new_state")(new_states[0])
+    else:
+        new_state = keras.layers.Concatenate(name="new_state")(new_states)
+    scores = network.get_layer(f"{task}/classifier")(x)
+    scores = keras.layers.Identity(name="scores")(scores)
+    return keras.Model([frame, state], [scores, new_state], name=f"{task}_step")
+
+
+def _gru_step(gru, x, state):
+    """One step of a Keras GRU (reset_after) as dense layers: z = sig(x Wz + bz + h Uz + cz),
+    r = sig(x Wr + br + h Ur + cr), n = tanh(x Wn + bn + r * (h Un + cn)), h' = n + z * (h - n)."""
+    if not (gru.reset_after and gru.use_bias and gru.recurrent_activation.__name__ == "sigmoid"
+            and gru.activation.__name__ == "tanh"):
+        raise ConfigError(f"{gru.name}: only the default GRU (reset_after, sigmoid/tanh, bias) can be exported")
+    kernel, recurrent, bias = gru.get_weights()
+    units = gru.units
+    gates = {}
+    for index, gate in enumerate(("z", "r", "n")):
+        cols = slice(index * units, (index + 1) * units)
+        x_part = keras.layers.Dense(units, name=f"{gru.name}_x{gate}")
+        h_part = keras.layers.Dense(units, name=f"{gru.name}_h{gate}")
+        gates[gate] = (x_part(x), h_part(state))
+        x_part.set_weights([kernel[:, cols], bias[0, cols]])
+        h_part.set_weights([recurrent[:, cols], bias[1, cols]])
+    z = keras.layers.Activation("sigmoid", name=f"{gru.name}_z")(keras.layers.Add()(list(gates["z"])))
+    r = keras.layers.Activation("sigmoid", name=f"{gru.name}_r")(keras.layers.Add()(list(gates["r"])))
+    n = keras.layers.Activation("tanh", name=f"{gru.name}_n")(
+        keras.layers.Add()([gates["n"][0], keras.layers.Multiply()([r, gates["n"][1]])]))
+    return keras.layers.Add()([n, keras.layers.Multiply()([z, keras.layers.Subtract()([state, n])])])
+
+
+def windows_of(features: np.ndarray, plan: StreamingPlan) -> list[np.ndarray]:
+    """The encoder windows of a clip's log-mel frames: window k covers frames
+    [k * hop - context, (k + 1) * hop + context), padded with ``plan.pad_value`` beyond the clip."""
+    count = max(1, math.ceil((features.shape[0] - 1) / plan.hop_frames))
+    pad = np.broadcast_to(plan.pad_value, (plan.context_frames, features.shape[1]))
+    tail = count * plan.hop_frames + plan.context_frames - features.shape[0]
+    padded = np.concatenate([pad, features, np.broadcast_to(plan.pad_value, (max(0, tail), features.shape[1]))])
+    return [padded[k * plan.hop_frames: k * plan.hop_frames + plan.window_frames].astype(np.float32)
+            for k in range(count)]
+
+
+class StreamingRunner:
+    """Runs a clip through the pieces of a plan: encoder per window, clip heads on a clip's windows,
+    frame steps frame by frame with the state fed back. ``call(piece, inputs)`` runs one piece
+    (float Keras or an int8 interpreter) on float inputs and returns float outputs by name."""
+
+    def __init__(self, plan: StreamingPlan, call: Callable[[Piece, dict], dict]):
+        self.plan = plan
+        self.call = call
+
+    def embeddings(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """{branch: (frames, F)} for a whole clip, window by window."""
+        encoder = self.plan.piece("encoder")
+        per_branch = {b: [] for b in self.plan.branches}
+        for window in windows_of(features, self.plan):
+            out = self.call(encoder, {"mel": window[None]})
+            for branch in self.plan.branches:
+                per_branch[branch].append(out[branch.replace("/", "_")][0])
+        return {b: np.concatenate(v) for b, v in per_branch.items()}
+
+    def predict(self, piece: Piece, features: np.ndarray, embeddings: dict | None = None) -> np.ndarray:
+        if piece.kind == "clip_model":
+            return self.call(piece, {"mel": features[None]})[piece.model.output_names[0]][0]
+        frames = (embeddings or self.embeddings(features))[piece.branch]
+        if piece.kind == "clip_head":
+            frames = fit_frames(frames, piece.model.inputs[0].shape[1])
+            return self.call(piece, {"frames": frames[None]})[piece.model.output_names[0]][0]
+        state = np.zeros((1, piece.model.inputs[1].shape[-1]), np.float32)
+        scores = []
+        for frame in frames:
+            out = self.call(piece, {"frame": frame[None], "state": state})
+            state = out["new_state"]
+            scores.append(out["scores"][0])
+        return np.stack(scores)
+
+
+def keras_call(piece: Piece, inputs: dict) -> dict:
+    """Run a piece's float Keras model (traced once: eager calls cost ~1 ms each, and a clip's
+    frame steps make hundreds)."""
+    if piece.traced is None:
+        piece.traced = tf.function(lambda x, model=piece.model: model(x, training=False))
+    function = piece.traced
+    ordered = [np.asarray(inputs[name], np.float32) for name in piece.model.input_names]
+    outputs = function(ordered if len(ordered) > 1 else ordered[0])
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return {name: np.asarray(value) for name, value in zip(piece.model.output_names, outputs)}
+
+
+def fit_frames(frames: np.ndarray, width: int) -> np.ndarray:
+    """The first ``width`` frames, zero-padded at the end when there are fewer."""
+    frames = frames[:width]
+    if frames.shape[0] < width:
+        frames = np.concatenate([frames, np.zeros((width - frames.shape[0], frames.shape[1]), frames.dtype)])
+    return frames

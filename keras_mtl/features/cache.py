@@ -1,0 +1,57 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from keras_mtl import fileio
+from keras_mtl.backend import tf
+
+
+log = logging.getLogger(__name__)
+
+
+class FeatureCache:
+    """Log-mel features stored once per audio file and front-end config, as float16 ``.npy``.
+
+    The key is the file's absolute path, size and modification time, so an edited file is
+    recomputed. Writes go to a temporary file that is then renamed: never half-written.
+    """
+
+    def __init__(self, root: str | os.PathLike, config: FrontEndConfig):
+        self.config = config
+        self.root = Path(root) / config.fingerprint()
+        self.root.mkdir(parents=True, exist_ok=True)
+        info = self.root / "frontend.json"
+        if not info.exists():
+            fileio.write_json(info, dataclasses.asdict(config))
+
+    def path_for(self, audio_path: str | os.PathLike, n_samples: int, pad: str = "zeros") -> Path:
+        audio_path = Path(audio_path).resolve()
+        stat = audio_path.stat()
+        key = f"{audio_path}|{stat.st_size}|{stat.st_mtime_ns}|{n_samples}" + ("" if pad == "zeros" else f"|{pad}")
+        digest = hashlib.sha1(key.encode()).hexdigest()
+        return self.root / digest[:2] / f"{digest[2:]}.npy"
+
+    def load(self, audio_path, n_samples: int, pad: str = "zeros") -> np.ndarray | None:
+        path = self.path_for(audio_path, n_samples, pad)
+        if not path.exists():
+            return None
+        try:
+            return np.load(path)
+        except (OSError, ValueError):
+            log.warning("feature cache entry %s is unreadable; recomputing", path)
+            return None
+
+    def store(self, audio_path, n_samples: int, features: np.ndarray, pad: str = "zeros") -> None:
+        path = self.path_for(audio_path, n_samples, pad)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with fileio.atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, features.astype(np.float16))
