@@ -16,7 +16,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from keras_mtl import cli
+from keras_mtl.cli import common as cli
 
 log = logging.getLogger("analyze_tasks")
 
@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
-    from keras_mtl import analysis
+    from keras_mtl.studies import analysis
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     base = cli.base_config(args.preset, args.config, args.epochs, args.data_root)

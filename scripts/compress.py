@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from keras_mtl import cli
+from keras_mtl.compression.compress import CompressionSettings, compress_run
+from keras_mtl.cli import common as cli
 
 log = logging.getLogger("compress")
 
@@ -41,15 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
-    from keras_mtl import compression
-    from keras_mtl.errors import ConfigError
+    from keras_mtl.core.errors import ConfigError
 
-    settings = compression.CompressionSettings(args.method, args.target_params, args.rate, args.epochs, args.rewind_epoch)
+    settings = CompressionSettings(args.method, args.target_params, args.rate, args.epochs, args.rewind_epoch)
     if args.calibration_clips < 1:
         raise ConfigError("--calibration-clips must be at least 1")
     options = ({"max_eval_clips": args.max_eval_clips, "calibration_clips": args.calibration_clips}
                if args.method == "qat" else {})
-    metrics = compression.compress_run(args.run_dir, settings, args.output_dir, **options)
+    metrics = compress_run(args.run_dir, settings, args.output_dir, **options)
     print(f"{args.method.upper()}: {metrics['model']['params']:,} parameters"
           f"{' non-zero of ' + format(metrics['model']['dense_params'], ',') if 'dense_params' in metrics['model'] else ''}")
     for task, result in metrics["tasks"].items():

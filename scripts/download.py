@@ -15,15 +15,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from keras_mtl import cli
+from keras_mtl.cli import common as cli
 
 DATASETS = Path(__file__).resolve().parent.parent / "datasets"
 log = logging.getLogger("download")
 
 
 def main(argv=None) -> int:
-    from keras_mtl.download import download_corpus, load_descriptor
-    from keras_mtl.errors import UserError
+    from keras_mtl.data.download import download_corpus, load_descriptor
+    from keras_mtl.core.errors import UserError
 
     known = sorted(p.parent.name for p in DATASETS.glob("*/descriptor.yaml"))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -16,7 +16,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from keras_mtl import cli
+from keras_mtl.cli import common as cli
 
 log = logging.getLogger("experiment")
 
@@ -39,8 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
-    from keras_mtl import experiments
-    from keras_mtl.errors import ConfigError
+    from keras_mtl.studies import experiments
+    from keras_mtl.core.errors import ConfigError
 
     experiment = experiments.get_experiment(args.experiment)
     try:

@@ -16,7 +16,8 @@ import argparse
 import json
 import logging
 
-from keras_mtl import cli
+from keras_mtl.deploy.export import export_run
+from keras_mtl.cli import common as cli
 
 log = logging.getLogger("export")
 
@@ -37,14 +38,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
-    from keras_mtl import export
-    from keras_mtl.errors import ConfigError
+    from keras_mtl.core.errors import ConfigError
 
     if args.calibration_clips < 1:
         raise ConfigError("--calibration-clips must be at least 1")
     if args.qat and args.qat_epochs < 1:
         raise ConfigError("--qat-epochs must be at least 1")
-    report = export.export_run(args.run_dir, args.output_dir, calibration_clips=args.calibration_clips,
+    report = export_run(args.run_dir, args.output_dir, calibration_clips=args.calibration_clips,
                                max_eval_clips=args.max_eval_clips, qat_epochs=args.qat_epochs if args.qat else 0)
     print(json.dumps({"models": report["models"], "total": report["total"]}, indent=1)[:4000])
     for task, result in report["tasks"].items():

@@ -15,7 +15,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from keras_mtl import cli
+from keras_mtl.cli import common as cli
 
 log = logging.getLogger("firmware")
 
@@ -34,8 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
-    from keras_mtl import fileio, firmware
-    from keras_mtl.errors import ConfigError
+    from keras_mtl.core import fileio
+    from keras_mtl.deploy import firmware
+    from keras_mtl.core.errors import ConfigError
 
     export_dir = Path(args.export_dir)
     if not (export_dir / "c" / "km_pieces.h").is_file():

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from keras_mtl import cli
-from keras_mtl.data.manifest import build_clip_manifest
+from keras_mtl.cli import common as cli
+from keras_mtl.data.readers.manifest import build_clip_manifest
 
 log = logging.getLogger("make_manifest")
 

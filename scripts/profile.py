@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from keras_mtl import cli
+from keras_mtl.cli import common as cli
 
 
 def main(argv=None) -> int:
@@ -25,19 +25,19 @@ def main(argv=None) -> int:
 
     import dataclasses
 
-    from keras_mtl import config as run_config
-    from keras_mtl import profiling
-    from keras_mtl.features import FrontEndConfig
+    from keras_mtl.runs import config as run_config
+    from keras_mtl.models import profiling
+    from keras_mtl.features.logmel import FrontEndConfig
 
     if args.model == "cp_mobile":
-        from keras_mtl.cp_mobile import build_cp_mobile
+        from keras_mtl.models.cp_mobile import build_cp_mobile
 
         model = build_cp_mobile(10)
         frontend = FrontEndConfig(sample_rate=32000, window_length=3072, hop_length=500, fft_length=4096, n_mels=256)
         task_names = ["asc"]
     else:
-        from keras_mtl.models import build_model
-        from keras_mtl.tasks import parse_task_set
+        from keras_mtl.models.mtl import build_model
+        from keras_mtl.tasks.registry import parse_task_set
 
         config = run_config.build(run_config.load_preset(args.preset))
         model_config = config.model

@@ -17,7 +17,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from keras_mtl import cli
+from keras_mtl.cli import common as cli
 
 log = logging.getLogger("synergy")
 
@@ -46,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
-    from keras_mtl import synergy
-    from keras_mtl.errors import ConfigError
+    from keras_mtl.studies import synergy
+    from keras_mtl.core.errors import ConfigError
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:

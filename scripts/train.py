@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from keras_mtl import cli
+from keras_mtl.training.fit import train
+from keras_mtl.cli import common as cli
 
 log = logging.getLogger("train")
 # TensorFlow is imported inside main(): worker processes spawned for data synthesis
@@ -62,8 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def resolve_config(args):
-    from keras_mtl import config as run_config
-    from keras_mtl.tasks import parse_task_set
+    from keras_mtl.runs import config as run_config
+    from keras_mtl.tasks.registry import parse_task_set
 
     data = run_config.load_preset(args.preset)
     if args.config:
@@ -109,8 +110,8 @@ def resume_config(run_dir: str):
     """The configuration of an interrupted run, writing into the same folder."""
     from pathlib import Path
 
-    from keras_mtl import config as run_config
-    from keras_mtl.errors import ConfigError
+    from keras_mtl.runs import config as run_config
+    from keras_mtl.core.errors import ConfigError
 
     folder = Path(run_dir)
     if not (folder / "config.yaml").is_file():
@@ -124,7 +125,7 @@ def resume_config(run_dir: str):
 
 def parse_task_definition(text: str):
     """'digits=clip:fsdd.csv:seconds=2' -> ('digits', {'level': 'clip', 'manifest': 'fsdd.csv', 'seconds': 2.0})."""
-    from keras_mtl.errors import ConfigError
+    from keras_mtl.core.errors import ConfigError
 
     name, sep, rest = text.partition("=")
     level, sep2, manifest = rest.partition(":")
@@ -145,10 +146,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
     config = resume_config(args.resume) if args.resume else resolve_config(args)
-    from keras_mtl import reporting, training  # imports TensorFlow
+    from keras_mtl.core import reporting
 
     if args.dry_run:
-        info = training.train(config, dry_run=True)
+        info = train(config, dry_run=True)
         print(info["summary"])
         print()
         print(info["profile_table"])
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
         print(f"\nint8 weights: {total['int8_weight_bytes']:,} bytes; "
               f"peak activations (int8, batch 1, 1 s): {total['int8_activation_bytes']:,} bytes")
         return 0
-    metrics = training.train(config, resume=bool(args.resume))
+    metrics = train(config, resume=bool(args.resume))
     print()
     print(reporting.results_table(metrics))
     print(f"\nrun folder: {metrics['output_dir']}  ({metrics['seconds']['total']:.0f} s)")

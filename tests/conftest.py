@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from keras_mtl.data.synthetic import SyntheticConfig, generate
+from keras_mtl.data.synth.synthetic import SyntheticConfig, generate
 
 TINY = SyntheticConfig(
     seed=3,

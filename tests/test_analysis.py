@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from keras_mtl import analysis
+from keras_mtl.studies import analysis
 from keras_mtl.data.items import AudioItem, Event
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,7 +100,8 @@ def test_analyze_tasks_cli_end_to_end(tmp_path):
 def test_reuse_takes_matching_synergy_runs_only(tmp_path):
     import yaml
 
-    from keras_mtl import cli, synergy
+    from keras_mtl.cli import common as cli
+    from keras_mtl.studies import synergy
 
     base = cli.base_config("tiny", None, 2, None)
     synergy_dir = tmp_path / "synergy"
@@ -126,12 +127,12 @@ def test_event_relation_and_the_synthetic_clips_with_shared_events():
     assert relation.scenes_with_unique_events == ["mall", "park", "street"]
     assert analysis.EventRelation({"a": ("x",), "b": ("x",)}).scenes_with_unique_events == []
 
-    from keras_mtl.data.synthetic import SyntheticConfig, _plan_all
+    from keras_mtl.data.synth.synthetic import SyntheticConfig, plan_all
 
     config = SyntheticConfig(asc_train_per_scene=6, asc_test_per_scene=2, sed_train=4, sed_validation=2, sed_weak=2,
                              sed_unlabeled=2)
     relation, left_out = analysis.synthetic_overlap(config)
-    plans = {p["file"]: p for p in _plan_all(config)["asc_train"]}
+    plans = {p["file"]: p for p in plan_all(config)["asc_train"]}
     assert left_out and set(left_out) < set(plans)  # some clips are kept: those without a shared event
     for name, plan in plans.items():
         assert (name in left_out) == any(e["label"] in relation.shared_events for e in plan["events"])
@@ -159,8 +160,8 @@ def test_overlap_rows_compare_scene_groups():
 
 
 def test_exclude_train_leaves_out_listed_clips_and_names_a_bad_line(tmp_path):
-    from keras_mtl.errors import DataError
-    from keras_mtl.training import exclude_items
+    from keras_mtl.core.errors import DataError
+    from keras_mtl.runs.inputs import exclude_items
 
     items = [AudioItem(path=tmp_path / "audio" / f"{k}.wav", key=str(k), label="a") for k in range(3)]
     listing = tmp_path / "leave_out.txt"

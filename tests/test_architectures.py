@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keras_mtl import architectures, profiling
-from keras_mtl.backend import keras, tf
-from keras_mtl.errors import ConfigError
-from keras_mtl.strategies import SoftMTL, make_optimizer
-from keras_mtl.tasks import parse_task_set
+from keras_mtl.models import architectures, profiling
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.training.strategies import SoftMTL, make_optimizer
+from keras_mtl.tasks.registry import parse_task_set
 
 TASKS = {
     "mtl": ("asc,sed", {"channels": (4, 8), "pools": ((2, 16), (2, 8)), "gru_units": 8}),
@@ -42,7 +42,7 @@ def test_architecture_smoke(name):
     assert sum(l.params for l in layers) == sum(w.shape.num_elements() for w in model.trainable_weights)
     assert sum(l.macs for l in layers) > 0
     if architecture.strategy == "mtl-vae":
-        from keras_mtl.vae import MTLVAE
+        from keras_mtl.training.vae import MTLVAE
 
         strategy = MTLVAE(model, tasks)
     else:

@@ -10,12 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_mtl import cli, compression, training
-from keras_mtl import config as run_config
-from keras_mtl.backend import keras
-from keras_mtl.errors import ConfigError
-from keras_mtl.models import task_submodel
-from keras_mtl.tasks import resolve_tasks
+from keras_mtl.compression.pruning import SparseSharingMTL, lottery_ticket, masked, model_params, prunable_weights, prune_by_magnitude, pruning_wrappers, round_fraction
+from keras_mtl.runs.inputs import prepare_data
+from keras_mtl.runs.network import build_network
+from keras_mtl.training.fit import fit_network, training_batches
+from keras_mtl.cli import common as cli
+from keras_mtl.runs import config as run_config
+from keras_mtl.core.backend import keras
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.models.mtl import task_submodel
+from keras_mtl.tasks.registry import resolve_tasks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,7 +32,7 @@ def setup(tmp_path_factory):
     config = run_config.build(run_config.merge(cli.base_config("tiny"), {"tasks": ["asc", "sed"],
                                                                          "training": {"epochs": 1}}))
     tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
-    data = training.prepare_data(config, tasks)
+    data = prepare_data(config, tasks)
     yield config, tasks, data, root
     for key, value in saved.items():
         if value is None:
@@ -39,27 +43,27 @@ def setup(tmp_path_factory):
 
 def _network(config, tasks, data, seed=0):
     keras.utils.set_random_seed(seed)
-    return training.build_network(config, tasks, weak_output=bool(data.semi))
+    return build_network(config, tasks, weak_output=bool(data.semi))
 
 
 def test_magnitude_pruning_drops_the_smallest_survivors():
     weights = {"a:kernel": np.array([[0.1, -0.5], [0.3, -0.05]])}
     masks = {"a:kernel": np.ones((2, 2), np.float32)}
-    once = compression.prune_by_magnitude(weights, masks, 0.5)
+    once = prune_by_magnitude(weights, masks, 0.5)
     np.testing.assert_array_equal(once["a:kernel"], [[0, 1], [1, 0]])
-    twice = compression.prune_by_magnitude(weights, once, 0.5)  # only survivors count
+    twice = prune_by_magnitude(weights, once, 0.5)  # only survivors count
     np.testing.assert_array_equal(twice["a:kernel"], [[0, 1], [0, 0]])
-    assert compression.round_fraction(nonzero=100, target=90, alive=80, rate=0.2) == pytest.approx(10 / 80)
-    assert compression.round_fraction(nonzero=100, target=10, alive=80, rate=0.2) == 0.2
+    assert round_fraction(nonzero=100, target=90, alive=80, rate=0.2) == pytest.approx(10 / 80)
+    assert round_fraction(nonzero=100, target=10, alive=80, rate=0.2) == 0.2
     with pytest.raises(ConfigError):
-        compression.prune_by_magnitude(weights, masks, 1.0)
+        prune_by_magnitude(weights, masks, 1.0)
 
 
 def test_lottery_ticket_rounds_zeros_and_rewinding(setup):
     config, tasks, data, _ = setup
     network = _network(config, tasks, data)
-    initial = {key: v.numpy().copy() for key, v in compression.prunable_weights(network).items()}
-    total = compression.model_params(network)
+    initial = {key: v.numpy().copy() for key, v in prunable_weights(network).items()}
+    total = model_params(network)
     prunable = sum(v.size for v in initial.values())
     target = total - int(0.6 * prunable)  # rate 0.3: rounds at 30%, 51%, then the rest to 60%
 
@@ -71,16 +75,16 @@ def test_lottery_ticket_rounds_zeros_and_rewinding(setup):
             self.starts, self.batches, self.masks = [], 0, None
 
         def on_train_begin(self, logs=None):
-            self.starts.append({k: v.numpy().copy() for k, v in compression.prunable_weights(network).items()})
+            self.starts.append({k: v.numpy().copy() for k, v in prunable_weights(network).items()})
 
         def on_train_batch_end(self, batch, logs=None):
             self.batches += 1
-            for wrapper in compression.pruning_wrappers(self.model.network):
+            for wrapper in pruning_wrappers(self.model.network):
                 for weight, mask, _ in wrapper.pruning_vars:
                     assert np.all(weight.numpy()[mask.numpy() == 0] == 0), wrapper.name
 
     probe = Probe()
-    masks, rounds, metrics = compression.lottery_ticket(network, tasks, data, config, target, rate=0.3,
+    masks, rounds, metrics = lottery_ticket(network, tasks, data, config, target, rate=0.3,
                                                         callbacks=[probe])
     assert [r["round"] for r in rounds] == [0, 1, 2, 3] and probe.batches == 4 * config.training.steps_per_epoch
     for row in rounds[:3]:  # the schedule: 1 - (1 - p)^r of every weight
@@ -92,7 +96,7 @@ def test_lottery_ticket_rounds_zeros_and_rewinding(setup):
         for key, value in start.items():
             np.testing.assert_array_equal(value, initial[key] * mask_then[key], err_msg=f"round {index} {key}")
             assert mask_then[key].mean() == pytest.approx(1 - rounds[index]["sparsity"][key], abs=1e-9)
-    final = compression.prunable_weights(network)
+    final = prunable_weights(network)
     for key, mask in masks.items():
         assert np.all(final[key].numpy()[mask == 0] == 0)
         assert np.any(final[key].numpy()[mask == 1] != initial[key][mask == 1])  # the survivors were trained
@@ -102,16 +106,16 @@ def test_lottery_ticket_rounds_zeros_and_rewinding(setup):
 def test_lottery_ticket_refuses_an_impossible_target(setup):
     config, tasks, data, _ = setup
     network = _network(config, tasks, data)
-    total = compression.model_params(network)
+    total = model_params(network)
     for target in (total, 3):
         with pytest.raises(ConfigError, match="target-params"):
-            compression.lottery_ticket(network, tasks, data, config, target)
+            lottery_ticket(network, tasks, data, config, target)
 
 
 def _two_masks(network, seed=0):
     """Random masks for asc and sed over their paths' prunable weights."""
     rng = np.random.default_rng(seed)
-    keys = compression.prunable_weights(network)
+    keys = prunable_weights(network)
     masks = {}
     for name in ("asc", "sed"):
         path = {v.ref() for v in task_submodel(network, name).trainable_weights}
@@ -132,12 +136,12 @@ def test_sparse_sharing_masks_isolate_private_weights_and_share_the_intersection
     def outputs():
         result = {}
         for name in ("asc", "sed"):
-            with compression.masked(network, masks[name]):
+            with masked(network, masks[name]):
                 result[name] = np.asarray(task_submodel(network, name)(features[name], training=False))
         return result
 
     before = outputs()
-    variables = compression.prunable_weights(network)
+    variables = prunable_weights(network)
     key = "shared/conv1:kernel"
     only_asc = np.argwhere((masks["asc"][key] == 1) & (masks["sed"][key] == 0))[0]
     both = np.argwhere((masks["asc"][key] == 1) & (masks["sed"][key] == 1))[0]
@@ -157,16 +161,16 @@ def test_sparse_sharing_turn_updates_only_the_turns_mask(setup):
     config, tasks, data, _ = setup
     network = _network(config, tasks, data)
     masks = _two_masks(network, seed=3)
-    strategy = training.fit_network(network, tasks, data, config, epochs=1, strategy_cls=compression.SparseSharingMTL,
+    strategy = fit_network(network, tasks, data, config, epochs=1, strategy_cls=SparseSharingMTL,
                                     task_masks=masks)
     assert strategy.optimizer.iterations.numpy() == config.training.steps_per_epoch
     # an asc turn by hand (learning rate > 0): entries outside asc's mask stay bit-identical, sed's own weights too
-    from keras_mtl.strategies import make_optimizer
+    from keras_mtl.training.strategies import make_optimizer
 
-    strategy = compression.SparseSharingMTL(network, tasks, task_masks=masks)
+    strategy = SparseSharingMTL(network, tasks, task_masks=masks)
     strategy.compile(optimizer=make_optimizer(0.01, total_steps=100, warmup_fraction=0.0))
-    batches = {t.name: next(iter(training.training_batches(t, data, config.training, None, 0))) for t in tasks}
-    variables = compression.prunable_weights(network)
+    batches = {t.name: next(iter(training_batches(t, data, config.training, None, 0))) for t in tasks}
+    variables = prunable_weights(network)
     before = {k: v.numpy().copy() for k, v in variables.items()}
     strategy._turn_step(tasks[0], batches)
     for key, mask in masks["asc"].items():

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_mtl import profiling
-from keras_mtl.cp_mobile import CPMobileConfig, build_cp_mobile, make_divisible
-from keras_mtl.features import FrontEndConfig
+from keras_mtl.models import profiling
+from keras_mtl.models.cp_mobile import CPMobileConfig, build_cp_mobile, make_divisible
+from keras_mtl.features.logmel import FrontEndConfig
 
 # (row, params, MACs), copied from the baseline's README table (shared/reference).
 PUBLISHED = [

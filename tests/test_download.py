@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from keras_mtl.download import download_corpus, extract, load_descriptor
-from keras_mtl.errors import DataError, UserError
+from keras_mtl.data.download import download_corpus, extract, load_descriptor
+from keras_mtl.core.errors import DataError, UserError
 
 REPO = Path(__file__).resolve().parent.parent
 

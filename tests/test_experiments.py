@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from keras_mtl import experiments, fileio
-from keras_mtl.errors import ConfigError
+from keras_mtl.studies import experiments
+from keras_mtl.core import fileio
+from keras_mtl.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,11 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_mtl import agreement, c_arrays, export
-from keras_mtl.backend import keras
-from keras_mtl.features import FrontEndConfig, LogMel
-from keras_mtl.models import ModelConfig, build_model
-from keras_mtl.tasks import parse_task_set
+from keras_mtl.deploy.streaming import StreamingRunner, keras_call, plan_streaming, receptive_radius
+from keras_mtl.deploy.tflite import Int8Model, convert_int8
+from keras_mtl.deploy.qat import copy_back, quantization_aware
+from keras_mtl.deploy import agreement, c_arrays
+from keras_mtl.core.backend import keras
+from keras_mtl.features.logmel import FrontEndConfig, LogMel
+from keras_mtl.models.mtl import ModelConfig, build_model
+from keras_mtl.tasks.registry import parse_task_set
 
 REPO = Path(__file__).resolve().parent.parent
 FRONTEND_C = REPO / "microcontroller" / "frontend"
@@ -28,7 +31,7 @@ def _plan(tasks="asc,sed"):
     keras.utils.set_random_seed(0)
     tasks = parse_task_set(tasks)
     network = build_model(tasks, SMALL, feature_mean=np.full(128, -5.0, np.float32))
-    return network, tasks, export.plan_streaming(network, tasks, FrontEndConfig(), SMALL.time_pool_factor)
+    return network, tasks, plan_streaming(network, tasks, FrontEndConfig(), SMALL.time_pool_factor)
 
 
 def test_gru_step_model_equals_the_trained_gru():
@@ -41,7 +44,7 @@ def test_gru_step_model_equals_the_trained_gru():
     state = np.zeros((1, SMALL.gru_units), np.float32)
     scores = []
     for frame in frames:
-        out = export.keras_call(step, {"frame": frame[None], "state": state})
+        out = keras_call(step, {"frame": frame[None], "state": state})
         state = out["new_state"]
         scores.append(out["scores"][0])
     np.testing.assert_allclose(np.stack(scores), full, atol=1e-5)
@@ -49,11 +52,11 @@ def test_gru_step_model_equals_the_trained_gru():
 
 def test_context_windows_reproduce_the_whole_clip_encoder_inside_the_clip():
     network, tasks, plan = _plan()
-    assert plan.context_frames >= export.receptive_radius(keras.Model(network.input, network.get_layer("shared/frames").output))
+    assert plan.context_frames >= receptive_radius(keras.Model(network.input, network.get_layer("shared/frames").output))
     rng = np.random.default_rng(1)
     features = rng.standard_normal((1001, 128)).astype(np.float32) - 5.0
     full = np.asarray(keras.Model(network.input, network.get_layer("shared/frames").output)(features[None]))[0]
-    streamed = export.StreamingRunner(plan, export.keras_call).embeddings(features)["shared/frames"]
+    streamed = StreamingRunner(plan, keras_call).embeddings(features)["shared/frames"]
     assert streamed.shape == full.shape == (250, full.shape[1])
     edge = plan.context_frames // SMALL.time_pool_factor
     np.testing.assert_allclose(streamed[edge:-edge], full[edge:-edge], atol=1e-4)
@@ -91,7 +94,7 @@ def test_tflm_and_litert_differ_only_by_their_requantisation_rounding():
     rng = np.random.default_rng(0)
     frame = keras.Input((64,), batch_size=1, name="x")
     model = keras.Model(frame, keras.layers.Dense(64, use_bias=False)(frame))
-    flatbuffer = export.convert_int8(model, lambda: iter([{"x": rng.normal(size=(1, 64)).astype(np.float32)}
+    flatbuffer = convert_int8(model, lambda: iter([{"x": rng.normal(size=(1, 64)).astype(np.float32)}
                                                           for _ in range(20)]))
     parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer)).subgraphs[0]
     fc = parsed.operators[0]
@@ -240,9 +243,9 @@ def test_calibration_gives_each_input_its_own_range():
     frame = keras.Input((4,), batch_size=1, name="frame")
     state = keras.Input((3,), batch_size=1, name="state")
     model = keras.Model([frame, state], keras.layers.Add()([keras.layers.Dense(2)(frame), keras.layers.Dense(2)(state)]))
-    flatbuffer = export.convert_int8(model, lambda: ({"frame": rng.uniform(0, 10, (1, 4)), "state": rng.uniform(-1, 1, (1, 3))}
+    flatbuffer = convert_int8(model, lambda: ({"frame": rng.uniform(0, 10, (1, 4)), "state": rng.uniform(-1, 1, (1, 3))}
                                                      for _ in range(20)))
-    converted = export.Int8Model(flatbuffer)
+    converted = Int8Model(flatbuffer)
     frame_scale, frame_zero = converted.input_quantization("frame")
     state_scale, state_zero = converted.input_quantization("state")
     assert frame_scale * (127 - frame_zero) == pytest.approx(10, rel=0.05)
@@ -280,7 +283,7 @@ def test_firmware_wav_reader(tmp_path):
 
 
 def test_listener_output_parses_into_scenes_and_events():
-    from keras_mtl import firmware
+    from keras_mtl.deploy import firmware
 
     text = ("keras-mtl listener: x.wav, 16000 samples\nasc: 0.000-1.000 s park 83%\nsed: Speech onset 0.240 s\n"
             "sed: Dog onset 0.500 s\nsed: Speech offset 1.000 s\nsed: Dog offset 0.900 s\nend: ...\n")
@@ -293,7 +296,7 @@ def test_listener_output_parses_into_scenes_and_events():
 
 
 def test_firmware_comparison_accepts_only_what_one_output_step_explains():
-    from keras_mtl import firmware
+    from keras_mtl.deploy import firmware
 
     host = firmware.Findings({"asc": [(0, 1000, "park", 30), (1000, 2000, "bus", 40)]}, {"sed": [(0, 80, "Dog")]})
     host.margins = {"asc": [1.0, 5.0]}  # top-1 minus top-2 in output steps
@@ -318,7 +321,7 @@ TFLM_SOURCE = os.environ.get("KERAS_MTL_TFLM_SOURCE")
                     reason="needs KERAS_MTL_TFLM_SOURCE (a tflite-micro-arduino-examples checkout), cmake, "
                            "gcc-arm-none-eabi and qemu-system-arm")
 def test_firmware_in_qemu_prints_what_the_host_int8_pipeline_finds(exported, tmp_path):
-    from keras_mtl import firmware
+    from keras_mtl.deploy import firmware
 
     wav = sorted((exported.parent.parent / "data").glob("*/desed/audio/validation/*/*.wav"))[0]
     elf = firmware.build(exported, wav, tmp_path / "build", TFLM_SOURCE)
@@ -329,10 +332,9 @@ def test_firmware_in_qemu_prints_what_the_host_int8_pipeline_finds(exported, tmp
 
 
 def test_qat_wrapping_keeps_and_returns_the_weights():
-    from keras_mtl import compression
 
     network, _, _ = _plan()
-    quantized = compression.quantization_aware(network)
+    quantized = quantization_aware(network)
     names = {layer.name for layer in quantized.layers}
     assert {"quant_shared/conv1", "quant_asc/attention", "quant_sed/gru", "quant_sed/classifier"} <= names
     features = np.random.default_rng(0).standard_normal((1, 101, 128)).astype(np.float32)
@@ -342,7 +344,7 @@ def test_qat_wrapping_keeps_and_returns_the_weights():
     kernel = next(v for v in quantized.weights if v.name == "asc/classifier/kernel:0")
     kernel.assign(kernel + 1.0)
     before = network.get_layer("asc/classifier").get_weights()[0].copy()
-    assert compression.copy_back(quantized, network) == sum(len(layer.weights) for layer in network.layers)
+    assert copy_back(quantized, network) == sum(len(layer.weights) for layer in network.layers)
     np.testing.assert_allclose(network.get_layer("asc/classifier").get_weights()[0], before + 1.0, rtol=1e-6)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keras_mtl.backend import tf
-from keras_mtl.features import AugmentConfig, FeatureCache, FrontEndConfig, LogMel, spec_augment
+from keras_mtl.core.backend import tf
+from keras_mtl.features.augment import AugmentConfig, spec_augment
+from keras_mtl.features.cache import FeatureCache
+from keras_mtl.features.logmel import FrontEndConfig, LogMel
 
 
 def reference_log_mel(signal: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:

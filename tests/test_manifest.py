@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from keras_mtl.data.manifest import build_clip_manifest, read_clip_manifest, read_frame_manifest
-from keras_mtl.errors import ConfigError, DataError
-from keras_mtl.tasks import manifest_task
+from keras_mtl.data.readers.manifest import build_clip_manifest, read_clip_manifest, read_frame_manifest
+from keras_mtl.core.errors import ConfigError, DataError
+from keras_mtl.tasks.registry import manifest_task
 from tests.test_train_cli import assert_one_line_error, run_train
 
 

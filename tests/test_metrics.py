@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keras_mtl import metrics
+from keras_mtl.tasks import metrics
 from keras_mtl.data.items import AudioItem, Event
 
 CLASSES = ("Dog", "Cat")

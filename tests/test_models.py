@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keras_mtl import profiling
-from keras_mtl.backend import keras, tf
-from keras_mtl.models import ModelConfig, build_model, shared_layers, task_submodel
-from keras_mtl.strategies import SoftMTL, WarmupCosine, make_optimizer
-from keras_mtl.tasks import get_task, parse_task_set
+from keras_mtl.models import profiling
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.models.mtl import ModelConfig, build_model, shared_layers, task_submodel
+from keras_mtl.training.strategies import SoftMTL, WarmupCosine, make_optimizer
+from keras_mtl.tasks.registry import get_task, parse_task_set
 
 SMALL = ModelConfig(channels=(4, 8, 8), pools=((2, 4), (2, 4), (1, 8)), gru_units=8, dropout=0.0, head_dropout=0.0)
 
@@ -146,7 +146,7 @@ def test_crnn_weak_output_is_attention_pooled():
 
 def test_share_groups_build_a_two_level_tree():
     """Seed 001's worked example: 6 layers shared by all, {GC, AC} and {SCR, VAD} share 2 more (Table 4: 52,600)."""
-    from keras_mtl import config as run_config
+    from keras_mtl.runs import config as run_config
     import dataclasses
 
     base = run_config.build(run_config.load_preset("seed001")).model

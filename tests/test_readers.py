@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from keras_mtl.data import desed, tau22
+from keras_mtl.data.readers import desed, tau22
 from keras_mtl.data.audio import load_audio
 from keras_mtl.data.items import Event
-from keras_mtl.errors import DataError
+from keras_mtl.core.errors import DataError
 
 
 def _wav(path, seconds=1.0, rate=16000):
@@ -128,8 +128,8 @@ def test_clips_of_the_wrong_length_are_padded_or_cut_and_logged(tmp_path, caplog
 
     from keras_mtl.data.items import AudioItem
     from keras_mtl.data.pipeline import FeatureExtractor
-    from keras_mtl.features import FrontEndConfig
-    from keras_mtl.tasks import parse_task_set
+    from keras_mtl.features.logmel import FrontEndConfig
+    from keras_mtl.tasks.registry import parse_task_set
 
     task = parse_task_set("asc")[0]  # 1 s clips
     rng = np.random.default_rng(0)

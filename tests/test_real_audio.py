@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from keras_mtl.data.audio import fix_length, load_audio
-from keras_mtl.features import FrontEndConfig, LogMel
+from keras_mtl.features.logmel import FrontEndConfig, LogMel
 
 REAL_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-mini"
 pytestmark = pytest.mark.skipif(not REAL_MINI.is_dir(), reason="../shared/data/real-mini is absent")

@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 
-from keras_mtl import config as run_config
-from keras_mtl.models import build_model
-from keras_mtl.tasks import parse_task_set
+from keras_mtl.runs import config as run_config
+from keras_mtl.models.mtl import build_model
+from keras_mtl.tasks.registry import parse_task_set
 
 # seed 001, Table 2: size of the flat 4-task model (GC, AC, SCR, VAD) by number of shared layers
 TABLE2 = {0: 120_000, 4: 92_900, 5: 80_800, 6: 68_700, 7: 56_600, 8: 44_500}
@@ -34,7 +34,7 @@ def test_seed001_single_task_template_is_about_30k():
 
 
 def _profile(preset: str, task_set: str):
-    from keras_mtl import profiling
+    from keras_mtl.models import profiling
 
     model_config = run_config.build(run_config.load_preset(preset)).model
     model = build_model(parse_task_set(task_set), model_config)

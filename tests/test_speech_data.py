@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from keras_mtl.data import common_voice, speech_commands, speech_synth, vad
-from keras_mtl.errors import DataError
+from keras_mtl.data.readers import common_voice, speech_commands, vad
+from keras_mtl.data.synth import speech_synth
+from keras_mtl.core.errors import DataError
 
 
 def _wav(path, seconds=1.0, rate=16000, freq=300.0, fmt=None):

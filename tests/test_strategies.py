@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keras_mtl.backend import keras, tf
-from keras_mtl.models import ModelConfig, build_model
-from keras_mtl.strategies import HardMTL, SoftMTL, make_optimizer
-from keras_mtl.tasks import parse_task_set
-from keras_mtl.weighting import DynamicWeightAverage, dwa_weights
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.models.mtl import ModelConfig, build_model
+from keras_mtl.training.strategies import HardMTL, SoftMTL, make_optimizer
+from keras_mtl.tasks.registry import parse_task_set
+from keras_mtl.training.weighting import DynamicWeightAverage, dwa_weights
 
 SMALL = ModelConfig(channels=(4, 8), pools=((2, 16), (2, 8)), gru_units=8, dropout=0.0, head_dropout=0.0)
 
@@ -111,11 +111,11 @@ def test_strategies_reduce_the_training_loss(strategy_cls):
 
 # --- Cross, Freeze, mean teacher, MFL ----------------------------------------------------------
 
-from keras_mtl.data.pipeline import FeatureExtractor, make_semi_supervised_dataset  # noqa: E402
-from keras_mtl.data import desed  # noqa: E402
-from keras_mtl.features import FrontEndConfig  # noqa: E402
-from keras_mtl.strategies import CrossHardMTL, CrossSoftMTL, FreezeMTL, ema_decay, sigmoid_rampup  # noqa: E402
-from keras_mtl.weighting import FocalTaskWeighting, focal_task_weights  # noqa: E402
+from keras_mtl.data.pipeline import FeatureExtractor, make_semi_supervised_dataset
+from keras_mtl.data.readers import desed
+from keras_mtl.features.logmel import FrontEndConfig
+from keras_mtl.training.strategies import CrossHardMTL, CrossSoftMTL, FreezeMTL, ema_decay, sigmoid_rampup
+from keras_mtl.training.weighting import FocalTaskWeighting, focal_task_weights
 
 SMALL_WEAK = ModelConfig(channels=(4, 8), pools=((2, 16), (2, 8)), gru_units=8, dropout=0.0, head_dropout=0.0,
                          weak_output=True)
@@ -272,8 +272,8 @@ def _training_loss_before_and_after(strategy, tasks, train_data, plain_data, cal
 @pytest.mark.parametrize("name", ["cross-soft", "cross-hard", "freeze", "soft+dwa", "soft+mfl", "soft+mean-teacher",
                                   "hard+mean-teacher"])
 def test_every_strategy_and_weighting_reduces_the_training_loss(name):
-    from keras_mtl.strategies import get_strategy
-    from keras_mtl.weighting import make_weighting
+    from keras_mtl.training.strategies import get_strategy
+    from keras_mtl.training.weighting import make_weighting
 
     keras.utils.set_random_seed(5)
     tasks = parse_task_set("asc,sed")

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from keras_mtl import synergy
-from keras_mtl.errors import ConfigError
+from keras_mtl.studies import synergy
+from keras_mtl.core.errors import ConfigError
 
 # seed 001, Table 3: AR (%) of two-task models with k = 4..8 shared layers (our own copy)
 SEED001_TABLE3 = {
@@ -85,9 +85,9 @@ def test_missing_pairs_and_bad_trees():
 
 
 def test_model_from_a_tree_shares_exactly_what_the_tree_says():
-    from keras_mtl.backend import keras
-    from keras_mtl.models import ModelConfig, build_model, task_submodel
-    from keras_mtl.tasks import parse_task_set
+    from keras_mtl.core.backend import keras
+    from keras_mtl.models.mtl import ModelConfig, build_model, task_submodel
+    from keras_mtl.tasks.registry import parse_task_set
 
     tree = synergy.synthesize(["gc", "ac", "scr", "vad"], synergy.edge_weights(_ar(SEED001_TABLE3), 2.0), depth=8)
     config = ModelConfig(channels=(4,) * 8, pools=((1, 2), (2, 2), (1, 2), (2, 2), (1, 2), (1, 2), (1, 1), (1, 1)),

@@ -6,8 +6,9 @@ import hashlib
 import numpy as np
 import soundfile as sf
 
-from keras_mtl.data import desed, synthetic, tau22
-from keras_mtl.data.synthetic import SyntheticConfig, generate
+from keras_mtl.data.readers import desed, tau22
+from keras_mtl.data.synth import synthetic
+from keras_mtl.data.synth.synthetic import SyntheticConfig, generate
 
 
 def _digest(root):
@@ -37,7 +38,7 @@ def test_rerun_after_interruption_renders_only_missing_files(tmp_path, tiny_conf
 
 
 def test_tau22_reader_reads_what_was_written(tiny_corpus, tiny_config):
-    plans = synthetic._plan_all(tiny_config)
+    plans = synthetic.plan_all(tiny_config)
     train = tau22.read_tau22(tiny_corpus / "tau22", "train")
     test = tau22.read_tau22(tiny_corpus / "tau22", "test")
     assert len(train) == 10 * tiny_config.asc_train_per_scene
@@ -52,7 +53,7 @@ def test_tau22_reader_reads_what_was_written(tiny_corpus, tiny_config):
 
 
 def test_desed_reader_reads_what_was_written(tiny_corpus, tiny_config):
-    plans = synthetic._plan_all(tiny_config)["sed"]
+    plans = synthetic.plan_all(tiny_config)["sed"]
     root = tiny_corpus / "desed"
     strong = desed.read_desed(root, "synthetic_train")
     planned = {p["file"]: p["events"] for p in plans["synthetic_train"]}

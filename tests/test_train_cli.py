@@ -56,8 +56,7 @@ def test_train_end_to_end_on_tiny_preset(tmp_path):
     assert config["tasks"] == ["asc", "sed"] and config["strategy"] == "soft"
     assert "asc" in result.stdout and "event_f1_macro" in result.stdout  # closing results table
 
-    from keras_mtl.backend import keras
-    from keras_mtl import models  # noqa: F401  (registers the custom layers)
+    from keras_mtl.core.backend import keras
 
     model = keras.models.load_model(out / "model.keras")
     assert set(model.output) == {"asc", "sed", "sed_weak"}  # the mean teacher's clip-level SED output

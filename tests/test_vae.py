@@ -12,10 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_mtl import vae
-from keras_mtl.backend import keras, tf
-from keras_mtl.errors import ConfigError
-from keras_mtl.tasks import resolve_tasks
+from keras_mtl.models import vae
+from keras_mtl.training.vae import MTLVAE
+from keras_mtl.training import fit
+from keras_mtl.deploy import streaming
+from keras_mtl.deploy import tflite
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.tasks.registry import resolve_tasks
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(channels=(4, 8), pools=((2, 16), (2, 8)), encoder_units=8, latent_dim=4, decoder_units=8, dropout=0.0)
@@ -51,14 +55,14 @@ def test_sampling_is_stochastic_in_training_and_the_mean_at_inference():
 def test_deterministic_encoder_has_no_variance_and_no_kl():
     network = vae.build_mtl_vae(_sed(), vae.VAEConfig(**TINY, variational=False))
     assert "sed_latent_log_var" not in network.output
-    strategy = vae.MTLVAE(network, _sed())
+    strategy = MTLVAE(network, _sed())
     x = np.random.default_rng(0).standard_normal((2, 200, 128)).astype(np.float32)
     terms = strategy.loss_terms(network(x, training=True), tf.zeros((2, 50, 10)))
     assert float(terms["kld"]) == 0.0
 
 
 def test_each_head_loss_sees_only_its_items():
-    strategy = vae.MTLVAE(vae.build_mtl_vae(_sed(), vae.VAEConfig(**TINY)), _sed())
+    strategy = MTLVAE(vae.build_mtl_vae(_sed(), vae.VAEConfig(**TINY)), _sed())
     rng = np.random.default_rng(1)
     roles = tf.constant([0, 1, 2, 3], tf.int32)
     targets = {"strong": tf.constant((rng.random((4, 25, 10)) > 0.7).astype(np.float32)),
@@ -108,9 +112,9 @@ def test_train_cli_mtl_vae_with_four_data_types_reduces_the_loss(tmp_path):
     assert "shared/encoder_gru" in summary and "shared/sampling" in summary and "sed/reconstruction" in summary
     loaded = keras.models.load_model(run / "model.keras", compile=False)
     assert isinstance(loaded.get_layer("shared/sampling"), vae.Sampling)
-    # a fresh process that never imported keras_mtl.vae loads the run and plans its streaming export
-    plan = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from keras_mtl import export; "
-                           "print([p.name for p in export.load_run(Path(sys.argv[1]))[3].pieces])", str(run)],
+    # a fresh process that never imported keras_mtl.models.vae loads the run and plans its streaming export
+    plan = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from keras_mtl.deploy.export import load_run; "
+                           "print([p.name for p in load_run(Path(sys.argv[1]))[3].pieces])", str(run)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert plan.returncode == 0 and "['encoder', 'sed_step']" in plan.stdout, plan.stderr[-2000:]
 
@@ -118,22 +122,21 @@ def test_train_cli_mtl_vae_with_four_data_types_reduces_the_loss(tmp_path):
 def test_mtl_vae_refuses_what_it_cannot_do():
     with pytest.raises(ConfigError, match="one frame-level task"):
         vae.build_mtl_vae(resolve_tasks(["asc"], None), vae.VAEConfig(**TINY))
-    from keras_mtl import cli, training
-    from keras_mtl import config as run_config
+    from keras_mtl.cli import common as cli
+    from keras_mtl.runs import config as run_config
 
     config = run_config.build(run_config.merge(cli.base_config("seed002"), {"strategy": "hard"}))
     with pytest.raises(ConfigError, match="its own strategy"):
-        training.check_strategy_options(config)
+        fit.check_strategy_options(config)
 
 
 def test_mtl_vae_streams_its_mean_path_as_one_step_with_both_states():
-    from keras_mtl import export
-    from keras_mtl.features import FrontEndConfig
+    from keras_mtl.features.logmel import FrontEndConfig
 
     keras.utils.set_random_seed(0)
     config = vae.VAEConfig(**TINY)
     network = vae.build_mtl_vae(_sed(), config, feature_mean=np.full(128, -5.0, np.float32))
-    plan = export.plan_streaming(network, _sed(), FrontEndConfig(), config.time_pool_factor)
+    plan = streaming.plan_streaming(network, _sed(), FrontEndConfig(), config.time_pool_factor)
     assert [p.name for p in plan.pieces] == ["encoder", "sed_step"]
     step = plan.piece("sed_step")
     layer_names = {layer.name for layer in step.model.layers}
@@ -142,13 +145,13 @@ def test_mtl_vae_streams_its_mean_path_as_one_step_with_both_states():
     features = np.random.default_rng(0).standard_normal((1, 401, 128)).astype(np.float32)
     full = np.asarray(network(features, training=False)["sed"])[0]
     frames = np.asarray(keras.Model(network.input, network.get_layer(step.branch).output)(features))[0]
-    streamed = export.StreamingRunner(plan, export.keras_call).predict(step, features[0], {step.branch: frames})
+    streamed = streaming.StreamingRunner(plan, streaming.keras_call).predict(step, features[0], {step.branch: frames})
     np.testing.assert_allclose(streamed, full, atol=1e-5)
     # int8: the one-vector state splits and joins with ops TFLite-Micro has, and it runs them like LiteRT
     samples = [{"frame": f[None], "state": np.zeros((1, 16), np.float32)} for f in frames[::4]]
-    flatbuffer = export.convert_int8(step.model, lambda: iter(samples))
-    assert {"STRIDED_SLICE", "CONCATENATION"} <= set(export.operators(flatbuffer))
-    litert, micro = export.Int8Model(flatbuffer, "litert-reference"), export.Int8Model(flatbuffer, "tflm", 32 * 1024)
+    flatbuffer = tflite.convert_int8(step.model, lambda: iter(samples))
+    assert {"STRIDED_SLICE", "CONCATENATION"} <= set(tflite.operators(flatbuffer))
+    litert, micro = tflite.Int8Model(flatbuffer, "litert-reference"), tflite.Int8Model(flatbuffer, "tflm", 32 * 1024)
     state = np.zeros((1, 16), np.float32)
     for frame in frames[:20]:
         inputs = {"frame": litert.quantize("frame", frame[None]), "state": litert.quantize("state", state)}

@@ -5,7 +5,7 @@ import logging
 import sys
 from typing import Callable
 
-from keras_mtl.errors import UserError
+from keras_mtl.core.errors import UserError
 
 
 def add_logging_options(parser) -> None:
@@ -60,7 +60,7 @@ def parse_data_roots(values: list[str]) -> str | dict:
 def base_config(preset: str, config_path: str | None = None, epochs: int | None = None,
                 data_roots: list[str] | None = None) -> dict:
     """The configuration every run of an experiment starts from: a preset, a YAML on top, epochs, data roots."""
-    from keras_mtl import config as run_config
+    from keras_mtl.runs import config as run_config
 
     base = run_config.load_preset(preset)
     if config_path:

@@ -1,18 +1,22 @@
 """TODO docstring."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import math
-from typing import Sequence
 
 import numpy as np
 
-from keras_mtl.backend import keras, tf
-from keras_mtl.errors import ConfigError
-from keras_mtl.strategies import HardMTL
+from keras_mtl.runs.folder import describe_run
+from keras_mtl.runs.inputs import prepare_data
+from keras_mtl.runs.network import build_network
+from keras_mtl.training.callbacks import HistoryWriter
+from keras_mtl.training.fit import evaluate_task
+from keras_mtl.deploy.export import export_run, load_run
+from keras_mtl.core.backend import keras
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.compression.pruning import lottery_ticket, model_params, nonzero_params, prunable_weights, sparse_sharing, union_masks
+from keras_mtl.deploy.qat import qat_finetune
 
 
 log = logging.getLogger(__name__)
@@ -50,10 +54,10 @@ def compress_run(run_dir, settings: CompressionSettings, out_dir=None, **export_
 
     import yaml
 
-    from keras_mtl import config as run_config
-    from keras_mtl import fileio, training
+    from keras_mtl.runs import config as run_config
+    from keras_mtl.core import fileio
     from keras_mtl.data.pipeline import feature_statistics
-    from keras_mtl.tasks import resolve_tasks
+    from keras_mtl.tasks.registry import resolve_tasks
 
     run_dir = Path(run_dir)
     for name in ("config.yaml", "metrics.json"):
@@ -68,15 +72,15 @@ def compress_run(run_dir, settings: CompressionSettings, out_dir=None, **export_
     if settings.method == "qat":
         return _compress_qat(run_dir, config, tasks, settings, out, export_options)
     keras.utils.set_random_seed(config.seed)
-    data = training.prepare_data(config, tasks)
+    data = prepare_data(config, tasks)
     mean, var = feature_statistics(list(data.train.values()))
-    network = training.build_network(config, tasks, feature_mean=mean, feature_var=var, weak_output=bool(data.semi))
+    network = build_network(config, tasks, feature_mean=mean, feature_var=var, weak_output=bool(data.semi))
     total = model_params(network)
     target = settings.target_params or total // 2
     out.mkdir(parents=True, exist_ok=True)
-    info = training._describe(network, tasks, config, output_dir=out)
+    info = describe_run(network, tasks, config, output_dir=out)
     rows = []
-    history = training.HistoryWriter(out / "history.csv")
+    history = HistoryWriter(out / "history.csv")
 
     def on_round(row):
         flat = {"round": row["round"], "fraction": round(row["fraction"], 4), "nonzero_params": row["nonzero_params"]}
@@ -123,7 +127,7 @@ def compress_run(run_dir, settings: CompressionSettings, out_dir=None, **export_
 
 def plot_rounds(rows: list[dict], tasks, path) -> None:
     """Headline per task against the non-zero parameters, one point per round."""
-    from keras_mtl.reporting import pyplot, save_figure
+    from keras_mtl.core.reporting import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -140,20 +144,20 @@ def plot_rounds(rows: list[dict], tasks, path) -> None:
 
 def _compress_qat(run_dir, config, tasks, settings: CompressionSettings, out, export_options: dict) -> dict:
     """QAT fine-tuning of the trained run into ``out`` (a run folder), then the int8 export of both
-    (``export_options``: those of keras_mtl.export.export_run)."""
-    from keras_mtl import export, fileio, training
+    (``export_options``: those of keras_mtl.deploy.export.export_run)."""
+    from keras_mtl.core import fileio
 
     epochs = settings.epochs or 2
-    _, _, network, _ = export.load_run(run_dir)
-    data = training.prepare_data(config, tasks)
+    _, _, network, _ = load_run(run_dir)
+    data = prepare_data(config, tasks)
     tuned = qat_finetune(network, config, tasks, data, epochs)
     out.mkdir(parents=True, exist_ok=True)
-    info = training._describe(tuned, tasks, config, output_dir=out)
+    info = describe_run(tuned, tasks, config, output_dir=out)
     with fileio.atomic_path(out / "model.keras") as tmp:
         tuned.save(tmp)
     results = {}
     for task in tasks:
-        metrics = training.evaluate_task(keras.Model(tuned.input, tuned.output[task.name]), task, data, config.training)
+        metrics = evaluate_task(keras.Model(tuned.input, tuned.output[task.name]), task, data, config.training)
         results[task.name] = {"split": data.test[task.name].split, "metrics": metrics,
                               "headline": {"name": task.headline, "value": metrics[task.headline]},
                               "params": info["profile"]["task_paths"][task.name]["params"],
@@ -161,8 +165,8 @@ def _compress_qat(run_dir, config, tasks, settings: CompressionSettings, out, ex
     fileio.write_json(out / "metrics.json", {"tasks": results, "model": info["profile"]["total"],
                                              "compression": {"method": "qat", "epochs": epochs, "source_run": str(run_dir)},
                                              "output_dir": str(out)})
-    qat = export.export_run(out, out / "export", **export_options)
-    ptq = export.export_run(run_dir, out / "ptq-export", **export_options)
+    qat = export_run(out, out / "export", **export_options)
+    ptq = export_run(run_dir, out / "ptq-export", **export_options)
     comparison = {task: {"headline": r["headline"], "float": ptq["tasks"][task]["float"][r["headline"]],
                          "ptq_int8_streamed": ptq["tasks"][task]["int8_streamed"][r["headline"]],
                          "qat_float": r["float"][r["headline"]], "qat_int8_streamed": r["int8_streamed"][r["headline"]]}

@@ -1,18 +1,19 @@
 """TODO docstring."""
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import logging
-import math
+
+import contextlib
 from typing import Sequence
 
 import numpy as np
 
-from keras_mtl.backend import keras, tf
-from keras_mtl.errors import ConfigError
-from keras_mtl.strategies import HardMTL
+from keras_mtl.training.fit import evaluate_task, fit_network
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.training.strategies import HardMTL
+
+log = logging.getLogger(__name__)
 
 
 PRUNED_WEIGHTS = ((keras.layers.Conv2D, ("kernel",)), (keras.layers.Dense, ("kernel",)),
@@ -175,9 +176,8 @@ def _tolerance(total: int) -> int:
 
 def _evaluate_tasks(strategy, tasks, data, config) -> dict:
     """Each task's test metrics through the strategy's path for it."""
-    from keras_mtl import training
 
-    return {task.name: training.evaluate_task(strategy.paths[task.name], task, data, config.training) for task in tasks}
+    return {task.name: evaluate_task(strategy.paths[task.name], task, data, config.training) for task in tasks}
 
 
 def lottery_ticket(network: keras.Model, tasks: Sequence, data, config, target_params: int, rate: float = 0.2,
@@ -190,7 +190,6 @@ def lottery_ticket(network: keras.Model, tasks: Sequence, data, config, target_p
     round's training."""
     import tensorflow_model_optimization as tfmot
 
-    from keras_mtl import training
 
     if not 0.0 < rate < 1.0:
         raise ConfigError(f"--rate {rate}: the fraction pruned per round must be between 0 and 1")
@@ -205,7 +204,7 @@ def lottery_ticket(network: keras.Model, tasks: Sequence, data, config, target_p
         log.info("LTH round %d: %s non-zero parameters of %s (%.1f%% pruned)", index, f"{nonzero_params(total, masks):,}",
                  f"{total:,}", 100.0 * pruned_count(masks) / total)
         hooks = [tfmot.sparsity.keras.UpdatePruningStep(), KeepPruned(wrapped), *callbacks] + ([keeper] if keeper else [])
-        strategy = training.fit_network(wrapped, tasks, data, config, epochs, callbacks=hooks)
+        strategy = fit_network(wrapped, tasks, data, config, epochs, callbacks=hooks)
         if keeper is not None:
             if keeper.weights is None:
                 raise ConfigError(f"--rewind-epoch {rewind_epoch}: a round trains only {epochs or config.training.epochs} epochs")
@@ -309,7 +308,6 @@ def sparse_sharing(network: keras.Model, tasks: Sequence, data, config, target_p
     single-task headline of that round's training), and each task's metrics through its own mask."""
     import tensorflow_model_optimization as tfmot
 
-    from keras_mtl import training
 
     if not 0.0 < rate < 1.0:
         raise ConfigError(f"--rate {rate}: the fraction pruned per round must be between 0 and 1")
@@ -320,7 +318,7 @@ def sparse_sharing(network: keras.Model, tasks: Sequence, data, config, target_p
     _check_target(total, sum(int(np.prod(s)) for s in keys.values()), target_params)
     singles = {}
     for task in tasks:
-        single = training.build_network(config, [task], weak_output=task.name in data.semi)
+        single = network.build_network(config, [task], weak_output=task.name in data.semi)
         copy_weights_by_name(network, single)
         singles[task.name] = (single, wrap_for_pruning(single), single.get_weights())
     masks = {name: full_masks(single) for name, (single, _, _) in singles.items()}
@@ -336,9 +334,9 @@ def sparse_sharing(network: keras.Model, tasks: Sequence, data, config, target_p
             set_masks(wrapped, masks[task.name])
             log.info("LT4REC round %d: single-task %s, %.1f%% of its weights pruned", index, task.name,
                      100.0 * pruned_count(masks[task.name]) / sum(m.size for m in masks[task.name].values()))
-            strategy = training.fit_network(wrapped, [task], data, config, epochs,
+            strategy = fit_network(wrapped, [task], data, config, epochs,
                                             callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), KeepPruned(wrapped)])
-            headline[task.name] = training.evaluate_task(strategy.paths[task.name], task, data, config.training)[task.headline]
+            headline[task.name] = evaluate_task(strategy.paths[task.name], task, data, config.training)[task.headline]
         trained = {name: {key: v.numpy() for key, v in prunable_weights(singles[name][0]).items()} for name in masks}
 
         def candidate(fraction):
@@ -369,10 +367,10 @@ def sparse_sharing(network: keras.Model, tasks: Sequence, data, config, target_p
     for key, mask in union.items():  # weights outside every mask start (and stay) at zero
         variables[key].assign(variables[key].numpy() * mask)
     log.info("LT4REC: joint training, %s non-zero parameters of %s", f"{nonzero_params(total, union):,}", f"{total:,}")
-    strategy = training.fit_network(network, tasks, data, config, epochs, strategy_cls=SparseSharingMTL,
+    strategy = fit_network(network, tasks, data, config, epochs, strategy_cls=SparseSharingMTL,
                                     task_masks=masks)
     metrics = {}
     for task in tasks:
         with masked(network, masks[task.name]):
-            metrics[task.name] = training.evaluate_task(strategy.paths[task.name], task, data, config.training)
+            metrics[task.name] = evaluate_task(strategy.paths[task.name], task, data, config.training)
     return masks, rounds, metrics

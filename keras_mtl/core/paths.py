@@ -1,35 +1,14 @@
-"""TODO docstring."""
+"""Where a checkout keeps generated data, the feature cache and run folders (overridable by environment)."""
 from __future__ import annotations
 
-import contextlib
-import csv
-import dataclasses
-import io
-import json
-import logging
-import math
 import os
-import time
 from pathlib import Path
 
-import numpy as np
-import yaml
-
-from keras_mtl import architectures, fileio, profiling, reporting, weighting
-from keras_mtl.backend import keras, tf
-from keras_mtl.config import RunConfig
-from keras_mtl.data import corpora, speech_synth, synthetic
-from keras_mtl.data.pipeline import (FeatureExtractor, TaskSplit, feature_statistics, make_dataset,
-                                     make_semi_supervised_dataset)
-from keras_mtl.errors import ConfigError, DataError
-from keras_mtl.strategies import SUMMING, get_strategy, make_optimizer
-from keras_mtl.tasks import resolve_tasks
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _in_checkout() -> bool:
+def in_checkout() -> bool:
+    """Whether the package runs from a source checkout (then data and runs go beside it)."""
     return (REPO_ROOT / "datasets").is_dir() and (REPO_ROOT / "keras_mtl").is_dir()
 
 
@@ -37,11 +16,16 @@ def default_data_dir() -> Path:
     """Where the built-in synthetic data is generated."""
     if os.environ.get("KERAS_MTL_DATA_DIR"):
         return Path(os.environ["KERAS_MTL_DATA_DIR"])
-    return REPO_ROOT / "datasets" / "synthetic" if _in_checkout() else Path.home() / ".cache" / "keras_mtl" / "synthetic"
+    return REPO_ROOT / "datasets" / "synthetic" if in_checkout() else Path.home() / ".cache" / "keras_mtl" / "synthetic"
 
 
 def default_cache_dir() -> Path:
     """Where log-mel features are cached."""
     if os.environ.get("KERAS_MTL_CACHE_DIR"):
         return Path(os.environ["KERAS_MTL_CACHE_DIR"])
-    return REPO_ROOT / "datasets" / ".cache" / "features" if _in_checkout() else Path.home() / ".cache" / "keras_mtl" / "features"
+    return REPO_ROOT / "datasets" / ".cache" / "features" if in_checkout() else Path.home() / ".cache" / "keras_mtl" / "features"
+
+
+def runs_dir() -> Path:
+    """Where run folders go by default: ``runs/`` in a checkout, else in the working directory."""
+    return REPO_ROOT / "runs" if in_checkout() else Path.cwd() / "runs"

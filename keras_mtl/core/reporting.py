@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keras_mtl import fileio
+from keras_mtl.core import fileio
 
 
 def plot_history(rows: list[dict], tasks, path: Path) -> None:

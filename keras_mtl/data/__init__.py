@@ -1,1 +1,1 @@
-"""Datasets: audio I/O, corpus readers (TAU22, DESED), synthetic data, and tf.data pipelines."""
+"""Audio data: corpus readers in the published layouts, the built-in synthetic sets, the tf.data pipeline, downloads."""

@@ -7,7 +7,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from keras_mtl.errors import DataError
+from keras_mtl.core.errors import DataError
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
@@ -52,7 +52,7 @@ def fix_length(signal: np.ndarray, n_samples: int, pad: str = "zeros") -> np.nda
 
 def write_wav(path: str | os.PathLike, signal: np.ndarray, sample_rate: int) -> None:
     """Write 16-bit PCM atomically (temporary file, then rename)."""
-    from keras_mtl.fileio import atomic_path
+    from keras_mtl.core.fileio import atomic_path
 
     with atomic_path(path, suffix=".wav") as tmp:
         sf.write(os.fspath(tmp), np.clip(signal, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")

@@ -23,8 +23,8 @@ from pathlib import Path, PurePosixPath
 import yaml
 from tqdm.auto import tqdm
 
-from keras_mtl import fileio
-from keras_mtl.errors import DataError, UserError
+from keras_mtl.core import fileio
+from keras_mtl.core.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 16

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from keras_mtl.backend import tf
+from keras_mtl.core.backend import tf
 from keras_mtl.data.audio import fix_length, load_audio
 from keras_mtl.data.items import AudioItem
-from keras_mtl.errors import ConfigError, DataError
-from keras_mtl.features import AugmentConfig, FeatureCache, FrontEndConfig, LogMel, spec_augment
+from keras_mtl.core.errors import ConfigError, DataError
+from keras_mtl.features.augment import AugmentConfig, spec_augment
+from keras_mtl.features.cache import FeatureCache
+from keras_mtl.features.logmel import FrontEndConfig, LogMel
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_mtl import fileio
-from keras_mtl.errors import DataError
+from keras_mtl.core import fileio
+from keras_mtl.core.errors import DataError
 
 
 def c_identifier(name: str) -> str:

@@ -1,17 +1,18 @@
 """TODO docstring."""
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
-from keras_mtl import agreement
-from keras_mtl.backend import keras, tf
-from keras_mtl.errors import ConfigError
+from keras_mtl.runs.inputs import prepare_data
+from keras_mtl.deploy.qat import qat_finetune
+from keras_mtl.deploy import agreement
+from keras_mtl.core.backend import keras
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.deploy.tflite import Int8Model, convert_int8, int8_call, minimum_arena, operators
+from keras_mtl.deploy.streaming import StreamingPlan, StreamingRunner, fit_frames, keras_call, plan_streaming, windows_of
 
 
 log = logging.getLogger(__name__)
@@ -21,9 +22,9 @@ def load_run(run_dir: Path):
     """A finished run's configuration, tasks, trained network and streaming plan."""
     import yaml
 
-    from keras_mtl import architectures, training
-    from keras_mtl import config as run_config
-    from keras_mtl.tasks import resolve_tasks
+    from keras_mtl.models import architectures
+    from keras_mtl.runs import config as run_config
+    from keras_mtl.tasks.registry import resolve_tasks
 
     for name in ("config.yaml", "model.keras"):
         if not (run_dir / name).is_file():
@@ -31,7 +32,7 @@ def load_run(run_dir: Path):
     config = run_config.build(yaml.safe_load((run_dir / "config.yaml").read_text()))
     tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
     network = architectures.load_network(run_dir / "model.keras")
-    factor, _ = training.time_resolution(config)
+    factor, _ = network.time_resolution(config)
     return config, tasks, network, plan_streaming(network, tasks, config.frontend, factor)
 
 
@@ -43,20 +44,20 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, calibrati
 
     ``qat_epochs`` > 0: first export the trained network as it is (post-training quantisation, into
     ``out_dir/ptq``), then fine-tune it that many epochs with quantisation-aware training
-    (keras_mtl.compression.qat_finetune) and export the result into ``out_dir``; the report holds
+    (keras_mtl.deploy.qat.qat_finetune) and export the result into ``out_dir``; the report holds
     both sets of metrics."""
-    from keras_mtl import compression, fileio, training
+    from keras_mtl.core import fileio
 
     run_dir = Path(run_dir)
     config, tasks, network, plan = load_run(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "export"
-    data = training.prepare_data(config, tasks)
+    data = prepare_data(config, tasks)
     settings = dict(calibration_clips=calibration_clips, verify_samples=verify_samples, max_eval_clips=max_eval_clips)
     if qat_epochs <= 0:
         return _export_network(run_dir, config, tasks, network, plan, data, out, **settings)
     ptq = _export_network(run_dir, config, tasks, network, plan, data, out / "ptq", **settings)
-    tuned = compression.qat_finetune(network, config, tasks, data, qat_epochs)
-    factor, _ = training.time_resolution(config)
+    tuned = qat_finetune(network, config, tasks, data, qat_epochs)
+    factor, _ = network.time_resolution(config)
     report = _export_network(run_dir, config, tasks, tuned, plan_streaming(tuned, tasks, config.frontend, factor), data,
                              out, **settings)
     report["quantization"] = {
@@ -104,8 +105,10 @@ def calibration_samples(plan: StreamingPlan, tasks, train: dict, clips: int, rng
 def _export_network(run_dir: Path, config, tasks, network, plan: StreamingPlan, data, out: Path, calibration_clips: int,
                     verify_samples: int, max_eval_clips: int | None) -> dict:
     """export_run for one network: calibrate, convert, verify, evaluate, write ``out``."""
-    from keras_mtl import c_arrays, fileio, profiling
-    from keras_mtl.features import mel_weight_matrix
+    from keras_mtl.deploy import c_arrays
+    from keras_mtl.core import fileio
+    from keras_mtl.models import profiling
+    from keras_mtl.features.logmel import mel_weight_matrix
 
     rng = np.random.default_rng(config.seed)
     float_runner = StreamingRunner(plan, keras_call)

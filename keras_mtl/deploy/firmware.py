@@ -9,7 +9,7 @@ The listener (microcontroller/firmware/listener.cc) prints one line per finding:
 
 `expected_report` computes the same findings on the host: the Python front end, the exported
 int8 models in the TFLite-Micro interpreter, run window by window and frame by frame
-(export.StreamingRunner), and the library's own SED post-processing (metrics.postprocess).
+(StreamingRunner), and the library's own SED post-processing (metrics.postprocess).
 """
 from __future__ import annotations
 
@@ -25,11 +25,15 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import median_filter
 
-from keras_mtl.errors import ConfigError, DataError
+from keras_mtl.deploy.export import load_run
+from keras_mtl.deploy.streaming import StreamingRunner
+from keras_mtl.deploy.tflite import Int8Model, int8_call
+from keras_mtl.core.errors import ConfigError, DataError
+from keras_mtl.core.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
-FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "microcontroller"
+FIRMWARE_DIR = REPO_ROOT / "microcontroller"
 TFLM_COMMIT = "7948b85e020470a30a83bf00e10fc43b486bfcba"  # as pinned in microcontroller/CMakeLists.txt
 
 _SCENE = re.compile(r"^(\w+): (\d+)\.(\d{3})-(\d+)\.(\d{3}) s (\S+) (-?\d+)%$")
@@ -111,21 +115,21 @@ def expected_report(export_dir: str | Path, wav: str | Path, front_end: str = "c
     comparison isolates the models and the streaming: the C and Python front ends differ by ~1e-4,
     enough to move a few int8 inputs by one step (the front ends are compared with each other in
     tests/test_export.py)."""
-    from keras_mtl import export, metrics
+    from keras_mtl.tasks import metrics
     from keras_mtl.data.audio import load_audio
-    from keras_mtl.features import LogMel
+    from keras_mtl.features.logmel import LogMel
 
     export_dir = Path(export_dir)
     report_path = export_dir / "export_report.json"
     if not report_path.is_file():
         raise ConfigError(f"{export_dir}: no export_report.json (run scripts/export.py first)")
     report = json.loads(report_path.read_text())
-    config, tasks, _, plan = export.load_run(Path(report["run"]))
+    config, tasks, _, plan = load_run(Path(report["run"]))
     models = {}
     for piece in plan.pieces:
         flatbuffer = (export_dir / f"{piece.name}.tflite").read_bytes()
-        models[piece.name] = export.Int8Model(flatbuffer, "tflm", arena_size=report["models"][piece.name]["tflm_arena_bytes"])
-    runner = export.StreamingRunner(plan, export.int8_call(models))
+        models[piece.name] = Int8Model(flatbuffer, "tflm", arena_size=report["models"][piece.name]["tflm_arena_bytes"])
+    runner = StreamingRunner(plan, int8_call(models))
     audio = load_audio(wav, config.frontend.sample_rate)
     duration = len(audio) / config.frontend.sample_rate
     features = c_front_end_features(export_dir, audio) if front_end == "c" else None

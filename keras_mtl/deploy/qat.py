@@ -1,18 +1,12 @@
 """TODO docstring."""
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import logging
 import math
-from typing import Sequence
 
-import numpy as np
 
-from keras_mtl.backend import keras, tf
-from keras_mtl.errors import ConfigError
-from keras_mtl.strategies import HardMTL
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError
 
 
 log = logging.getLogger(__name__)
@@ -64,7 +58,7 @@ def quantization_aware(network: keras.Model) -> keras.Model:
     GRU and temporal attention pooling (weights copied; the input normalisation and pooling stay float)."""
     import tensorflow_model_optimization as tfmot
 
-    from keras_mtl import models
+    from keras_mtl.models import mtl as models
 
     attention_config, gru_config = _attention_quantize_config(), _gru_quantize_config()
     annotate = tfmot.quantization.keras.quantize_annotate_layer
@@ -109,7 +103,7 @@ def qat_finetune(network: keras.Model, config, tasks, data, epochs: int, learnin
     """A float copy of ``network`` fine-tuned ``epochs`` epochs with quantisation-aware training
     (SoftMTL with the run's loss weights, strong training data, the run's learning rate × scale)."""
     from keras_mtl.data.pipeline import make_dataset
-    from keras_mtl.strategies import STRATEGIES, make_optimizer
+    from keras_mtl.training.strategies import STRATEGIES, make_optimizer
 
     if epochs < 1:
         raise ConfigError("QAT needs at least one epoch")

@@ -4,14 +4,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
-from keras_mtl import agreement
-from keras_mtl.backend import keras, tf
-from keras_mtl.errors import ConfigError
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError
 
 
 log = logging.getLogger(__name__)

@@ -1,17 +1,14 @@
 """TODO docstring."""
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
-from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
-from keras_mtl import agreement
-from keras_mtl.backend import keras, tf
-from keras_mtl.errors import ConfigError
+from keras_mtl.deploy import agreement
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.deploy.streaming import Piece
 
 
 log = logging.getLogger(__name__)

@@ -2,16 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import logging
-import os
-from pathlib import Path
 
-import numpy as np
 
-from keras_mtl import fileio
-from keras_mtl.backend import tf
+from keras_mtl.core.backend import tf
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """Model registry: every architecture by name, built for a list of tasks.
 
-    mtl            shared CNN encoder + per-task decoders (keras_mtl.models; the CNN, CRNN and MT
+    mtl            shared CNN encoder + per-task decoders (keras_mtl.models.mtl; the CNN, CRNN and MT
                    models of seed 000 and the seed 001 template are presets of it)
-    cp_mobile      CP-Mobile (+GRN with grn=True), clip tasks (keras_mtl.cp_mobile)
+    cp_mobile      CP-Mobile (+GRN with grn=True), clip tasks (keras_mtl.models.cp_mobile)
     cp_mobile_rnn  CP-Mobile with two more blocks and per-task decoders (seed 000 Fig. 3): GRU for
                    frame tasks, attention + linear for clip tasks
     georgiev_dnn   seed 004's DNN: per-band mean and standard deviation of the log filterbank
                    frames, three hidden layers of 128, 256 and 512 units, clip tasks
-    mtl-vae        seed 002's multi-task VAE for one frame task (keras_mtl.vae): recurrent variational
+    mtl-vae        seed 002's multi-task VAE for one frame task (keras_mtl.models.vae): recurrent variational
                    encoder, shared decoder, strong / weak / reconstruction heads; trains with its own
                    strategy on strong, weak, unlabelled and strong real clips
 """
@@ -17,10 +17,11 @@ import dataclasses
 import math
 from typing import Callable, Sequence
 
-from keras_mtl import models, vae
-from keras_mtl.backend import keras, tf
-from keras_mtl.cp_mobile import CPMobileConfig, build_cp_mobile, cp_mobile_encoder
-from keras_mtl.errors import ConfigError
+from keras_mtl.models.vae import VAEConfig, build_mtl_vae
+from keras_mtl.models import mtl as models
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.models.cp_mobile import CPMobileConfig, build_cp_mobile, cp_mobile_encoder
+from keras_mtl.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,11 +118,11 @@ def _georgiev_dnn(tasks, options: dict) -> keras.Model:
 def _mtl_vae(tasks, options: dict) -> keras.Model:
     options = dict(options)
     mean, var = options.pop("feature_mean", None), options.pop("feature_var", None)
-    return vae.build_mtl_vae(tasks, vae.VAEConfig(**options), feature_mean=mean, feature_var=var)
+    return build_mtl_vae(tasks, VAEConfig(**options), feature_mean=mean, feature_var=var)
 
 
 def _mtl_vae_time_factor(options: dict) -> int:
-    return vae.VAEConfig(**{k: v for k, v in options.items() if not k.startswith("feature_")}).time_pool_factor
+    return VAEConfig(**{k: v for k, v in options.items() if not k.startswith("feature_")}).time_pool_factor
 
 
 REGISTRY = {

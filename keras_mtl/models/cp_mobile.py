@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from keras_mtl.backend import keras, tf
-from keras_mtl.errors import ConfigError
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

@@ -14,8 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from keras_mtl.backend import keras, tf
-from keras_mtl.errors import ConfigError
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.models import trees
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +36,7 @@ class ModelConfig:
     weak_output: bool = False  # frame tasks also output attention-pooled clip scores ("<task>_weak")
     # after the shared blocks, groups of tasks may share more blocks: [{"tasks": [gc, ac], "blocks": 2}, ...]
     share_groups: tuple = ()
-    # or any hierarchy: a tree spec of keras_mtl.synergy ({"tasks", "shared", "children"}), root = shared/
+    # or any hierarchy: a tree spec of keras_mtl.models.trees ({"tasks", "shared", "children"}), root = shared/
     tree: dict | None = None
 
     def __post_init__(self):
@@ -58,11 +59,9 @@ class ModelConfig:
             groups.append((names, depth))
         object.__setattr__(self, "share_groups", tuple(groups))
         if self.tree is not None:
-            from keras_mtl import synergy
-
             if self.shared_blocks is not None or self.share_groups:
                 raise ConfigError("model: give a tree or shared_blocks/share_groups, not both")
-            synergy.validate_tree(self.tree, len(self.channels))
+            trees.validate_tree(self.tree, len(self.channels))
         if self.n_mels % self.freq_pool_factor:
             raise ConfigError(f"model: n_mels {self.n_mels} is not divisible by the frequency pooling {self.freq_pool_factor}")
 
@@ -105,7 +104,7 @@ class TemporalAttentionPooling(keras.layers.Layer):
         return (input_shape[0], input_shape[-1])
 
 
-def _conv_block(x, prefix: str, index: int, channels: int, pool, config: ModelConfig):
+def conv_block(x, prefix: str, index: int, channels: int, pool, config: ModelConfig):
     x = keras.layers.Conv2D(channels, config.kernel_size, padding="same", use_bias=False, name=f"{prefix}/conv{index}")(x)
     x = keras.layers.BatchNormalization(momentum=config.bn_momentum, name=f"{prefix}/bn{index}")(x)
     x = keras.layers.ReLU(name=f"{prefix}/relu{index}")(x)
@@ -116,7 +115,7 @@ def _conv_block(x, prefix: str, index: int, channels: int, pool, config: ModelCo
     return x
 
 
-def _to_frames(x, prefix: str, config: ModelConfig):
+def to_frames(x, prefix: str, config: ModelConfig):
     freq = config.n_mels // config.freq_pool_factor
     return keras.layers.Reshape((-1, freq * config.channels[-1]), name=f"{prefix}/frames")(x)
 
@@ -183,10 +182,10 @@ def build_model(tasks: Sequence, config: ModelConfig, feature_mean=None, feature
         for i, (channels, pool) in enumerate(blocks, start=1):
             prefix = block_owner(config, task.name, i)
             if (prefix, i) not in built:
-                built[(prefix, i)] = _conv_block(y, prefix, i, channels, pool, config)
+                built[(prefix, i)] = conv_block(y, prefix, i, channels, pool, config)
             y = built[(prefix, i)]
         if prefix not in frames_of:
-            frames_of[prefix] = _to_frames(y, prefix, config)
+            frames_of[prefix] = to_frames(y, prefix, config)
         add_head_outputs(outputs, task, HEADS[task.level](frames_of[prefix], task, config))
     return keras.Model(mel, outputs, name="mtl_" + "_".join(t.name for t in tasks))
 
@@ -204,9 +203,7 @@ def block_owner(config: ModelConfig, task_name: str, index: int) -> str:
     """Name prefix of conv block ``index`` (1-based) on ``task_name``'s path: 'shared', a share
     group or tree node ('gc-ac') or the task itself."""
     if config.tree is not None:
-        from keras_mtl import synergy
-
-        owners = synergy.block_owners(config.tree)
+        owners = trees.block_owners(config.tree)
         if task_name not in owners:
             raise ConfigError(f"model: task {task_name} is not in the tree ({', '.join(owners)})")
         return owners[task_name][index - 1]

@@ -13,9 +13,8 @@ import dataclasses
 
 import numpy as np
 
-from keras_mtl.backend import keras, tf
-from keras_mtl.core.reporting import human
-from keras_mtl.features import FrontEndConfig
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.features.logmel import FrontEndConfig
 
 
 @dataclasses.dataclass

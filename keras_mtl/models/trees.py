@@ -1,15 +1,9 @@
 """TODO docstring."""
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import json
-import logging
-import math
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
-from keras_mtl.errors import ConfigError
+from keras_mtl.core.errors import ConfigError
 
 
 def validate_tree(tree: Mapping, depth: int) -> None:

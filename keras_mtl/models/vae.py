@@ -6,10 +6,9 @@ from typing import Sequence
 
 import numpy as np
 
-from keras_mtl import models
-from keras_mtl.backend import keras, tf
-from keras_mtl.errors import ConfigError
-from keras_mtl.strategies import STRONG, STRONG_REAL, UNLABELED, WEAK, MultiTaskStrategy, _bce
+from keras_mtl.models import mtl as models
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError
 
 
 RECONSTRUCTION, RECONSTRUCTION_TARGET, LATENT_MEAN, LATENT_LOG_VAR = (
@@ -97,8 +96,8 @@ def build_mtl_vae(tasks: Sequence, config: VAEConfig, feature_mean=None, feature
                                       kernel_size=config.kernel_size, dropout=config.dropout,
                                       bn_momentum=config.bn_momentum)
     for i, (channels, pool) in enumerate(zip(config.channels, config.pools), start=1):
-        x = models._conv_block(x, "shared", i, channels, pool, block_config)
-    frames = models._to_frames(x, "shared", block_config)
+        x = models.conv_block(x, "shared", i, channels, pool, block_config)
+    frames = models.to_frames(x, "shared", block_config)
     h = keras.layers.GRU(config.encoder_units, return_sequences=True, name="shared/encoder_gru")(frames)
     z_mean = keras.layers.Dense(config.latent_dim, name="shared/latent_mean")(h)
     outputs = {f"{task.name}_{LATENT_MEAN}": z_mean}

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import yaml
 
-from keras_mtl.data.speech_synth import SpeechSynthConfig
-from keras_mtl.data.synthetic import SyntheticConfig
-from keras_mtl.errors import ConfigError
-from keras_mtl.features import AugmentConfig, FrontEndConfig
-from keras_mtl.models import ModelConfig
+from keras_mtl.data.synth.speech_synth import SpeechSynthConfig
+from keras_mtl.data.synth.synthetic import SyntheticConfig
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.features.augment import AugmentConfig
+from keras_mtl.features.logmel import FrontEndConfig
+from keras_mtl.models.mtl import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +87,10 @@ class TrainingConfig:
 class RunConfig:
     tasks: tuple = ("asc", "sed")
     strategy: str = "soft"
-    weighting: str = "fixed"  # task loss weights over training: fixed, dwa or mfl (keras_mtl.weighting)
+    weighting: str = "fixed"  # task loss weights over training: fixed, dwa or mfl (keras_mtl.training.weighting)
     order: tuple | None = None  # FreezeMTL: the order in which tasks are trained (and frozen)
     alpha: float | None = None  # loss weight of the first task; the others share 1 - alpha
-    architecture: str = "mtl"  # see keras_mtl.architectures; "mtl" uses the model section
+    architecture: str = "mtl"  # see keras_mtl.models.architectures; "mtl" uses the model section
     architecture_options: dict | None = None  # config fields of a non-mtl architecture
     seed: int = 0
     deterministic: bool = False  # TensorFlow's deterministic op implementations (same metrics on rerun)
@@ -143,7 +144,7 @@ SECTIONS = {
 
 
 def preset_names() -> list[str]:
-    folder = resources.files("keras_mtl") / "presets"
+    folder = resources.files("keras_mtl.runs") / "presets"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -163,7 +164,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
 def load_preset(name: str) -> dict:
     if name not in preset_names():
         raise ConfigError(f"unknown preset {name!r} (known: {', '.join(preset_names())})")
-    return yaml.safe_load((resources.files("keras_mtl") / "presets" / f"{name}.yaml").read_text()) or {}
+    return yaml.safe_load((resources.files("keras_mtl.runs") / "presets" / f"{name}.yaml").read_text()) or {}
 
 
 def merge(base: dict, override: dict) -> dict:

@@ -1,34 +1,22 @@
 """TODO docstring."""
 from __future__ import annotations
 
-import contextlib
-import csv
-import dataclasses
-import io
 import json
-import logging
-import math
-import os
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from keras_mtl import architectures, fileio, profiling, reporting, weighting
-from keras_mtl.backend import keras, tf
-from keras_mtl.config import RunConfig
-from keras_mtl.data import corpora, speech_synth, synthetic
-from keras_mtl.data.pipeline import (FeatureExtractor, TaskSplit, feature_statistics, make_dataset,
-                                     make_semi_supervised_dataset)
-from keras_mtl.errors import ConfigError, DataError
-from keras_mtl.strategies import SUMMING, get_strategy, make_optimizer
-from keras_mtl.tasks import resolve_tasks
+from keras_mtl.models import profiling
+from keras_mtl.core import fileio
+from keras_mtl.runs.config import RunConfig
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.core.paths import REPO_ROOT, in_checkout
 
 
 def default_output_dir(config: RunConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = REPO_ROOT / "runs" if _in_checkout() else Path.cwd() / "runs"
+    base = REPO_ROOT / "runs" if in_checkout() else Path.cwd() / "runs"
     return base / f"{stamp}-{'+'.join(config.tasks)}-{config.strategy}"
 
 
@@ -44,7 +32,7 @@ def latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
         raise ConfigError(f"{folder}: damaged checkpoint (resume.json unreadable)") from None
 
 
-def _describe(network, tasks, config: RunConfig, output_dir: Path | None) -> dict:
+def describe_run(network, tasks, config: RunConfig, output_dir: Path | None) -> dict:
     """Summary and profile; written to the run folder when there is one."""
     lines = []
     network.summary(line_length=110, print_fn=lambda line, *args, **kwargs: lines.append(line))

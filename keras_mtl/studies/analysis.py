@@ -33,7 +33,11 @@ from typing import Sequence
 
 import numpy as np
 
-from keras_mtl.errors import ConfigError
+from keras_mtl.deploy.export import calibration_samples
+from keras_mtl.deploy.streaming import fit_frames, plan_streaming
+from keras_mtl.deploy.tflite import Int8Model, convert_int8
+from keras_mtl.runs.inputs import prepare_data
+from keras_mtl.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +264,7 @@ def pair_table(tasks: Sequence[str], measurements: dict, singles: dict, pairs: d
 
 def latency_per_second(network, n_mels: int, frames: int = 101, repeats: int = 20) -> float:
     """Median wall time (ms) of one batch-1 forward pass over 1 s of log-mel frames (Keras, float)."""
-    from keras_mtl.backend import tf
+    from keras_mtl.core.backend import tf
 
     x = tf.zeros((1, frames, n_mels))
     call = tf.function(lambda v: network(v, training=False))
@@ -280,31 +284,30 @@ def median_milliseconds(run, repeats: int = 20) -> float:
 
 def int8_latency_per_second(network, tasks, config, train: dict, repeats: int = 20) -> tuple[float, int]:
     """(median LiteRT int8 time in ms of one second of audio, flatbuffer bytes), calibrated on four
-    training clips per task. Networks with an encoder to stream: the int8 pieces of keras_mtl.export,
+    training clips per task. Networks with an encoder to stream: the int8 pieces of keras_mtl.deploy,
     run the way the device runs them (the encoder once, each frame step once per output frame, each
     clip head once per clip: its share of one second). Networks without one (whole-clip models such
     as the Georgiev DNN): the whole network, every task's output, on one second of frames."""
-    from keras_mtl import export, training
-    from keras_mtl.backend import keras
+    from keras_mtl.core.backend import keras
 
-    factor, _ = training.time_resolution(config)
-    plan = export.plan_streaming(network, tasks, config.frontend, factor)
+    factor, _ = network.time_resolution(config)
+    plan = plan_streaming(network, tasks, config.frontend, factor)
     rng = np.random.default_rng(0)
     if plan.branches:
-        calibration = export.calibration_samples(plan, tasks, train, 4, rng)
+        calibration = calibration_samples(plan, tasks, train, 4, rng)
         runs = [(piece.model, calibration[piece.name], plan.output_frames if piece.kind == "frame_step" else
                  (1.0 / piece.windows if piece.kind == "clip_head" else 1.0)) for piece in plan.pieces]
     else:
         frames = config.frontend.n_frames(config.frontend.sample_rate)
         mel = keras.Input(shape=(frames, int(network.input.shape[-1])), batch_size=1, name="mel")
         whole = keras.Model(mel, network(mel), name="whole_network")
-        samples = [{"mel": export.fit_frames(train[t.name].load_features(int(i)).astype(np.float32), frames)[None]}
+        samples = [{"mel": fit_frames(train[t.name].load_features(int(i)).astype(np.float32), frames)[None]}
                    for t in tasks for i in rng.choice(len(train[t.name]), size=min(4, len(train[t.name])), replace=False)]
         runs = [(whole, samples, 1.0)]
     milliseconds, size = 0.0, 0
     for keras_model, samples, per_second in runs:
-        flatbuffer = export.convert_int8(keras_model, lambda: iter(samples))
-        interpreter = export.Int8Model(flatbuffer)
+        flatbuffer = convert_int8(keras_model, lambda: iter(samples))
+        interpreter = Int8Model(flatbuffer)
         inputs = {name: interpreter.quantize(name, value) for name, value in samples[0].items()}
         milliseconds += per_second * median_milliseconds(lambda: interpreter.run_int8(inputs), repeats)
         size += len(flatbuffer)
@@ -330,7 +333,7 @@ COMPARED = ("frontend", "augment", "training", "synthetic", "speech_synthetic", 
 def analysis_jobs(tasks: Sequence[str], overlap_list: Path | None = None) -> list:
     """Single-task runs, every two-task run with all layers shared, the all-task run and, with an
     ``overlap_list`` (ASC clips to leave out), ASC alone and ASC + SED without those clips."""
-    from keras_mtl.synergy import Job
+    from keras_mtl.studies.synergy import Job
 
     jobs = [Job(f"single-{t}", "single", (t,), {}) for t in tasks]
     jobs += [Job(f"pair-{a}-{b}", "pair", (a, b), {}) for a, b in itertools.combinations(tasks, 2)]
@@ -370,11 +373,11 @@ class EventRelation:
 def synthetic_overlap(synthetic_config) -> tuple[EventRelation, list[str]]:
     """The built-in synthetic data's scene/event relation and its ASC training clips (paths relative
     to the ASC root) that contain a shared event (from the generator's plan: nothing is rendered)."""
-    from keras_mtl.data import sounds, synthetic
+    from keras_mtl.data.synth import sounds, synthetic
 
     relation = EventRelation({scene: tuple(events) for scene, events in sounds.SCENE_EVENTS.items()})
     shared = relation.shared_events
-    plans = synthetic._plan_all(synthetic_config)["asc_train"]
+    plans = synthetic.plan_all(synthetic_config)["asc_train"]
     return relation, [p["file"] for p in plans if any(e["label"] in shared for e in p["events"])]
 
 
@@ -403,7 +406,7 @@ def matching_run(job, config, reuse: Path | None) -> Path | None:
     single-task runs, pair-<a>-<b>-k<depth> and flat-k<depth>)."""
     import yaml
 
-    from keras_mtl import config as run_config
+    from keras_mtl.runs import config as run_config
 
     if reuse is None:
         return None
@@ -428,7 +431,8 @@ def matching_run(job, config, reuse: Path | None) -> Path | None:
 
 def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None = None, dry_run: bool = False) -> dict | None:
     """Trains what is missing, then measures, relates and writes the report folder ``out``."""
-    from keras_mtl import fileio, synergy, training
+    from keras_mtl.core import fileio
+    from keras_mtl.studies import synergy
 
     tasks = list(tasks)
     if len(tasks) < 2 or len(set(tasks)) != len(tasks):
@@ -460,10 +464,10 @@ def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None
     metrics = {name: json.loads((folder / "metrics.json").read_text()) for name, folder in folders.items()}
 
     all_config = synergy.job_config(base, next(job for job in jobs if job.name == "all"), out)
-    from keras_mtl.tasks import resolve_tasks
+    from keras_mtl.tasks.registry import resolve_tasks
 
     resolved = resolve_tasks(tasks, all_config.custom_tasks)
-    data = training.prepare_data(all_config, resolved)
+    data = prepare_data(all_config, resolved)
     measurements = {}
     for task in resolved:
         values = dataset_measurements(task, data.train[task.name], data.semi.get(task.name, ()),
@@ -509,8 +513,8 @@ def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None
 
 def efficiency_rows(tasks, folders: dict, config, train: dict) -> list[Efficiency]:
     """The all-task model vs one single-task model (the mean) vs every single-task model in turn."""
-    from keras_mtl import architectures, profiling
-    from keras_mtl.tasks import resolve_tasks
+    from keras_mtl.models import architectures, profiling
+    from keras_mtl.tasks.registry import resolve_tasks
 
     def measure(name, names):
         network = architectures.load_network(folders[name] / "model.keras")
@@ -541,7 +545,7 @@ def efficiency_rows(tasks, folders: dict, config, train: dict) -> list[Efficienc
 
 def plot_correlations(table, corr, path: Path) -> None:
     """Heat map of the correlations among the gain and the features most correlated with it."""
-    from keras_mtl.reporting import pyplot, save_figure
+    from keras_mtl.core.reporting import pyplot, save_figure
 
     plt = pyplot()
     names = ["gain"] + list(corr["feature"].head(12))
@@ -559,7 +563,7 @@ def plot_learning_curves(tasks, folders: dict, measurements: dict, path: Path) -
     """Each single-task run's training loss per batch with its fitted a ln(c i + d) + b."""
     import csv
 
-    from keras_mtl.reporting import pyplot, save_figure
+    from keras_mtl.core.reporting import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))

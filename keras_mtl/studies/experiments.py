@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_mtl import config as run_config
-from keras_mtl import fileio
-from keras_mtl.reporting import pyplot, save_figure
-from keras_mtl.errors import ConfigError
+from keras_mtl.training.fit import check_strategy_options, train
+from keras_mtl.runs import config as run_config
+from keras_mtl.core import fileio
+from keras_mtl.core.reporting import pyplot, save_figure
+from keras_mtl.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +151,11 @@ def row_config(base: dict, row: Row, seed: int, output_dir: Path) -> run_config.
 def run_experiment(experiment: Experiment, base: dict, seeds: list[int], out: Path, rows: list[Row] | None = None,
                    dry_run: bool = False) -> dict:
     """Train every (row, seed) not yet finished, then write the table, JSON and plots."""
-    from keras_mtl import training  # imports TensorFlow
 
     rows = rows or list(experiment.rows)
     jobs = [(row, seed) for row in rows for seed in seeds]
     for row, seed in jobs:  # every row's settings are checked before any training
-        training.check_strategy_options(row_config(base, row, seed, out))
+        check_strategy_options(row_config(base, row, seed, out))
     for index, (row, seed) in enumerate(jobs, start=1):
         folder = out / "rows" / row.name / f"seed{seed}"
         config = row_config(base, row, seed, folder)
@@ -166,7 +166,7 @@ def run_experiment(experiment: Experiment, base: dict, seeds: list[int], out: Pa
             log.info("[%d/%d] %s seed %d: done before, skipped", index, len(jobs), row.label, seed)
             continue
         log.info("[%d/%d] %s seed %d", index, len(jobs), row.label, seed)
-        training.train(config)
+        train(config)
     if dry_run:
         return {}
     return summarize(experiment, out, rows, seeds)
@@ -222,7 +222,7 @@ def _cell(entry: dict, task: str) -> str:
 
 
 def markdown_table(experiment: Experiment, results: list[dict], seeds: list[int]) -> str:
-    from keras_mtl.profiling import human
+    from keras_mtl.core.reporting import human
 
     has_paper = any(entry["paper"] for entry in results)
     header = ["model / strategy"] + [label + " %" for _, label in experiment.columns]

@@ -9,7 +9,10 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from keras_mtl.errors import ConfigError
+from keras_mtl.training.fit import train
+from keras_mtl.compression.compress import CompressionSettings, compress_run
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.models.trees import describe
 
 
 log = logging.getLogger(__name__)
@@ -149,7 +152,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 def job_config(base: dict, job: Job, out: Path):
-    from keras_mtl import config as run_config
+    from keras_mtl.runs import config as run_config
 
     model = run_config.merge(base.get("model") or {}, job.model)
     data = run_config.merge(base, {"tasks": list(job.tasks), "strategy": "soft", "model": model,
@@ -159,7 +162,6 @@ def job_config(base: dict, job: Job, out: Path):
 
 def run_jobs(jobs: list[Job], base: dict, out: Path) -> None:
     """Trains every job without a metrics.json, in order, with a progress line each."""
-    from keras_mtl import training  # imports TensorFlow
 
     for job in jobs:
         job_config(base, job, out)  # every job's configuration is checked before any training
@@ -168,7 +170,7 @@ def run_jobs(jobs: list[Job], base: dict, out: Path) -> None:
             log.info("[%d/%d] %s: done before, skipped", index, len(jobs), job.name)
             continue
         log.info("[%d/%d] %s", index, len(jobs), job.name)
-        training.train(job_config(base, job, out))
+        train(job_config(base, job, out))
 
 
 def job_metrics(out: Path, job: Job) -> dict | None:
@@ -221,7 +223,7 @@ PAPER_TABLE4 = [("4 independent models", 0.0, 120000), ("flat MTL, 7 shared", 2.
 
 
 def template_depth(base: dict) -> int:
-    from keras_mtl import config as run_config
+    from keras_mtl.runs import config as run_config
 
     return len(run_config.build(base).model.channels)
 
@@ -238,7 +240,6 @@ def check_compression(methods: Sequence[str]) -> None:
 def run_compression(out: Path, finals: list[Job], methods: Sequence[str], rate: float = 0.2) -> None:
     """The seed 001 Table 4 baselines: the largest flat model (fewest shared layers) pruned by each
     method down to the synthesised tree's parameters, into runs/<method>; a finished one is kept."""
-    from keras_mtl import compression
 
     check_compression(methods)
     if not methods:
@@ -257,7 +258,7 @@ def run_compression(out: Path, finals: list[Job], methods: Sequence[str], rate: 
             log.info("%s: done before, skipped", method)
             continue
         log.info("%s: pruning %s (%d params) to the tree's %d", method.upper(), flats[0].name, dense, target)
-        compression.compress_run(source, compression.CompressionSettings(method, target, rate), out / "runs" / method)
+        compress_run(source, CompressionSettings(method, target, rate), out / "runs" / method)
 
 
 def run_synergy(tasks: Sequence[str], depths: Sequence[int], threshold: float, base: dict, out: Path,
@@ -289,7 +290,7 @@ def run_synergy(tasks: Sequence[str], depths: Sequence[int], threshold: float, b
     singles, params, ar = collect_ar(out, tasks, depths)
     weights = edge_weights(ar, threshold)
     tree = synthesize(tasks, weights, depth)
-    from keras_mtl import fileio
+    from keras_mtl.core import fileio
 
     fileio.write_json(out / "tree.json", tree)
     log.info("synthesised tree (threshold %.2f%%):\n%s", threshold, describe(tree))
@@ -300,7 +301,7 @@ def run_synergy(tasks: Sequence[str], depths: Sequence[int], threshold: float, b
 
 
 def summarize(out: Path, tasks, depths, threshold, singles, params, ar, weights, tree, finals) -> dict:
-    from keras_mtl import fileio
+    from keras_mtl.core import fileio
 
     independent = sum(params.values())
     rows = [{"model": f"{len(tasks)} independent models", "job": None,
@@ -387,7 +388,7 @@ def markdown_tables(summary: dict) -> str:
 
 def plot_graph(tasks, weights, path: Path) -> None:
     """The tasks on a circle, each edge labelled with its weight (shared layers within the threshold)."""
-    from keras_mtl.reporting import pyplot, save_figure
+    from keras_mtl.core.reporting import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -413,7 +414,7 @@ def plot_graph(tasks, weights, path: Path) -> None:
 
 def plot_tree(tree: Mapping, path: Path) -> None:
     """The tree of shared layers: one box per node with its tasks and its layers."""
-    from keras_mtl.reporting import pyplot, save_figure
+    from keras_mtl.core.reporting import pyplot, save_figure
 
     plt = pyplot()
     leaves = []

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import median_filter
 
-from keras_mtl.backend import keras, tf
+from keras_mtl.core.backend import keras, tf
 
 log = logging.getLogger(__name__)
 

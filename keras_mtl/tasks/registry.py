@@ -11,16 +11,16 @@ from typing import Callable
 
 import numpy as np
 
-from keras_mtl import metrics
-from keras_mtl.backend import keras, tf
-from keras_mtl.data import common_voice, desed, speech_commands, tau22, vad
+from keras_mtl.tasks import metrics
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.data.readers import common_voice, desed, speech_commands, tau22, vad
 from keras_mtl.data.items import AudioItem
-from keras_mtl.errors import ConfigError
+from keras_mtl.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """Common task description. ``corpus`` names the reader in ``keras_mtl.data.corpora``."""
+    """Common task description. ``corpus`` names the reader in ``keras_mtl.data.readers.corpora``."""
 
     name: str
     classes: tuple[str, ...]
@@ -156,10 +156,10 @@ def resolve_tasks(names, custom: dict | None = None) -> list[Task]:
 
 
 def manifest_task(name: str, level: str, manifest, seconds: float | None = None) -> Task:
-    """A user-defined task read from a manifest (see ``keras_mtl.data.manifest``)."""
+    """A user-defined task read from a manifest (see ``keras_mtl.data.readers.manifest``)."""
     from pathlib import Path
 
-    from keras_mtl.data import manifest as manifest_io
+    from keras_mtl.data.readers import manifest as manifest_io
 
     if level not in ("clip", "frame"):
         raise ConfigError(f"task {name}: level must be clip or frame, not {level!r}")

@@ -1,29 +1,15 @@
 """TODO docstring."""
 from __future__ import annotations
 
-import contextlib
-import csv
-import dataclasses
-import io
-import json
-import logging
-import math
 import os
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from keras_mtl import architectures, fileio, profiling, reporting, weighting
-from keras_mtl.backend import keras, tf
-from keras_mtl.config import RunConfig
-from keras_mtl.data import corpora, speech_synth, synthetic
-from keras_mtl.data.pipeline import (FeatureExtractor, TaskSplit, feature_statistics, make_dataset,
-                                     make_semi_supervised_dataset)
-from keras_mtl.errors import ConfigError, DataError
-from keras_mtl.strategies import SUMMING, get_strategy, make_optimizer
-from keras_mtl.tasks import resolve_tasks
+from keras_mtl.core import fileio
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.fileio import write_rows
 
 
 class EpochValidation(keras.callbacks.Callback):
@@ -75,7 +61,7 @@ class HistoryWriter(keras.callbacks.Callback):
 class BatchLossWriter(keras.callbacks.Callback):
     """Writes batch_loss.csv at every epoch end: per training batch, the step and the losses Keras
     reports after it (running means over the epoch so far, total and per task); the learning curve
-    at batch resolution (keras_mtl.analysis)."""
+    at batch resolution (keras_mtl.studies.analysis)."""
 
     def __init__(self, path: Path):
         super().__init__()

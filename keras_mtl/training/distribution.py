@@ -1,29 +1,13 @@
 """TODO docstring."""
 from __future__ import annotations
 
-import contextlib
-import csv
-import dataclasses
-import io
 import json
-import logging
-import math
 import os
-import time
-from pathlib import Path
 
-import numpy as np
-import yaml
 
-from keras_mtl import architectures, fileio, profiling, reporting, weighting
-from keras_mtl.backend import keras, tf
-from keras_mtl.config import RunConfig
-from keras_mtl.data import corpora, speech_synth, synthetic
-from keras_mtl.data.pipeline import (FeatureExtractor, TaskSplit, feature_statistics, make_dataset,
-                                     make_semi_supervised_dataset)
-from keras_mtl.errors import ConfigError, DataError
-from keras_mtl.strategies import SUMMING, get_strategy, make_optimizer
-from keras_mtl.tasks import resolve_tasks
+from keras_mtl.core.backend import tf
+from keras_mtl.runs.config import RunConfig
+from keras_mtl.core.errors import ConfigError
 
 
 def make_distribution(config: RunConfig):

@@ -2,28 +2,27 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
-import io
-import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from keras_mtl import architectures, fileio, profiling, reporting, weighting
-from keras_mtl.backend import keras, tf
-from keras_mtl.config import RunConfig
-from keras_mtl.data import corpora, speech_synth, synthetic
-from keras_mtl.data.pipeline import (FeatureExtractor, TaskSplit, feature_statistics, make_dataset,
-                                     make_semi_supervised_dataset)
-from keras_mtl.errors import ConfigError, DataError
-from keras_mtl.strategies import SUMMING, get_strategy, make_optimizer
-from keras_mtl.tasks import resolve_tasks
+from keras_mtl.models import architectures
+from keras_mtl.core import fileio, reporting
+from keras_mtl.training import weighting
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.runs.config import RunConfig
+from keras_mtl.data.pipeline import TaskSplit, feature_statistics, make_dataset, make_semi_supervised_dataset
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.training.strategies import SUMMING, get_strategy, make_optimizer
+from keras_mtl.tasks.registry import resolve_tasks
+from keras_mtl.training.callbacks import BatchLossWriter, EpochCheckpoint, EpochValidation, HistoryWriter, checkpoint_of
+from keras_mtl.runs.inputs import PreparedData, prepare_data
+from keras_mtl.runs.network import build_network
+from keras_mtl.runs.folder import default_output_dir, describe_run, latest_checkpoint
+from keras_mtl.training.distribution import make_distribution, worker_role
 
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ def strategy_class(config: RunConfig):
     """The strategy class a run trains with: the architecture's own (mtl-vae) or --strategy."""
     own = architectures.get_architecture(config.architecture).strategy
     if own == "mtl-vae":
-        from keras_mtl.vae import MTLVAE
+        from keras_mtl.training.vae import MTLVAE
 
         return MTLVAE
     return get_strategy(config.strategy)
@@ -91,7 +90,7 @@ def fit_network(network: keras.Model, tasks, data: PreparedData, config: RunConf
     """Trains ``network`` on ``tasks`` (SoftMTL unless ``strategy_cls``) with a fresh optimizer, the
     run's batches, learning-rate schedule and loss weights; returns the fitted strategy. For
     procedures that train a network several times (compression)."""
-    from keras_mtl.strategies import SoftMTL
+    from keras_mtl.training.strategies import SoftMTL
 
     tc = config.training
     epochs = tc.epochs if epochs is None else int(epochs)
@@ -108,7 +107,7 @@ def fit_network(network: keras.Model, tasks, data: PreparedData, config: RunConf
     augment = config.augment if tc.augment else None
     batches = tf.data.Dataset.zip({t.name: training_batches(t, data, tc, augment, config.seed) for t in tasks})
     strategy.fit(batches, epochs=epochs, steps_per_epoch=steps, callbacks=list(callbacks),
-                 verbose=1 if _interactive() else 2)
+                 verbose=1 if interactive() else 2)
     return strategy
 
 
@@ -127,7 +126,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
 
     if dry_run:
         network = build_network(config, tasks)
-        return _describe(network, tasks, config, output_dir=None)
+        return describe_run(network, tasks, config, output_dir=None)
 
     data = prepare_data(config, tasks)
     prep_seconds = time.monotonic() - started
@@ -164,7 +163,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
         if not chief:
             out = out / role  # workers other than the chief keep their files apart
     out.mkdir(parents=True, exist_ok=True)
-    info = _describe(network, tasks, config, output_dir=out)
+    info = describe_run(network, tasks, config, output_dir=out)
     log.info("run folder: %s", out)
     strategy_name = architectures.get_architecture(config.architecture).strategy or config.strategy
     log.info("training %s on %s: %d epochs x %d steps%s", strategy_name, "+".join(config.tasks), tc.epochs, steps,
@@ -211,7 +210,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
             epochs=(index + 1) * tc.epochs,
             steps_per_epoch=steps,
             callbacks=callbacks,
-            verbose=1 if _interactive() else 2,
+            verbose=1 if interactive() else 2,
         )
     fit_seconds = time.monotonic() - fit_started
 
@@ -251,7 +250,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
     return metrics
 
 
-def _interactive() -> bool:
+def interactive() -> bool:
     import sys
 
     return sys.stdout.isatty()

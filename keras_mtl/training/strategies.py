@@ -23,9 +23,9 @@ import functools
 
 from typing import Sequence
 
-from keras_mtl.backend import keras, tf
-from keras_mtl.errors import ConfigError
-from keras_mtl.models import task_submodel
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.models.mtl import task_submodel
 
 STRONG, WEAK, UNLABELED, STRONG_REAL = 0, 1, 2, 3  # item roles in a semi-supervised batch
 
@@ -145,8 +145,8 @@ class MultiTaskStrategy(keras.Model):
         weak_rows = tf.logical_or(strong_rows, tf.equal(role, WEAK))
         strong_targets = tf.boolean_mask(targets["strong"], strong_rows)
         strong_predictions = tf.boolean_mask(student[task.name], strong_rows)
-        loss = _bce(strong_targets, strong_predictions)
-        loss += _bce(tf.boolean_mask(targets["weak"], weak_rows), tf.boolean_mask(student[weak_key(task.name)], weak_rows))
+        loss = bce(strong_targets, strong_predictions)
+        loss += bce(tf.boolean_mask(targets["weak"], weak_rows), tf.boolean_mask(student[weak_key(task.name)], weak_rows))
         if training and teacher is not None:
             consistency = tf.reduce_mean(tf.square(student[task.name] - tf.stop_gradient(teacher[task.name])))
             consistency += tf.reduce_mean(tf.square(student[weak_key(task.name)] - tf.stop_gradient(teacher[weak_key(task.name)])))
@@ -346,7 +346,7 @@ class FreezeMTL(MultiTaskStrategy):
         return {m.name: m.result() for m in self.metrics}
 
 
-def _bce(y_true, y_pred):
+def bce(y_true, y_pred):
     """Mean binary cross-entropy; 0 for an empty selection."""
     if y_true.shape.rank is not None and y_true.shape[0] == 0:
         return tf.constant(0.0)

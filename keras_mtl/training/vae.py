@@ -1,15 +1,13 @@
 """TODO docstring."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
-import numpy as np
 
-from keras_mtl import models
-from keras_mtl.backend import keras, tf
-from keras_mtl.errors import ConfigError
-from keras_mtl.strategies import STRONG, STRONG_REAL, UNLABELED, WEAK, MultiTaskStrategy, _bce
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.training.strategies import STRONG, STRONG_REAL, UNLABELED, WEAK, MultiTaskStrategy, bce
+from keras_mtl.models.vae import LATENT_LOG_VAR, LATENT_MEAN, RECONSTRUCTION, RECONSTRUCTION_TARGET, kl_divergence
 
 
 class MTLVAE(MultiTaskStrategy):
@@ -52,8 +50,8 @@ class MTLVAE(MultiTaskStrategy):
             strong_targets, weak_targets = targets, tf.reduce_max(targets, axis=1)
         strong_rows = tf.logical_or(tf.equal(role, STRONG), tf.equal(role, STRONG_REAL))
         terms = {
-            "strong_bce": _bce(tf.boolean_mask(strong_targets, strong_rows), tf.boolean_mask(outputs[name], strong_rows)),
-            "weak_bce": _bce(tf.boolean_mask(weak_targets, tf.equal(role, WEAK)),
+            "strong_bce": bce(tf.boolean_mask(strong_targets, strong_rows), tf.boolean_mask(outputs[name], strong_rows)),
+            "weak_bce": bce(tf.boolean_mask(weak_targets, tf.equal(role, WEAK)),
                              tf.boolean_mask(outputs[f"{name}_weak"], tf.equal(role, WEAK))),
         }
         unlabeled = tf.equal(role, UNLABELED)

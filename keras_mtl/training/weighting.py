@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_mtl.backend import keras
-from keras_mtl.errors import ConfigError
-from keras_mtl.strategies import SUMMING
+from keras_mtl.core.backend import keras
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.training.strategies import SUMMING
 
 
 def dwa_weights(previous: np.ndarray, before_previous: np.ndarray, temperature: float = 2.0) -> np.ndarray:

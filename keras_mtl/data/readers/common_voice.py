@@ -14,8 +14,8 @@ import logging
 from pathlib import Path
 
 from keras_mtl.data.items import AudioItem
-from keras_mtl.data.tables import read_table
-from keras_mtl.errors import DataError
+from keras_mtl.data.readers.tables import read_table
+from keras_mtl.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

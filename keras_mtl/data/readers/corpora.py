@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from keras_mtl.data import common_voice, desed, manifest, speech_commands, tau22, vad
+from keras_mtl.data.readers import common_voice, desed, manifest, speech_commands, tau22, vad
 from keras_mtl.data.items import AudioItem
-from keras_mtl.errors import DataError
+from keras_mtl.core.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)

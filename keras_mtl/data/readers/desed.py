@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from keras_mtl.data.items import AudioItem, Event
-from keras_mtl.data.tables import iter_audio_files, parse_float, read_table
-from keras_mtl.errors import DataError
+from keras_mtl.data.readers.tables import iter_audio_files, parse_float, read_table
+from keras_mtl.core.errors import DataError
 
 CLASSES = (
     "Alarm_bell_ringing",

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import soundfile as sf
 
-from keras_mtl.data.desed import parse_event
+from keras_mtl.data.readers.desed import parse_event
 from keras_mtl.data.items import AudioItem, Event
-from keras_mtl.data.tables import read_table
-from keras_mtl.errors import DataError
+from keras_mtl.data.readers.tables import read_table
+from keras_mtl.core.errors import DataError
 
 SPLITS = ("train", "test")
 TEST_SHARE = 0.2
@@ -119,8 +119,8 @@ def build_clip_manifest(folder: str | Path, out: str | Path, label_pattern: str,
     import os
     import re
 
-    from keras_mtl import fileio
-    from keras_mtl.data.tables import iter_audio_files
+    from keras_mtl.core import fileio
+    from keras_mtl.data.readers.tables import iter_audio_files
 
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():

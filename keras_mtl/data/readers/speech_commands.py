@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from keras_mtl.data.items import AudioItem
-from keras_mtl.errors import DataError
+from keras_mtl.core.errors import DataError
 
 WORDS = (
     "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward",

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from keras_mtl.errors import DataError
+from keras_mtl.core.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from keras_mtl.data.items import AudioItem
-from keras_mtl.data.tables import read_table
-from keras_mtl.errors import DataError
+from keras_mtl.data.readers.tables import read_table
+from keras_mtl.core.errors import DataError
 
 SCENES = (
     "airport",

@@ -1,19 +1,13 @@
 """TODO docstring."""
 from __future__ import annotations
 
-import dataclasses
-import logging
 from pathlib import Path
 
-import numpy as np
-from tqdm.auto import tqdm
 
-from keras_mtl import fileio
-from keras_mtl.data.audio import load_audio, write_wav
-from keras_mtl.data.desed import read_strong_tsv
+from keras_mtl.data.readers.desed import read_strong_tsv
 from keras_mtl.data.items import AudioItem
-from keras_mtl.data.tables import parse_float, read_table
-from keras_mtl.errors import DataError
+from keras_mtl.data.readers.tables import parse_float, read_table
+from keras_mtl.core.errors import DataError
 
 
 CLASSES = ("speech",)

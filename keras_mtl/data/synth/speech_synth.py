@@ -24,12 +24,13 @@ import soundfile as sf
 import soxr
 from tqdm.auto import tqdm
 
-from keras_mtl import fileio
-from keras_mtl.data import sounds, tau22
+from keras_mtl.core import fileio
+from keras_mtl.data.synth import sounds
+from keras_mtl.data.readers import tau22
 from keras_mtl.data.audio import write_wav
-from keras_mtl.data.common_voice import AGE_GROUPS
-from keras_mtl.data.speech_commands import WORDS
-from keras_mtl.errors import DataError
+from keras_mtl.data.readers.common_voice import AGE_GROUPS
+from keras_mtl.data.readers.speech_commands import WORDS
+from keras_mtl.core.errors import DataError
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 4
@@ -265,7 +266,7 @@ def generate_speech(root: str | Path, config: SpeechSynthConfig) -> Path:
     for split, file in (("train", "train.tsv"), ("validation", "dev.tsv"), ("test", "test.tsv")):
         fileio.write_text(cv / file, "\n".join([header, *rows[split]]) + "\n")
 
-    from keras_mtl.data.vad import VadBuildConfig, build_vad_set
+    from keras_mtl.data.synth.vad_mix import VadBuildConfig, build_vad_set
 
     utterances = sorted((cv / "clips").glob(f"*.{ext}"))
     build_vad_set(root / "vad", utterances, sorted(noise_dir.glob("*.wav")),

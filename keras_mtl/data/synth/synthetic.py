@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from keras_mtl import fileio
-from keras_mtl.data import desed, sounds, tau22
+from keras_mtl.core import fileio
+from keras_mtl.data.readers import desed, tau22
+from keras_mtl.data.synth import sounds
 from keras_mtl.data.audio import write_wav
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def ensure_synthetic(base: str | os.PathLike, config: SyntheticConfig, workers: 
 
 def generate(root: str | os.PathLike, config: SyntheticConfig, workers: int | None = None) -> Path:
     root = Path(root)
-    plans = _plan_all(config)
+    plans = plan_all(config)
     jobs = [(root / rel, plan) for rel, plan in plans["audio"] if not (root / rel).is_file()]
     if jobs:
         _render_all(jobs, config.sample_rate, workers)
@@ -196,7 +197,7 @@ def _plan_sed(config: SyntheticConfig, split: str, count: int) -> list[dict]:
     return plans
 
 
-def _plan_all(config: SyntheticConfig) -> dict:
+def plan_all(config: SyntheticConfig) -> dict:
     asc_train = _plan_asc(config, "asc_train", config.asc_train_per_scene)
     asc_test = _plan_asc(config, "asc_test", config.asc_test_per_scene)
     sed = {split: _plan_sed(config, split, count) for split, count in (

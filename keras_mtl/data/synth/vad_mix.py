@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from keras_mtl import fileio
+from keras_mtl.core import fileio
 from keras_mtl.data.audio import load_audio, write_wav
-from keras_mtl.data.desed import read_strong_tsv
-from keras_mtl.data.items import AudioItem
-from keras_mtl.data.tables import parse_float, read_table
-from keras_mtl.errors import DataError
+from keras_mtl.core.errors import DataError
+from keras_mtl.data.readers.vad import SPLITS
 
 
 log = logging.getLogger(__name__)
