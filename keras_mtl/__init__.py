@@ -1,4 +1,5 @@
 """keras-mtl: compact multi-task audio models (ASC, SED, speech tasks) for microcontrollers."""
+
 import os
 
 # tf_keras (Keras 2) everywhere: must be set before TensorFlow is first imported.

@@ -10,6 +10,7 @@ Writes <out>/runs/<job>/ (ordinary run folders; finished ones are not trained ag
 matching single-task and all-shared pair runs of a synergy folder), measurements.csv, gains.csv,
 correlations.csv, regression.json, efficiency.csv, report.md, correlations.png, learning_curves.png.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -9,6 +9,7 @@ Interrupted downloads resume where they stopped; checksums are verified before e
 archive members that would escape the target folder are refused. Corpora that need manual
 steps (Common Voice terms, DESED's YouTube sources) print what to do.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ log = logging.getLogger("download")
 
 
 def main(argv=None) -> int:
-    from keras_mtl.data.download import download_corpus, load_descriptor
     from keras_mtl.core.errors import UserError
+    from keras_mtl.data.download import download_corpus, load_descriptor
 
     known = sorted(p.parent.name for p in DATASETS.glob("*/descriptor.yaml"))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     cli.setup_logging()
     path = Path(args.corpus)
-    if not path.suffix in (".yaml", ".yml"):
+    if path.suffix not in (".yaml", ".yml"):
         if args.corpus not in known:
             raise UserError(f"unknown corpus {args.corpus!r} (known: {', '.join(known)})")
         path = DATASETS / args.corpus / "descriptor.yaml"

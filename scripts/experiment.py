@@ -10,6 +10,7 @@
 
 Rerunning the same command skips every finished row and rewrites table.md, results.json and the plots.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,9 @@ log = logging.getLogger("experiment")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("experiment", help="strategies (seed 000 Table 3), weighting (seed 003), vae-data or vae-encoder (seed 002)")
+    p.add_argument(
+        "experiment", help="strategies (seed 000 Table 3), weighting (seed 003), vae-data or vae-encoder (seed 002)"
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--rows", help="only these rows (comma-separated names; see --dry-run)")
     p.add_argument("--preset", help="built-in configuration the rows start from (default: the experiment's own)")
@@ -39,8 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
-    from keras_mtl.studies import experiments
     from keras_mtl.core.errors import ConfigError
+    from keras_mtl.studies import experiments
 
     experiment = experiments.get_experiment(args.experiment)
     try:

@@ -9,6 +9,7 @@ Needs cmake, gcc-arm-none-eabi (+ libnewlib-arm-none-eabi, libstdc++-arm-none-ea
 qemu-system-arm. TFLite-Micro is fetched by CMake at the pinned commit unless --tflm-source names a
 local checkout of it. Writes <export>/firmware/ (build tree, listener output, firmware_check.json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
     from keras_mtl.core import fileio
-    from keras_mtl.deploy import firmware
     from keras_mtl.core.errors import ConfigError
+    from keras_mtl.deploy import firmware
 
     export_dir = Path(args.export_dir)
     if not (export_dir / "c" / "km_pieces.h").is_file():
@@ -45,7 +46,9 @@ def main(argv=None) -> int:
         raise ConfigError(f"{args.wav}: no such file")
     out = export_dir / "firmware"
     log.info("building the firmware (the first build compiles TFLite-Micro: a few minutes)")
-    elf = firmware.build(export_dir, args.wav, Path(args.build_dir) if args.build_dir else out / "build", args.tflm_source)
+    elf = firmware.build(
+        export_dir, args.wav, Path(args.build_dir) if args.build_dir else out / "build", args.tflm_source
+    )
     print(f"firmware: {elf}")
     if args.build_only:
         return 0
@@ -56,14 +59,24 @@ def main(argv=None) -> int:
     device = firmware.parse_listener_output(output)
     host = firmware.expected_report(export_dir, args.wav)
     problems = firmware.compare(host, device)
-    fileio.write_json(out / "firmware_check.json", {"wav": str(args.wav), "agrees": not problems, "problems": problems,
-                                                    "firmware": device.as_json(), "host": host.as_json()})
+    fileio.write_json(
+        out / "firmware_check.json",
+        {
+            "wav": str(args.wav),
+            "agrees": not problems,
+            "problems": problems,
+            "firmware": device.as_json(),
+            "host": host.as_json(),
+        },
+    )
     if problems:
         for line in problems:
             print(f"differs from the host: {line}")
         return 1
-    print("the firmware's scenes and events equal the host int8 pipeline's "
-          "(up to one output step where CMSIS-NN and the reference kernels round differently)")
+    print(
+        "the firmware's scenes and events equal the host int8 pipeline's "
+        "(up to one output step where CMSIS-NN and the reference kernels round differently)"
+    )
     return 0
 
 

@@ -5,6 +5,7 @@
         --label '^(\\d+)_' --test '_[0-4]\\.wav$'
     python scripts/train.py --task-set digits --task digits=clip:fsdd.csv
 """
+
 from __future__ import annotations
 
 import argparse

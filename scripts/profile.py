@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Print a model's per-layer parameters and MACs per second of audio, with int8 memory estimates.
 
-    python scripts/profile.py --task-set asc,sed                       # default preset
-    python scripts/profile.py --preset seed000 --task-set asc,sed      # seed 000's MT model
-    python scripts/profile.py --model cp_mobile                        # DCASE 2024 Task 1 baseline
+python scripts/profile.py --task-set asc,sed                       # default preset
+python scripts/profile.py --preset seed000 --task-set asc,sed      # seed 000's MT model
+python scripts/profile.py --model cp_mobile                        # DCASE 2024 Task 1 baseline
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,12 @@ from keras_mtl.cli import common as cli
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="mtl", choices=("mtl", "cp_mobile"),
-                   help="mtl: the multi-task builder with --preset/--task-set; cp_mobile: the DCASE 2024 baseline")
+    p.add_argument(
+        "--model",
+        default="mtl",
+        choices=("mtl", "cp_mobile"),
+        help="mtl: the multi-task builder with --preset/--task-set; cp_mobile: the DCASE 2024 baseline",
+    )
     p.add_argument("--preset", default="default")
     p.add_argument("--task-set", default="asc,sed")
     p.add_argument("--shared-blocks", type=int, help="number of shared conv blocks (default: all)")
@@ -25,9 +30,9 @@ def main(argv=None) -> int:
 
     import dataclasses
 
-    from keras_mtl.runs import config as run_config
-    from keras_mtl.models import profiling
     from keras_mtl.features.logmel import FrontEndConfig
+    from keras_mtl.models import profiling
+    from keras_mtl.runs import config as run_config
 
     if args.model == "cp_mobile":
         from keras_mtl.models.cp_mobile import build_cp_mobile
@@ -52,8 +57,10 @@ def main(argv=None) -> int:
     print(profiling.format_table(layers))
     total = summary["total"]
     print(f"\nKeras parameter count (incl. non-trainable): {model.count_params():,}")
-    print(f"int8 weights: {total['int8_weight_bytes']:,} bytes; peak activations (int8, batch 1, "
-          f"{args.seconds:g} s): {total['int8_activation_bytes']:,} bytes")
+    print(
+        f"int8 weights: {total['int8_weight_bytes']:,} bytes; peak activations (int8, batch 1, "
+        f"{args.seconds:g} s): {total['int8_activation_bytes']:,} bytes"
+    )
     for name, part in summary["task_paths"].items():
         print(f"{name} path: {part['params']:,} params, {part['macs_per_second']:,} MACs")
     return 0

@@ -11,6 +11,7 @@ independent, flat and other split models.
 Writes <out>/runs/<job>/ (one ordinary run folder per model; a finished one is not trained again),
 tree.json, results.json, tables.md, ar.csv, models.csv, graph.png and tree.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-root", action="append", help="as in train.py: DIR, or task=DIR (repeatable)")
     p.add_argument("--output-dir", help="experiment folder (default runs/synergy-<tasks>)")
     p.add_argument("--shard", metavar="I/N", help="train only the I-th of N shares of stages 1-2, then stop")
-    p.add_argument("--merge", action="store_true", help="stages 1-2 are done (by shards): synthesise, run stage 4, tabulate")
-    p.add_argument("--compress", default="", metavar="lth,lt4rec",
-                   help="also prune the largest flat model to the tree's size with these methods (Table 4's LTH / LT4REC rows)")
-    p.add_argument("--compress-rate", type=float, default=0.2,
-                   help="fraction of surviving weights pruned per round by --compress (default 0.2)")
-    p.add_argument("--dry-run", action="store_true", help="check the settings and list the stage 1-2 runs; train nothing")
+    p.add_argument(
+        "--merge", action="store_true", help="stages 1-2 are done (by shards): synthesise, run stage 4, tabulate"
+    )
+    p.add_argument(
+        "--compress",
+        default="",
+        metavar="lth,lt4rec",
+        help="also prune the largest flat model to the tree's size with these methods (Table 4's LTH / LT4REC rows)",
+    )
+    p.add_argument(
+        "--compress-rate",
+        type=float,
+        default=0.2,
+        help="fraction of surviving weights pruned per round by --compress (default 0.2)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="check the settings and list the stage 1-2 runs; train nothing"
+    )
     cli.add_logging_options(p)
     return p.parse_args(argv)
 
@@ -46,8 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
-    from keras_mtl.studies import synergy
     from keras_mtl.core.errors import ConfigError
+    from keras_mtl.studies import synergy
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
@@ -58,10 +71,18 @@ def main(argv=None) -> int:
         raise ConfigError("--merge assembles the shards' runs: give it without --shard")
     base = cli.base_config(args.preset, args.config, args.epochs, args.data_root)
     out = Path(args.output_dir or f"runs/synergy-{'-'.join(tasks)}")
-    summary = synergy.run_synergy(tasks, depths, args.threshold, base, out, synergy.parse_shard(args.shard),
-                                  merge=args.merge, dry_run=args.dry_run,
-                                  compress=[m.strip() for m in args.compress.split(",") if m.strip()],
-                                  compress_rate=args.compress_rate)
+    summary = synergy.run_synergy(
+        tasks,
+        depths,
+        args.threshold,
+        base,
+        out,
+        synergy.parse_shard(args.shard),
+        merge=args.merge,
+        dry_run=args.dry_run,
+        compress=[m.strip() for m in args.compress.split(",") if m.strip()],
+        compress_rate=args.compress_rate,
+    )
     if summary is not None:
         print((out / "tables.md").read_text())
         print(f"synergy folder: {out}")

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny synthetic corpus generated once per test session."""
+
 from __future__ import annotations
 
 import dataclasses

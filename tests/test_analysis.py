@@ -1,4 +1,5 @@
 """Task-relation analysis (seed 004): statistics, curve fit, correlation/regression, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from keras_mtl.studies import analysis
 from keras_mtl.data.items import AudioItem, Event
+from keras_mtl.studies import analysis
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,8 +42,10 @@ def test_log_curve_fit_recovers_its_parameters():
 
 
 def test_overlap_share_and_snr():
-    items = [AudioItem(Path("a.wav"), "a", events=(Event(0.0, 2.0, "x"), Event(1.0, 3.0, "y"))),
-             AudioItem(Path("b.wav"), "b", events=(Event(0.0, 1.0, "x"),))]
+    items = [
+        AudioItem(Path("a.wav"), "a", events=(Event(0.0, 2.0, "x"), Event(1.0, 3.0, "y"))),
+        AudioItem(Path("b.wav"), "b", events=(Event(0.0, 1.0, "x"),)),
+    ]
     assert analysis.overlap_share(items) == pytest.approx(1.0 / 4.0, abs=0.01)  # 1 s of 4 s active
     quiet_loud = np.log(np.concatenate([np.full((50, 8), 1e-3), np.full((50, 8), 1e-1)]))
     assert analysis.snr_estimate([quiet_loud]) == pytest.approx(20.0, abs=0.01)
@@ -76,12 +79,36 @@ def test_pair_table_rows_are_ordered_pairs_with_ratios():
 def test_analyze_tasks_cli_end_to_end(tmp_path):
     env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
     out = tmp_path / "analysis"
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "analyze_tasks.py"), "--tasks", "asc,gc,vad",
-                             "--preset", "tiny", "--epochs", "2", "--output-dir", str(out), "-q"],
-                            capture_output=True, text=True, env=env, timeout=900)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "analyze_tasks.py"),
+            "--tasks",
+            "asc,gc,vad",
+            "--preset",
+            "tiny",
+            "--epochs",
+            "2",
+            "--output-dir",
+            str(out),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("measurements.csv", "gains.csv", "correlations.csv", "regression.json", "efficiency.csv", "report.md",
-                 "correlations.png", "learning_curves.png"):
+    for name in (
+        "measurements.csv",
+        "gains.csv",
+        "correlations.csv",
+        "regression.json",
+        "efficiency.csv",
+        "report.md",
+        "correlations.png",
+        "learning_curves.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     gains = pd.read_csv(out / "gains.csv")
     assert len(gains) == 6 and set(gains["main"]) == {"asc", "gc", "vad"}
@@ -92,7 +119,9 @@ def test_analyze_tasks_cli_end_to_end(tmp_path):
     efficiency = pd.read_csv(out / "efficiency.csv")
     assert efficiency.loc[0, "params"] < efficiency.loc[2, "params"]  # shared encoder: fewer than the three
     assert (efficiency["int8_latency_ms"] > 0).all() and (efficiency["int8_flatbuffer_bytes"] > 0).all()
-    assert efficiency.loc[2, "int8_flatbuffer_bytes"] == pytest.approx(3 * efficiency.loc[1, "int8_flatbuffer_bytes"], abs=3)
+    assert efficiency.loc[2, "int8_flatbuffer_bytes"] == pytest.approx(
+        3 * efficiency.loc[1, "int8_flatbuffer_bytes"], abs=3
+    )
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["pairs"]) == {"asc-gc", "asc-vad", "gc-vad"}
 
@@ -105,8 +134,10 @@ def test_reuse_takes_matching_synergy_runs_only(tmp_path):
 
     base = cli.base_config("tiny", None, 2, None)
     synergy_dir = tmp_path / "synergy"
-    for job in (synergy.Job("single-gc", "single", ("gc",), {}),
-                synergy.Job("pair-gc-vad-k2", "pair", ("gc", "vad"), {"shared_blocks": 2})):
+    for job in (
+        synergy.Job("single-gc", "single", ("gc",), {}),
+        synergy.Job("pair-gc-vad-k2", "pair", ("gc", "vad"), {"shared_blocks": 2}),
+    ):
         config = synergy.job_config(base, job, synergy_dir)
         folder = synergy_dir / "runs" / job.name
         folder.mkdir(parents=True)
@@ -114,11 +145,19 @@ def test_reuse_takes_matching_synergy_runs_only(tmp_path):
         (folder / "metrics.json").write_text("{}")
     jobs = {job.name: job for job in analysis.analysis_jobs(["gc", "vad"])}
     out = tmp_path / "analysis"
-    found = {name: analysis.matching_run(job, synergy.job_config(base, job, out), synergy_dir) for name, job in jobs.items()}
-    assert found == {"single-gc": synergy_dir / "runs" / "single-gc", "single-vad": None,
-                     "pair-gc-vad": synergy_dir / "runs" / "pair-gc-vad-k2", "all": None}
+    found = {
+        name: analysis.matching_run(job, synergy.job_config(base, job, out), synergy_dir) for name, job in jobs.items()
+    }
+    assert found == {
+        "single-gc": synergy_dir / "runs" / "single-gc",
+        "single-vad": None,
+        "pair-gc-vad": synergy_dir / "runs" / "pair-gc-vad-k2",
+        "all": None,
+    }
     other = cli.base_config("tiny", None, 3, None)  # other epochs: not the same experiment
-    assert analysis.matching_run(jobs["single-gc"], synergy.job_config(other, jobs["single-gc"], out), synergy_dir) is None
+    assert (
+        analysis.matching_run(jobs["single-gc"], synergy.job_config(other, jobs["single-gc"], out), synergy_dir) is None
+    )
 
 
 def test_event_relation_and_the_synthetic_clips_with_shared_events():
@@ -129,8 +168,9 @@ def test_event_relation_and_the_synthetic_clips_with_shared_events():
 
     from keras_mtl.data.synth.synthetic import SyntheticConfig, plan_all
 
-    config = SyntheticConfig(asc_train_per_scene=6, asc_test_per_scene=2, sed_train=4, sed_validation=2, sed_weak=2,
-                             sed_unlabeled=2)
+    config = SyntheticConfig(
+        asc_train_per_scene=6, asc_test_per_scene=2, sed_train=4, sed_validation=2, sed_weak=2, sed_unlabeled=2
+    )
     relation, left_out = analysis.synthetic_overlap(config)
     plans = {p["file"]: p for p in plan_all(config)["asc_train"]}
     assert left_out and set(left_out) < set(plans)  # some clips are kept: those without a shared event
@@ -147,10 +187,12 @@ def test_overlap_rows_compare_scene_groups():
             tasks["sed"] = {"metrics": {"event_f1_macro": sed}}
         return {"tasks": tasks}
 
-    metrics = {"single-asc": run(0.5, {"park": 0.4, "street": 0.6, "mall": 0.5}),
-               "pair-asc-sed": run(0.6, {"park": 0.5, "street": 0.5, "mall": 0.8}, 0.3),
-               "overlap-single-asc": run(0.4, {"park": 0.2, "street": 0.4, "mall": 0.6}),
-               "overlap-pair-asc-sed": run(0.45, {"park": 0.3, "street": 0.3, "mall": 0.75}, 0.25)}
+    metrics = {
+        "single-asc": run(0.5, {"park": 0.4, "street": 0.6, "mall": 0.5}),
+        "pair-asc-sed": run(0.6, {"park": 0.5, "street": 0.5, "mall": 0.8}, 0.3),
+        "overlap-single-asc": run(0.4, {"park": 0.2, "street": 0.4, "mall": 0.6}),
+        "overlap-pair-asc-sed": run(0.45, {"park": 0.3, "street": 0.3, "mall": 0.75}, 0.25),
+    }
     rows = analysis.overlap_rows(relation, metrics, clips=30, left_out=12)
     assert [r["model"] for r in rows] == ["ASC alone", "ASC + SED"] * 2
     assert rows[1]["scenes with a unique event"] == pytest.approx(80.0)

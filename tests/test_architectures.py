@@ -1,22 +1,25 @@
 """Smoke test over every registered architecture: build, forward on 1 s and 10 s, profile, 2 training steps."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from keras_mtl.models import architectures, profiling
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
-from keras_mtl.training.strategies import SoftMTL, make_optimizer
+from keras_mtl.models import architectures, profiling
 from keras_mtl.tasks.registry import parse_task_set
+from keras_mtl.training.strategies import SoftMTL, make_optimizer
 
 TASKS = {
     "mtl": ("asc,sed", {"channels": (4, 8), "pools": ((2, 16), (2, 8)), "gru_units": 8}),
     "cp_mobile": ("asc", {"base_channels": 8}),
     "cp_mobile_rnn": ("asc,sed", {"base_channels": 8, "gru_units": 8}),
     "georgiev_dnn": ("asc,scr", {"hidden": (16, 16, 16)}),
-    "mtl-vae": ("sed", {"channels": (4, 8), "pools": ((2, 16), (2, 8)), "encoder_units": 8, "latent_dim": 4,
-                        "decoder_units": 8}),
+    "mtl-vae": (
+        "sed",
+        {"channels": (4, 8), "pools": ((2, 16), (2, 8)), "encoder_units": 8, "latent_dim": 4, "decoder_units": 8},
+    ),
 }
 
 
@@ -58,7 +61,9 @@ def test_architecture_smoke(name):
             if task.level == "clip":
                 y = rng.integers(0, task.n_classes, size=2).astype(np.int32)
             else:
-                y = (rng.random((2, architecture.output_frames(options, frames), task.n_classes)) > 0.8).astype(np.float32)
+                y = (rng.random((2, architecture.output_frames(options, frames), task.n_classes)) > 0.8).astype(
+                    np.float32
+                )
             batch[task.name] = (tf.constant(x), tf.constant(y))
         logs = strategy.train_step(batch)
         assert np.isfinite(float(logs["loss"]))

@@ -1,4 +1,5 @@
 """Lottery Ticket pruning, LT4REC sparse sharing and the compress CLI on a tiny ASC + SED setup."""
+
 from __future__ import annotations
 
 import json
@@ -10,16 +11,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_mtl.compression.pruning import SparseSharingMTL, lottery_ticket, masked, model_params, prunable_weights, prune_by_magnitude, pruning_wrappers, round_fraction
-from keras_mtl.runs.inputs import prepare_data
-from keras_mtl.runs.network import build_network
-from keras_mtl.training.fit import fit_network, training_batches
 from keras_mtl.cli import common as cli
-from keras_mtl.runs import config as run_config
+from keras_mtl.compression.pruning import (
+    SparseSharingMTL,
+    lottery_ticket,
+    masked,
+    model_params,
+    prunable_weights,
+    prune_by_magnitude,
+    pruning_wrappers,
+    round_fraction,
+)
 from keras_mtl.core.backend import keras
 from keras_mtl.core.errors import ConfigError
 from keras_mtl.models.mtl import task_submodel
+from keras_mtl.runs import config as run_config
+from keras_mtl.runs.inputs import prepare_data
+from keras_mtl.runs.network import build_network
 from keras_mtl.tasks.registry import resolve_tasks
+from keras_mtl.training.fit import fit_network, training_batches
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,8 +39,9 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("compression")
     saved = {k: os.environ.get(k) for k in ("KERAS_MTL_DATA_DIR", "KERAS_MTL_CACHE_DIR")}
     os.environ["KERAS_MTL_DATA_DIR"], os.environ["KERAS_MTL_CACHE_DIR"] = str(root / "data"), str(root / "cache")
-    config = run_config.build(run_config.merge(cli.base_config("tiny"), {"tasks": ["asc", "sed"],
-                                                                         "training": {"epochs": 1}}))
+    config = run_config.build(
+        run_config.merge(cli.base_config("tiny"), {"tasks": ["asc", "sed"], "training": {"epochs": 1}})
+    )
     tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
     data = prepare_data(config, tasks)
     yield config, tasks, data, root
@@ -84,8 +95,7 @@ def test_lottery_ticket_rounds_zeros_and_rewinding(setup):
                     assert np.all(weight.numpy()[mask.numpy() == 0] == 0), wrapper.name
 
     probe = Probe()
-    masks, rounds, metrics = lottery_ticket(network, tasks, data, config, target, rate=0.3,
-                                                        callbacks=[probe])
+    masks, rounds, metrics = lottery_ticket(network, tasks, data, config, target, rate=0.3, callbacks=[probe])
     assert [r["round"] for r in rounds] == [0, 1, 2, 3] and probe.batches == 4 * config.training.steps_per_epoch
     for row in rounds[:3]:  # the schedule: 1 - (1 - p)^r of every weight
         for key, value in row["sparsity"].items():
@@ -119,7 +129,9 @@ def _two_masks(network, seed=0):
     masks = {}
     for name in ("asc", "sed"):
         path = {v.ref() for v in task_submodel(network, name).trainable_weights}
-        masks[name] = {key: (rng.random(v.shape) < 0.6).astype(np.float32) for key, v in keys.items() if v.ref() in path}
+        masks[name] = {
+            key: (rng.random(v.shape) < 0.6).astype(np.float32) for key, v in keys.items() if v.ref() in path
+        }
     return masks
 
 
@@ -130,8 +142,10 @@ def test_sparse_sharing_masks_isolate_private_weights_and_share_the_intersection
     shared = [k for k in masks["asc"] if k in masks["sed"]]
     assert shared and all(k.startswith("shared/") for k in shared)
     assert any(not np.array_equal(masks["asc"][k], masks["sed"][k]) for k in shared)  # different masks, same weights
-    features = {"asc": np.random.default_rng(1).standard_normal((2, 101, 128)).astype(np.float32),
-                "sed": np.random.default_rng(2).standard_normal((1, 1001, 128)).astype(np.float32)}
+    features = {
+        "asc": np.random.default_rng(1).standard_normal((2, 101, 128)).astype(np.float32),
+        "sed": np.random.default_rng(2).standard_normal((1, 1001, 128)).astype(np.float32),
+    }
 
     def outputs():
         result = {}
@@ -161,8 +175,7 @@ def test_sparse_sharing_turn_updates_only_the_turns_mask(setup):
     config, tasks, data, _ = setup
     network = _network(config, tasks, data)
     masks = _two_masks(network, seed=3)
-    strategy = fit_network(network, tasks, data, config, epochs=1, strategy_cls=SparseSharingMTL,
-                                    task_masks=masks)
+    strategy = fit_network(network, tasks, data, config, epochs=1, strategy_cls=SparseSharingMTL, task_masks=masks)
     assert strategy.optimizer.iterations.numpy() == config.training.steps_per_epoch
     # an asc turn by hand (learning rate > 0): entries outside asc's mask stay bit-identical, sed's own weights too
     from keras_mtl.training.strategies import make_optimizer
@@ -185,27 +198,80 @@ def test_compress_cli_writes_run_folders(setup, tmp_path):
     config, tasks, data, root = setup
     env = dict(os.environ)
     run = tmp_path / "run"
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--preset", "tiny", "--epochs", "1",
-                             "--output-dir", str(run), "-q"], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "train.py"),
+            "--preset",
+            "tiny",
+            "--epochs",
+            "1",
+            "--output-dir",
+            str(run),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     dense = json.loads((run / "metrics.json").read_text())["model"]["params"]
     target = int(dense * 0.7)
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "compress.py"), str(run), "--method", "lt4rec",
-                             "--target-params", str(target), "--rate", "0.3", "--epochs", "1", "-q"],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "compress.py"),
+            str(run),
+            "--method",
+            "lt4rec",
+            "--target-params",
+            str(target),
+            "--rate",
+            "0.3",
+            "--epochs",
+            "1",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = run / "compress-lt4rec"
     metrics = json.loads((out / "metrics.json").read_text())
     assert abs(metrics["model"]["params"] - target) <= max(1, dense // 1000)
     assert metrics["model"]["dense_params"] == dense and set(metrics["tasks"]) == {"asc", "sed"}
     masks = np.load(out / "masks.npz")
-    assert any(k.startswith("asc/shared/") for k in masks.files) and any(k.startswith("sed/shared/") for k in masks.files)
+    assert any(k.startswith("asc/shared/") for k in masks.files) and any(
+        k.startswith("sed/shared/") for k in masks.files
+    )
     assert (out / "model.keras").is_file() and (out / "rounds.png").is_file() and (out / "history.csv").is_file()
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "compress.py"), str(run), "--method", "qat",
-                             "--epochs", "1", "--max-eval-clips", "1", "--calibration-clips", "2", "-q"], capture_output=True, text=True, env=env,
-                            timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "compress.py"),
+            str(run),
+            "--method",
+            "qat",
+            "--epochs",
+            "1",
+            "--max-eval-clips",
+            "1",
+            "--calibration-clips",
+            "2",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     qat = json.loads((run / "compress-qat" / "metrics.json").read_text())
-    assert set(qat["compression"]["int8"]) == {"asc", "sed"} and "qat_int8_streamed" in qat["compression"]["int8"]["asc"]
+    assert (
+        set(qat["compression"]["int8"]) == {"asc", "sed"} and "qat_int8_streamed" in qat["compression"]["int8"]["asc"]
+    )
     assert (run / "compress-qat" / "export" / "encoder.tflite").is_file()
     assert (run / "compress-qat" / "ptq-export" / "encoder.tflite").is_file()

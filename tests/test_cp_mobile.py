@@ -1,21 +1,35 @@
 """CP-Mobile as in the DCASE 2024 Task 1 baseline: every per-layer row of the published table."""
+
 from __future__ import annotations
 
 import numpy as np
 
+from keras_mtl.features.logmel import FrontEndConfig
 from keras_mtl.models import profiling
 from keras_mtl.models.cp_mobile import CPMobileConfig, build_cp_mobile, make_divisible
-from keras_mtl.features.logmel import FrontEndConfig
 
 # (row, params, MACs), copied from the baseline's README table (shared/reference).
 PUBLISHED = [
-    ("in_c0", 88, 304144), ("in_c1", 2368, 2506816),
-    ("b1/expand", 2176, 2228352), ("b1/depthwise", 704, 626816), ("b1/project", 2112, 2228288),
-    ("b2/expand", 2176, 2228352), ("b2/depthwise", 704, 626816), ("b2/project", 2112, 2228288),
-    ("b3/expand", 2176, 2228352), ("b3/depthwise", 704, 331904), ("b3/project", 2112, 1179712),
-    ("b4/expand", 2176, 1179776), ("b4/depthwise", 704, 166016), ("b4/project", 3696, 1032304),
-    ("b5/expand", 6960, 1935600), ("b5/depthwise", 1320, 311280), ("b5/project", 6832, 1935472),
-    ("b6/expand", 6960, 1935600), ("b6/depthwise", 1320, 311280), ("b6/project", 12688, 3594448),
+    ("in_c0", 88, 304144),
+    ("in_c1", 2368, 2506816),
+    ("b1/expand", 2176, 2228352),
+    ("b1/depthwise", 704, 626816),
+    ("b1/project", 2112, 2228288),
+    ("b2/expand", 2176, 2228352),
+    ("b2/depthwise", 704, 626816),
+    ("b2/project", 2112, 2228288),
+    ("b3/expand", 2176, 2228352),
+    ("b3/depthwise", 704, 331904),
+    ("b3/project", 2112, 1179712),
+    ("b4/expand", 2176, 1179776),
+    ("b4/depthwise", 704, 166016),
+    ("b4/project", 3696, 1032304),
+    ("b5/expand", 6960, 1935600),
+    ("b5/depthwise", 1320, 311280),
+    ("b5/project", 6832, 1935472),
+    ("b6/expand", 6960, 1935600),
+    ("b6/depthwise", 1320, 311280),
+    ("b6/project", 12688, 3594448),
 ]
 CLASSIFIER = [("asc/classifier_conv", 1040, 299520), ("asc/classifier_bn", 20, 20), ("asc/pool", 0, 0)]
 # 32 kHz, hop 500 -> 65 frames per second; 256 mel bands (the baseline's front end)

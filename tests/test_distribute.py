@@ -1,6 +1,7 @@
 """tf.distribute: two workers on localhost (two processes, TF_CONFIG on loopback ports) end with the
 same weights, student and mean teacher, although they start from different seeds and read
 different batches."""
+
 from __future__ import annotations
 
 import json
@@ -31,12 +32,34 @@ def _two_workers(tmp_path: Path, *args: str) -> Path:
     processes = []
     for index in range(2):
         config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
-        env = dict(os.environ, TF_CONFIG=json.dumps(config), KERAS_MTL_DATA_DIR=str(tmp_path / f"data{index}"),
-                   KERAS_MTL_CACHE_DIR=str(tmp_path / f"cache{index}"))
+        env = dict(
+            os.environ,
+            TF_CONFIG=json.dumps(config),
+            KERAS_MTL_DATA_DIR=str(tmp_path / f"data{index}"),
+            KERAS_MTL_CACHE_DIR=str(tmp_path / f"cache{index}"),
+        )
         # different seeds: equal weights at the end need the initial broadcast and synchronised steps
-        processes.append(subprocess.Popen(
-            [sys.executable, str(TRAIN), "--preset", "tiny", "--distribute", "multi-worker", "--seed", str(7 + index),
-             "--output-dir", str(out), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(TRAIN),
+                    "--preset",
+                    "tiny",
+                    "--distribute",
+                    "multi-worker",
+                    "--seed",
+                    str(7 + index),
+                    "--output-dir",
+                    str(out),
+                    *args,
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for process in processes:
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-3000:]
@@ -47,8 +70,11 @@ def _checkpoint_values(run: Path) -> dict:
     folder = run / "checkpoint"
     latest = (folder / "latest").read_text().strip()
     reader = tf.train.load_checkpoint(str(folder / latest / "state"))
-    return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(str(folder / latest / "state"))
-            if "network" in name or "teacher" in name}
+    return {
+        name: reader.get_tensor(name)
+        for name, _ in tf.train.list_variables(str(folder / latest / "state"))
+        if "network" in name or "teacher" in name
+    }
 
 
 @pytest.mark.parametrize("strategy", ["soft", "cross-soft", "hard"])

@@ -1,4 +1,5 @@
 """Downloader against a local HTTP server: good, interrupted+resumed, bad checksum, traversal."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from keras_mtl.data.download import download_corpus, extract, load_descriptor
 from keras_mtl.core.errors import DataError, UserError
+from keras_mtl.data.download import download_corpus, extract, load_descriptor
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,8 +87,12 @@ def _tar(members: dict[str, bytes]) -> bytes:
 
 def _descriptor(server, name, data, **extra):
     server.files[name] = data
-    return {"name": "demo", "files": [{"url": f"{server.base}/{name}", "sha256": hashlib.sha256(data).hexdigest(),
-                                       "size": len(data), **extra}]}
+    return {
+        "name": "demo",
+        "files": [
+            {"url": f"{server.base}/{name}", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), **extra}
+        ],
+    }
 
 
 CONTENT = {"corpus/a.txt": b"alpha" * 1000, "corpus/sub/b.txt": b"beta" * 50000}
@@ -158,8 +163,11 @@ def test_manual_corpora_and_descriptors_in_repo(tmp_path):
         assert descriptor.get("files") or descriptor.get("manual"), path
     with pytest.raises(UserError, match="needs manual steps"):
         download_corpus(load_descriptor(REPO / "datasets/common_voice/descriptor.yaml"), tmp_path)
-    result = subprocess.run([sys.executable, str(REPO / "scripts/download.py"), "common_voice", "--to", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts/download.py"), "common_voice", "--to", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Mozilla Data Collective" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -167,7 +175,10 @@ def test_download_script_end_to_end(server, tmp_path):
     descriptor = _descriptor(server, "demo.tar.gz", _tar(CONTENT))
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(descriptor))
-    result = subprocess.run([sys.executable, str(REPO / "scripts/download.py"), str(path), "--to", str(tmp_path / "o")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts/download.py"), str(path), "--to", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o/corpus/a.txt").is_file()

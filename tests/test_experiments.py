@@ -1,4 +1,5 @@
 """Experiment tables: aggregation over seeds, and a resumable end-to-end run on the tiny preset."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from keras_mtl.studies import experiments
 from keras_mtl.core import fileio
 from keras_mtl.core.errors import ConfigError
+from keras_mtl.studies import experiments
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,8 +52,21 @@ def test_unknown_experiment_and_row():
 def test_weighting_experiment_end_to_end_and_resume(tmp_path):
     env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
     out = tmp_path / "exp"
-    command = [sys.executable, str(REPO / "scripts" / "experiment.py"), "weighting", "--preset", "tiny", "--seeds", "0",
-               "--rows", "fixed,mfl", "--epochs", "2", "--output-dir", str(out)]
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "experiment.py"),
+        "weighting",
+        "--preset",
+        "tiny",
+        "--seeds",
+        "0",
+        "--rows",
+        "fixed,mfl",
+        "--epochs",
+        "2",
+        "--output-dir",
+        str(out),
+    ]
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     for name in ("table.md", "results.json", "results.png", "weights.png"):

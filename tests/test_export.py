@@ -1,5 +1,6 @@
 """Streaming int8 export: the pieces equal the trained network, TFLite-Micro agrees with LiteRT,
 the C arrays round-trip, and the C front end matches the Python one."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from keras_mtl.core.backend import keras
+from keras_mtl.deploy import agreement, c_arrays
+from keras_mtl.deploy.qat import copy_back, quantization_aware
 from keras_mtl.deploy.streaming import StreamingRunner, keras_call, plan_streaming, receptive_radius
 from keras_mtl.deploy.tflite import Int8Model, convert_int8
-from keras_mtl.deploy.qat import copy_back, quantization_aware
-from keras_mtl.deploy import agreement, c_arrays
-from keras_mtl.core.backend import keras
 from keras_mtl.features.logmel import FrontEndConfig, LogMel
 from keras_mtl.models.mtl import ModelConfig, build_model
 from keras_mtl.tasks.registry import parse_task_set
@@ -52,7 +53,9 @@ def test_gru_step_model_equals_the_trained_gru():
 
 def test_context_windows_reproduce_the_whole_clip_encoder_inside_the_clip():
     network, tasks, plan = _plan()
-    assert plan.context_frames >= receptive_radius(keras.Model(network.input, network.get_layer("shared/frames").output))
+    assert plan.context_frames >= receptive_radius(
+        keras.Model(network.input, network.get_layer("shared/frames").output)
+    )
     rng = np.random.default_rng(1)
     features = rng.standard_normal((1001, 128)).astype(np.float32) - 5.0
     full = np.asarray(keras.Model(network.input, network.get_layer("shared/frames").output)(features[None]))[0]
@@ -66,8 +69,9 @@ def test_streaming_models_do_not_depend_on_clip_length():
     _, _, ten_seconds = _plan("asc,sed")
     _, _, four_seconds = _plan("asc,vad")
     assert ten_seconds.piece("encoder").model.inputs[0].shape == four_seconds.piece("encoder").model.inputs[0].shape
-    assert [i.shape for i in ten_seconds.piece("sed_step").model.inputs] == \
-           [i.shape for i in four_seconds.piece("vad_step").model.inputs]
+    assert [i.shape for i in ten_seconds.piece("sed_step").model.inputs] == [
+        i.shape for i in four_seconds.piece("vad_step").model.inputs
+    ]
 
 
 def _requantise_single(acc, multiplier, shift):
@@ -94,13 +98,24 @@ def test_tflm_and_litert_differ_only_by_their_requantisation_rounding():
     rng = np.random.default_rng(0)
     frame = keras.Input((64,), batch_size=1, name="x")
     model = keras.Model(frame, keras.layers.Dense(64, use_bias=False)(frame))
-    flatbuffer = convert_int8(model, lambda: iter([{"x": rng.normal(size=(1, 64)).astype(np.float32)}
-                                                          for _ in range(20)]))
+    flatbuffer = convert_int8(
+        model, lambda: iter([{"x": rng.normal(size=(1, 64)).astype(np.float32)} for _ in range(20)])
+    )
     parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer)).subgraphs[0]
     fc = parsed.operators[0]
-    x_tensor, w_tensor, out_tensor = parsed.tensors[fc.inputs[0]], parsed.tensors[fc.inputs[1]], parsed.tensors[fc.outputs[0]]
-    weights = np.asarray(flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer)).buffers[w_tensor.buffer].data,
-                         np.uint8).view(np.int8).reshape(w_tensor.shape).astype(np.int64)
+    x_tensor, w_tensor, out_tensor = (
+        parsed.tensors[fc.inputs[0]],
+        parsed.tensors[fc.inputs[1]],
+        parsed.tensors[fc.outputs[0]],
+    )
+    weights = (
+        np.asarray(
+            flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer)).buffers[w_tensor.buffer].data, np.uint8
+        )
+        .view(np.int8)
+        .reshape(w_tensor.shape)
+        .astype(np.int64)
+    )
     x_zero, out_zero = int(x_tensor.quantization.zeroPoint[0]), int(out_tensor.quantization.zeroPoint[0])
     scales = np.broadcast_to(w_tensor.quantization.scale, (64,))
     mantissas, exponents = np.frexp(x_tensor.quantization.scale[0] * scales / out_tensor.quantization.scale[0])
@@ -142,11 +157,21 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     env = dict(os.environ, KERAS_MTL_DATA_DIR=str(root / "data"), KERAS_MTL_CACHE_DIR=str(root / "cache"))
     run = root / "run"
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--preset", "tiny", "--output-dir",
-                             str(run)], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), "--preset", "tiny", "--output-dir", str(run)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "export.py"), str(run), "--calibration-clips", "4"],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "export.py"), str(run), "--calibration-clips", "4"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return run / "export"
 
@@ -160,7 +185,9 @@ def test_export_report_tflm_agrees_with_litert(exported):
         assert model["tflm_vs_litert_per_operator_max_lsb"] <= agreement.ROUNDING_LSB, name
         assert len(model["tflm_vs_litert_per_operator_lsb"]) >= len(model["operators"])
         assert model["tflm_vs_litert_max_lsb"] >= 0
-        assert 0 < model["tflm_arena_bytes"] and model["flatbuffer_bytes"] == (exported / f"{name}.tflite").stat().st_size
+        assert (
+            0 < model["tflm_arena_bytes"] and model["flatbuffer_bytes"] == (exported / f"{name}.tflite").stat().st_size
+        )
         assert "WHILE" not in model["operators"] and "UNIDIRECTIONAL_SEQUENCE_RNN" not in model["operators"]
     for task in ("asc", "sed"):
         result = report["tasks"][task]
@@ -190,22 +217,68 @@ def test_generated_c_arrays_parse_back_to_the_tflite_bytes(exported):
 def test_generated_sources_compile_and_c_front_end_matches_python(exported, tmp_path):
     c_dir = exported / "c"
     for source in c_dir.glob("*.cc"):
-        subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-c", str(source), "-o", str(tmp_path / "m.o")], check=True)
+        subprocess.run(
+            ["g++", "-std=c++17", "-Wall", "-Werror", "-c", str(source), "-o", str(tmp_path / "m.o")], check=True
+        )
     # the firmware's table of pieces links against the model arrays
-    (tmp_path / "pieces.cc").write_text('#include "km_pieces.h"\n'
-                                        "int main() { return kPieces[KM_PIECE_COUNT - 1].model == nullptr; }\n")
-    subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", f"-I{c_dir}", str(tmp_path / "pieces.cc"),
-                    *map(str, c_dir.glob("*.cc")), "-o", str(tmp_path / "pieces")], check=True)
+    (tmp_path / "pieces.cc").write_text(
+        '#include "km_pieces.h"\nint main() { return kPieces[KM_PIECE_COUNT - 1].model == nullptr; }\n'
+    )
+    subprocess.run(
+        [
+            "g++",
+            "-std=c++17",
+            "-Wall",
+            "-Werror",
+            f"-I{c_dir}",
+            str(tmp_path / "pieces.cc"),
+            *map(str, c_dir.glob("*.cc")),
+            "-o",
+            str(tmp_path / "pieces"),
+        ],
+        check=True,
+    )
     assert subprocess.run([str(tmp_path / "pieces")]).returncode == 0
     program = tmp_path / "logmel"
-    subprocess.run(["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{c_dir}", str(FRONTEND_C / "logmel.c"),
-                    str(FRONTEND_C / "logmel_main.c"), "-lm", "-o", str(program)], check=True)
-    subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-x", "c++", f"-I{c_dir}", "-c", str(FRONTEND_C / "logmel.c"),
-                    "-o", str(tmp_path / "logmel_cpp.o")], check=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-std=c99",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-I{c_dir}",
+            str(FRONTEND_C / "logmel.c"),
+            str(FRONTEND_C / "logmel_main.c"),
+            "-lm",
+            "-o",
+            str(program),
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [
+            "g++",
+            "-std=c++17",
+            "-Wall",
+            "-Werror",
+            "-x",
+            "c++",
+            f"-I{c_dir}",
+            "-c",
+            str(FRONTEND_C / "logmel.c"),
+            "-o",
+            str(tmp_path / "logmel_cpp.o"),
+        ],
+        check=True,
+    )
     rng = np.random.default_rng(2)
     t = np.arange(24000) / 16000
-    for audio in (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size),
-                  np.concatenate([np.zeros(4000), 0.5 * rng.standard_normal(9000)])):
+    for audio in (
+        0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size),
+        np.concatenate([np.zeros(4000), 0.5 * rng.standard_normal(9000)]),
+    ):
         audio = audio.astype(np.float32)
         audio.tofile(tmp_path / "in.f32")
         python_features = LogMel(FrontEndConfig())(audio)
@@ -220,19 +293,62 @@ def test_generated_sources_compile_and_c_front_end_matches_python(exported, tmp_
 def test_generated_sources_and_front_end_compile_for_cortex_m4(exported, tmp_path):
     flags = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-O2", "-Wall", "-Werror"]
     c_dir = exported / "c"
-    subprocess.run(["arm-none-eabi-gcc", "-std=c99", *flags, f"-I{c_dir}", "-c", str(FRONTEND_C / "logmel.c"),
-                    "-o", str(tmp_path / "logmel.o")], check=True)
+    subprocess.run(
+        [
+            "arm-none-eabi-gcc",
+            "-std=c99",
+            *flags,
+            f"-I{c_dir}",
+            "-c",
+            str(FRONTEND_C / "logmel.c"),
+            "-o",
+            str(tmp_path / "logmel.o"),
+        ],
+        check=True,
+    )
     for source in c_dir.glob("*.cc"):
-        subprocess.run(["arm-none-eabi-g++", "-std=c++17", *flags, "-c", str(source), "-o", str(tmp_path / "m.o")],
-                       check=True)
-    for source in (FIRMWARE_C / "wav.c", FIRMWARE_C / "boards" / "startup_cortex_m.c",
-                   FIRMWARE_C / "boards" / "mps2_an386" / "platform.c", FIRMWARE_C / "boards" / "nano33ble" / "platform.c"):
-        subprocess.run(["arm-none-eabi-gcc", "-std=c99", *flags, "-Wextra", f"-I{FIRMWARE_C}", "-c", str(source),
-                        "-o", str(tmp_path / "part.o")], check=True)
+        subprocess.run(
+            ["arm-none-eabi-g++", "-std=c++17", *flags, "-c", str(source), "-o", str(tmp_path / "m.o")], check=True
+        )
+    for source in (
+        FIRMWARE_C / "wav.c",
+        FIRMWARE_C / "boards" / "startup_cortex_m.c",
+        FIRMWARE_C / "boards" / "mps2_an386" / "platform.c",
+        FIRMWARE_C / "boards" / "nano33ble" / "platform.c",
+    ):
+        subprocess.run(
+            [
+                "arm-none-eabi-gcc",
+                "-std=c99",
+                *flags,
+                "-Wextra",
+                f"-I{FIRMWARE_C}",
+                "-c",
+                str(source),
+                "-o",
+                str(tmp_path / "part.o"),
+            ],
+            check=True,
+        )
     for source in (FIRMWARE_C / "app_mic.cc", FIRMWARE_C / "app_wav.cc"):  # the applications need no TFLite-Micro
-        subprocess.run(["arm-none-eabi-g++", "-std=c++17", *flags, "-fno-exceptions", "-fno-rtti", f"-I{FIRMWARE_C}",
-                        "-c", str(source), "-o", str(tmp_path / "app.o")], check=True)
-    size = subprocess.run(["arm-none-eabi-size", str(tmp_path / "logmel.o")], capture_output=True, text=True, check=True)
+        subprocess.run(
+            [
+                "arm-none-eabi-g++",
+                "-std=c++17",
+                *flags,
+                "-fno-exceptions",
+                "-fno-rtti",
+                f"-I{FIRMWARE_C}",
+                "-c",
+                str(source),
+                "-o",
+                str(tmp_path / "app.o"),
+            ],
+            check=True,
+        )
+    size = subprocess.run(
+        ["arm-none-eabi-size", str(tmp_path / "logmel.o")], capture_output=True, text=True, check=True
+    )
     assert "logmel.o" in size.stdout
 
 
@@ -242,9 +358,12 @@ def test_calibration_gives_each_input_its_own_range():
     rng = np.random.default_rng(0)
     frame = keras.Input((4,), batch_size=1, name="frame")
     state = keras.Input((3,), batch_size=1, name="state")
-    model = keras.Model([frame, state], keras.layers.Add()([keras.layers.Dense(2)(frame), keras.layers.Dense(2)(state)]))
-    flatbuffer = convert_int8(model, lambda: ({"frame": rng.uniform(0, 10, (1, 4)), "state": rng.uniform(-1, 1, (1, 3))}
-                                                     for _ in range(20)))
+    model = keras.Model(
+        [frame, state], keras.layers.Add()([keras.layers.Dense(2)(frame), keras.layers.Dense(2)(state)])
+    )
+    flatbuffer = convert_int8(
+        model, lambda: ({"frame": rng.uniform(0, 10, (1, 4)), "state": rng.uniform(-1, 1, (1, 3))} for _ in range(20))
+    )
     converted = Int8Model(flatbuffer)
     frame_scale, frame_zero = converted.input_quantization("frame")
     state_scale, state_zero = converted.input_quantization("state")
@@ -259,8 +378,10 @@ def test_firmware_wav_reader(tmp_path):
     import soundfile
 
     library = tmp_path / "libwav.so"
-    subprocess.run(["gcc", "-std=c99", "-Wall", "-Werror", "-shared", "-fPIC", str(FIRMWARE_C / "wav.c"), "-o", str(library)],
-                   check=True)
+    subprocess.run(
+        ["gcc", "-std=c99", "-Wall", "-Werror", "-shared", "-fPIC", str(FIRMWARE_C / "wav.c"), "-o", str(library)],
+        check=True,
+    )
     wav = ctypes.CDLL(str(library))
 
     class Wav(ctypes.Structure):
@@ -285,8 +406,10 @@ def test_firmware_wav_reader(tmp_path):
 def test_listener_output_parses_into_scenes_and_events():
     from keras_mtl.deploy import firmware
 
-    text = ("keras-mtl listener: x.wav, 16000 samples\nasc: 0.000-1.000 s park 83%\nsed: Speech onset 0.240 s\n"
-            "sed: Dog onset 0.500 s\nsed: Speech offset 1.000 s\nsed: Dog offset 0.900 s\nend: ...\n")
+    text = (
+        "keras-mtl listener: x.wav, 16000 samples\nasc: 0.000-1.000 s park 83%\nsed: Speech onset 0.240 s\n"
+        "sed: Dog onset 0.500 s\nsed: Speech offset 1.000 s\nsed: Dog offset 0.900 s\nend: ...\n"
+    )
     found = firmware.parse_listener_output(text)
     assert found.scenes == {"asc": [(0, 1000, "park", 83)]}
     assert found.events == {"sed": [(240, 1000, "Speech"), (500, 900, "Dog")]}
@@ -316,10 +439,14 @@ def test_firmware_comparison_accepts_only_what_one_output_step_explains():
 TFLM_SOURCE = os.environ.get("KERAS_MTL_TFLM_SOURCE")
 
 
-@pytest.mark.skipif(not TFLM_SOURCE or shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-g++") is None
-                    or shutil.which("cmake") is None,
-                    reason="needs KERAS_MTL_TFLM_SOURCE (a tflite-micro-arduino-examples checkout), cmake, "
-                           "gcc-arm-none-eabi and qemu-system-arm")
+@pytest.mark.skipif(
+    not TFLM_SOURCE
+    or shutil.which("qemu-system-arm") is None
+    or shutil.which("arm-none-eabi-g++") is None
+    or shutil.which("cmake") is None,
+    reason="needs KERAS_MTL_TFLM_SOURCE (a tflite-micro-arduino-examples checkout), cmake, "
+    "gcc-arm-none-eabi and qemu-system-arm",
+)
 def test_firmware_in_qemu_prints_what_the_host_int8_pipeline_finds(exported, tmp_path):
     from keras_mtl.deploy import firmware
 
@@ -349,12 +476,30 @@ def test_qat_wrapping_keeps_and_returns_the_weights():
 
 
 def test_export_with_qat_reports_ptq_and_qat(exported, tmp_path):
-    env = dict(os.environ, KERAS_MTL_DATA_DIR=str(exported.parent.parent / "data"),
-               KERAS_MTL_CACHE_DIR=str(exported.parent.parent / "cache"))
+    env = dict(
+        os.environ,
+        KERAS_MTL_DATA_DIR=str(exported.parent.parent / "data"),
+        KERAS_MTL_CACHE_DIR=str(exported.parent.parent / "cache"),
+    )
     out = tmp_path / "qat"
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "export.py"), str(exported.parent), "--qat",
-                             "--qat-epochs", "1", "--calibration-clips", "2", "--output-dir", str(out)],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "export.py"),
+            str(exported.parent),
+            "--qat",
+            "--qat-epochs",
+            "1",
+            "--calibration-clips",
+            "2",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "export_report.json").read_text())
     assert report["quantization"]["method"] == "qat" and set(report["quantization"]["tasks"]) == {"asc", "sed"}

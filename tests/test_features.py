@@ -1,4 +1,5 @@
 """Front end: log-mel against an independent numpy reference, masking, feature cache."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,9 @@ def reference_log_mel(signal: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
     n_frames = 1 + (len(x) - cfg.window_length) // cfg.hop_length
     n = np.arange(cfg.window_length)
     window = 0.5 - 0.5 * np.cos(2 * np.pi * n / cfg.window_length)
-    frames = np.stack([x[i * cfg.hop_length : i * cfg.hop_length + cfg.window_length] * window for i in range(n_frames)])
+    frames = np.stack(
+        [x[i * cfg.hop_length : i * cfg.hop_length + cfg.window_length] * window for i in range(n_frames)]
+    )
     power = np.abs(np.fft.rfft(frames, n=cfg.fft_length, axis=1)) ** 2
 
     def hz_to_mel(f):

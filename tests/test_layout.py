@@ -3,6 +3,7 @@
 Every import counts, also one inside a function: keras_mtl.<a> may import keras_mtl.<b> only when
 b comes no later than a in ORDER. The parse uses the standard ``ast`` module; nothing is imported.
 """
+
 from __future__ import annotations
 
 import ast

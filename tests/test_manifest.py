@@ -1,4 +1,5 @@
 """User-defined tasks from manifests: reading, splits, errors, and train.py end to end."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from keras_mtl.data.readers.manifest import build_clip_manifest, read_clip_manifest, read_frame_manifest
 from keras_mtl.core.errors import ConfigError, DataError
+from keras_mtl.data.readers.manifest import build_clip_manifest, read_clip_manifest, read_frame_manifest
 from keras_mtl.tasks.registry import manifest_task
 from tests.test_train_cli import assert_one_line_error, run_train
 
@@ -68,9 +69,11 @@ def test_frame_manifest(tmp_path):
     for k in range(4):
         _tone(tmp_path / f"c{k}.wav", 500, seconds=2.0, rate=16000)
     tsv = tmp_path / "strong.tsv"
-    tsv.write_text("filename\tonset\toffset\tevent_label\tsplit\n"
-                   "c0.wav\t0.1\t0.9\tbeep\ttrain\nc1.wav\t\t\t\ttrain\nc2.wav\t0.5\t1.5\tbeep\ttest\n"
-                   "c3.wav\t0.2\t0.4\tbuzz\ttest\n")
+    tsv.write_text(
+        "filename\tonset\toffset\tevent_label\tsplit\n"
+        "c0.wav\t0.1\t0.9\tbeep\ttrain\nc1.wav\t\t\t\ttrain\nc2.wav\t0.5\t1.5\tbeep\ttest\n"
+        "c3.wav\t0.2\t0.4\tbuzz\ttest\n"
+    )
     items = read_frame_manifest(tsv)
     assert [i.key for i in items["train"]] == ["c0.wav", "c1.wav"]
     assert items["train"][1].events == () and items["train"][0].duration == pytest.approx(2.0)
@@ -85,8 +88,17 @@ def test_train_with_a_manifest_task(tone_folder, tmp_path):
     manifest = tmp_path / "m.csv"
     build_clip_manifest(tone_folder, manifest, r"^(\w+)/", r"_[0-1]\.wav$")
     out = tmp_path / "run"
-    result = run_train("--preset", "tiny", "--task-set", "tones", "--task", f"tones=clip:{manifest}",
-                       "--output-dir", str(out), env_dirs=tmp_path)
+    result = run_train(
+        "--preset",
+        "tiny",
+        "--task-set",
+        "tones",
+        "--task",
+        f"tones=clip:{manifest}",
+        "--output-dir",
+        str(out),
+        env_dirs=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tasks"]["tones"]["metrics"]["n_clips"] == 4
@@ -95,7 +107,11 @@ def test_train_with_a_manifest_task(tone_folder, tmp_path):
 
 def test_manifest_task_errors_in_cli(tone_folder, tmp_path):
     missing = tmp_path / "nope.csv"
-    assert_one_line_error(run_train("--task-set", "t", "--task", f"t=clip:{missing}", "--dry-run", env_dirs=tmp_path),
-                          "nope.csv", "not found")
-    assert_one_line_error(run_train("--task-set", "asc", "--task", "t=blob:x.csv", "--dry-run", env_dirs=tmp_path),
-                          "does not use it")
+    assert_one_line_error(
+        run_train("--task-set", "t", "--task", f"t=clip:{missing}", "--dry-run", env_dirs=tmp_path),
+        "nope.csv",
+        "not found",
+    )
+    assert_one_line_error(
+        run_train("--task-set", "asc", "--task", "t=blob:x.csv", "--dry-run", env_dirs=tmp_path), "does not use it"
+    )

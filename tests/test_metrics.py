@@ -1,11 +1,12 @@
 """DCASE metrics on hand-made events, frame encoding and post-processing."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from keras_mtl.tasks import metrics
 from keras_mtl.data.items import AudioItem, Event
+from keras_mtl.tasks import metrics
 
 CLASSES = ("Dog", "Cat")
 FRAME = 0.04  # 25 output frames per second
@@ -20,7 +21,9 @@ def test_event_f1_known_values():
     # Cat 4.0-5.0 (onset 1 s late: miss + false alarm). Per class F1: Dog 1.0, Cat 0.0 -> macro 0.5.
     item = AudioItem(path=None, key="a.wav", events=(Event(1.0, 2.0, "Dog"), Event(3.0, 5.0, "Cat")), duration=10.0)
     estimate = _scores([(1.08, 2.08, "Dog"), (4.0, 5.0, "Cat")])
-    result = metrics.sed_metrics([estimate], [item], CLASSES, FRAME, clip_seconds=10.0, median_filter_frames=1, psds=False)
+    result = metrics.sed_metrics(
+        [estimate], [item], CLASSES, FRAME, clip_seconds=10.0, median_filter_frames=1, psds=False
+    )
     assert result["event_f1_macro"] == pytest.approx(0.5)
     assert result["class_event_f1"] == {"Dog": pytest.approx(1.0), "Cat": pytest.approx(0.0)}
     assert result["event_f1_micro"] == pytest.approx(0.5)
@@ -41,8 +44,9 @@ def test_perfect_prediction_scores_one_everywhere():
 def test_segment_f1_one_second_segments():
     # Dog 0.0-2.0 in reference; estimate 1.0-3.0 -> segments: ref {0,1}, est {1,2}: TP 1, FP 1, FN 1 -> F1 0.5
     item = AudioItem(path=None, key="a.wav", events=(Event(0.0, 2.0, "Dog"),), duration=10.0)
-    result = metrics.sed_metrics([_scores([(1.0, 3.0, "Dog")])], [item], CLASSES, FRAME, clip_seconds=10.0,
-                                 median_filter_frames=1, psds=False)
+    result = metrics.sed_metrics(
+        [_scores([(1.0, 3.0, "Dog")])], [item], CLASSES, FRAME, clip_seconds=10.0, median_filter_frames=1, psds=False
+    )
     assert result["segment_f1_micro"] == pytest.approx(0.5)
 
 

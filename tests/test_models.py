@@ -1,14 +1,15 @@
 """Model builder, SoftMTL step, profiler."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from keras_mtl.models import profiling
 from keras_mtl.core.backend import keras, tf
+from keras_mtl.models import profiling
 from keras_mtl.models.mtl import ModelConfig, build_model, shared_layers, task_submodel
-from keras_mtl.training.strategies import SoftMTL, WarmupCosine, make_optimizer
 from keras_mtl.tasks.registry import get_task, parse_task_set
+from keras_mtl.training.strategies import SoftMTL, WarmupCosine, make_optimizer
 
 SMALL = ModelConfig(channels=(4, 8, 8), pools=((2, 4), (2, 4), (1, 8)), gru_units=8, dropout=0.0, head_dropout=0.0)
 
@@ -27,8 +28,16 @@ def test_shared_layers_are_named_and_shared():
     tasks = parse_task_set("asc,sed")
     model = build_model(tasks, SMALL)
     names = [layer.name for layer in model.layers]
-    for expected in ("shared/conv1", "shared/bn1", "shared/conv3", "shared/frames", "asc/attention",
-                     "asc/classifier", "sed/gru", "sed/classifier"):
+    for expected in (
+        "shared/conv1",
+        "shared/bn1",
+        "shared/conv3",
+        "shared/frames",
+        "asc/attention",
+        "asc/classifier",
+        "sed/gru",
+        "sed/classifier",
+    ):
         assert expected in names
     frames = model.get_layer("shared/frames")
     consumers = {node.outbound_layer.name for node in frames.outbound_nodes}
@@ -146,12 +155,16 @@ def test_crnn_weak_output_is_attention_pooled():
 
 def test_share_groups_build_a_two_level_tree():
     """Seed 001's worked example: 6 layers shared by all, {GC, AC} and {SCR, VAD} share 2 more (Table 4: 52,600)."""
-    from keras_mtl.runs import config as run_config
     import dataclasses
 
+    from keras_mtl.runs import config as run_config
+
     base = run_config.build(run_config.load_preset("seed001")).model
-    config = dataclasses.replace(base, shared_blocks=6, share_groups=({"tasks": ["gc", "ac"], "blocks": 2},
-                                                                      {"tasks": ["scr", "vad"], "blocks": 2}))
+    config = dataclasses.replace(
+        base,
+        shared_blocks=6,
+        share_groups=({"tasks": ["gc", "ac"], "blocks": 2}, {"tasks": ["scr", "vad"], "blocks": 2}),
+    )
     model = build_model(parse_task_set("gc,ac,scr,vad"), config)
     names = {layer.name for layer in model.layers}
     assert {"shared/conv6", "gc-ac/conv7", "gc-ac/conv8", "scr-vad/conv7", "scr-vad/frames"} <= names
@@ -159,4 +172,6 @@ def test_share_groups_build_a_two_level_tree():
     size = sum(w.shape.num_elements() for w in model.trainable_weights)
     assert abs(size - 52_600) <= 0.05 * 52_600
     with pytest.raises(Exception, match="two share groups"):
-        dataclasses.replace(base, shared_blocks=4, share_groups=({"tasks": ["gc"], "blocks": 1}, {"tasks": ["gc"], "blocks": 1}))
+        dataclasses.replace(
+            base, shared_blocks=4, share_groups=({"tasks": ["gc"], "blocks": 1}, {"tasks": ["gc"], "blocks": 1})
+        )

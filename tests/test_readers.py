@@ -1,14 +1,15 @@
 """Corpus readers on hand-written files: DESED/TAU22 layouts and one clear error per bad case."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from keras_mtl.data.readers import desed, tau22
+from keras_mtl.core.errors import DataError
 from keras_mtl.data.audio import load_audio
 from keras_mtl.data.items import Event
-from keras_mtl.core.errors import DataError
+from keras_mtl.data.readers import desed, tau22
 
 
 def _wav(path, seconds=1.0, rate=16000):
@@ -88,7 +89,9 @@ def test_tau22_errors_name_the_row(tmp_path):
     _wav(root / "audio/park-a-1-0-a.wav")
     (root / "meta.csv").write_text("filename\tscene_label\tidentifier\tsource_label\n")
     (root / "evaluation_setup").mkdir()
-    (root / "evaluation_setup/fold1_train.csv").write_text("filename\tscene_label\naudio/park-a-1-0-a.wav\tpark\naudio/x.wav\tpark\n")
+    (root / "evaluation_setup/fold1_train.csv").write_text(
+        "filename\tscene_label\naudio/park-a-1-0-a.wav\tpark\naudio/x.wav\tpark\n"
+    )
     with pytest.raises(DataError, match=r"fold1_train\.csv:3: audio file .*x\.wav not found"):
         tau22.read_tau22(root, "train")
     (root / "evaluation_setup/fold1_train.csv").write_text("filename\tscene_label\naudio/park-a-1-0-a.wav\tbeach\n")

@@ -3,6 +3,7 @@
 Skips cleanly when the folder is absent. Nothing is copied into the repository: the test
 builds a TAU22-layout folder of symbolic links in a temporary directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ def test_train_on_a_tau22_layout_of_real_backgrounds(tmp_path):
     for split, file in (("train", "fold1_train.csv"), ("test", "fold1_evaluate.csv")):
         (root / "evaluation_setup" / file).write_text("filename\tscene_label\n" + "\n".join(rows[split]) + "\n")
     out = tmp_path / "run"
-    result = run_train("--preset", "tiny", "--task-set", "asc", "--data-root", str(root), "--output-dir", str(out),
-                       env_dirs=tmp_path)
+    result = run_train(
+        "--preset", "tiny", "--task-set", "asc", "--data-root", str(root), "--output-dir", str(out), env_dirs=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["tasks"]["asc"]["metrics"]["n_clips"] == len(rows["test"])
@@ -60,21 +62,45 @@ def test_train_on_a_tau22_layout_of_real_backgrounds(tmp_path):
 
 def test_fsdd_manifest_with_the_datasets_own_split(tmp_path):
     """Three digits of FSDD (takes 0-4 test, 5-49 train) through make_manifest.py and train.py."""
-    from tests.test_train_cli import REPO, run_train
     import subprocess
     import sys
+
+    from tests.test_train_cli import REPO, run_train
 
     folder = tmp_path / "fsdd"
     folder.mkdir()
     for clip in sorted((REAL_MINI / "fsdd" / "recordings").glob("[0-2]_*.wav")):
         (folder / clip.name).symlink_to(clip)
     manifest = tmp_path / "fsdd.csv"
-    made = subprocess.run([sys.executable, str(REPO / "scripts/make_manifest.py"), str(folder), str(manifest),
-                           "--label", r"^(\d+)_", "--test", r"_[0-4]\.wav$"], capture_output=True, text=True)
+    made = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts/make_manifest.py"),
+            str(folder),
+            str(manifest),
+            "--label",
+            r"^(\d+)_",
+            "--test",
+            r"_[0-4]\.wav$",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert made.returncode == 0, made.stderr
     out = tmp_path / "run"
-    result = run_train("--preset", "seed001", "--task-set", "digits", "--task", f"digits=clip:{manifest}",
-                       "--epochs", "8", "--output-dir", str(out), env_dirs=tmp_path)
+    result = run_train(
+        "--preset",
+        "seed001",
+        "--task-set",
+        "digits",
+        "--task",
+        f"digits=clip:{manifest}",
+        "--epochs",
+        "8",
+        "--output-dir",
+        str(out),
+        env_dirs=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())["tasks"]["digits"]
     assert metrics["metrics"]["n_clips"] == 3 * 6 * 5  # 3 digits x 6 speakers x takes 0-4

@@ -1,4 +1,5 @@
 """Resume after kill -9: the run continues from its last epoch checkpoint and finishes."""
+
 from __future__ import annotations
 
 import csv
@@ -34,19 +35,29 @@ def _final_artifacts_are_whole(run: Path):
         assert (folder / "state.index").stat().st_size > 0
 
 
-@pytest.mark.parametrize("strategy", [["--strategy", "cross-soft", "--weighting", "dwa"],
-                                      ["--strategy", "freeze", "--order", "sed,asc"]])
+@pytest.mark.parametrize(
+    "strategy", [["--strategy", "cross-soft", "--weighting", "dwa"], ["--strategy", "freeze", "--order", "sed,asc"]]
+)
 def test_killed_run_resumes_and_finishes(tmp_path, strategy):
     args = ["--preset", "tiny", "--epochs", "6", "--deterministic", *strategy]
     env = _env(tmp_path)
     reference = tmp_path / "reference"
-    done = subprocess.run([sys.executable, str(TRAIN), *args, "--output-dir", str(reference)], capture_output=True,
-                          text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(TRAIN), *args, "--output-dir", str(reference)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     run = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, str(TRAIN), *args, "--output-dir", str(run)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN), *args, "--output-dir", str(run)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     latest = run / "checkpoint" / "latest"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
@@ -61,8 +72,9 @@ def test_killed_run_resumes_and_finishes(tmp_path, strategy):
     assert not (run / "metrics.json").exists()
     epochs_done = int(latest.read_text().strip().split("-")[1])
 
-    resumed = subprocess.run([sys.executable, str(TRAIN), "--resume", str(run)], capture_output=True, text=True,
-                             env=env, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, str(TRAIN), "--resume", str(run)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"after epoch {epochs_done}" in resumed.stderr
     rows = list(csv.DictReader((run / "history.csv").open()))
@@ -77,6 +89,7 @@ def test_killed_run_resumes_and_finishes(tmp_path, strategy):
     for column in ("loss", "val_asc_accuracy", "val_sed_frame_f1"):
         assert float(rows[-1][column]) == pytest.approx(float(reference_rows[-1][column]), rel=1e-4, abs=1e-6), column
 
-    again = subprocess.run([sys.executable, str(TRAIN), "--resume", str(run)], capture_output=True, text=True, env=env,
-                           timeout=600)
+    again = subprocess.run(
+        [sys.executable, str(TRAIN), "--resume", str(run)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert again.returncode == 2 and "has finished" in again.stderr

@@ -1,12 +1,13 @@
 """Model sizes against the seed papers' tables (shared/reference/seed_tables.md)."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 
-from keras_mtl.runs import config as run_config
 from keras_mtl.models.mtl import build_model
+from keras_mtl.runs import config as run_config
 from keras_mtl.tasks.registry import parse_task_set
 
 # seed 001, Table 2: size of the flat 4-task model (GC, AC, SCR, VAD) by number of shared layers

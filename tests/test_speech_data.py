@@ -1,4 +1,5 @@
 """Speech corpora in their published layouts (hand-built miniatures), and the espeak-ng synthetic set."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from keras_mtl.core.errors import DataError
 from keras_mtl.data.readers import common_voice, speech_commands, vad
 from keras_mtl.data.synth import speech_synth
-from keras_mtl.core.errors import DataError
 
 
 def _wav(path, seconds=1.0, rate=16000, freq=300.0, fmt=None):
@@ -28,8 +29,10 @@ def test_speech_commands_miniature(tmp_path):
     (root / "testing_list.txt").write_text("yes/cccc3333_nohash_0.wav\nzero/cccc3333_nohash_0.wav\n")
     train = speech_commands.read_speech_commands(root, "train")
     assert len(train) == 5 and {i.label for i in train} == {"yes", "no", "zero"}
-    assert [i.key for i in speech_commands.read_speech_commands(root, "test")] == ["yes/cccc3333_nohash_0.wav",
-                                                                                  "zero/cccc3333_nohash_0.wav"]
+    assert [i.key for i in speech_commands.read_speech_commands(root, "test")] == [
+        "yes/cccc3333_nohash_0.wav",
+        "zero/cccc3333_nohash_0.wav",
+    ]
     assert speech_commands.background_noises(root)[0].name == "white_noise.wav"
     assert all(i.label != "_background_noise_" for i in train)
     (root / "testing_list.txt").write_text("yes/missing_nohash_0.wav\n")
@@ -47,9 +50,16 @@ def test_common_voice_miniature_with_mp3(tmp_path, caplog):
     for k, name in enumerate(names):
         _wav(root / "clips" / name, seconds=1.5, freq=200 + 50 * k, fmt=fmt)
     header = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccents\tlocale\tsegment\n"
-    rows = [("a", names[0], "twenties", "male"), ("b", names[1], "fifties", "female_feminine"),
-            ("c", names[2], "", "male_masculine"), ("d", names[3], "seventies", "other"), ("e", names[4], "teens", "")]
-    (root / "train.tsv").write_text(header + "".join(f"{c}\t{p}\thello\t2\t0\t{a}\t{g}\t\ten\t\n" for c, p, a, g in rows))
+    rows = [
+        ("a", names[0], "twenties", "male"),
+        ("b", names[1], "fifties", "female_feminine"),
+        ("c", names[2], "", "male_masculine"),
+        ("d", names[3], "seventies", "other"),
+        ("e", names[4], "teens", ""),
+    ]
+    (root / "train.tsv").write_text(
+        header + "".join(f"{c}\t{p}\thello\t2\t0\t{a}\t{g}\t\ten\t\n" for c, p, a, g in rows)
+    )
     caplog.set_level("INFO")
     gender = common_voice.read_common_voice(root, "train", "gender")
     assert [(i.key, i.label) for i in gender] == [(names[0], "male"), (names[1], "female"), (names[2], "male")]
@@ -75,8 +85,12 @@ def test_vad_builder_labels_match_the_audio(tmp_path):
         speech.append(path)
     noise = tmp_path / "noise.wav"
     sf.write(noise, 0.05 * np.random.default_rng(0).standard_normal(48000), 16000)
-    root = vad.build_vad_set(tmp_path / "vad", speech, [noise],
-                             vad.VadBuildConfig(clip_seconds=3.0, train_clips=6, test_clips=3, snr_db=(10.0, 10.0)))
+    root = vad.build_vad_set(
+        tmp_path / "vad",
+        speech,
+        [noise],
+        vad.VadBuildConfig(clip_seconds=3.0, train_clips=6, test_clips=3, snr_db=(10.0, 10.0)),
+    )
     items = vad.read_vad(root, "train")
     assert len(items) == 6 and len(vad.read_vad(root, "test")) == 3
     for item in items:
@@ -97,7 +111,9 @@ def test_synthetic_speech_is_deterministic_and_in_layout(tmp_path):
         h = hashlib.sha256()
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             h.update(path.relative_to(root).as_posix().encode())
-            if path.suffix in (".tsv", ".txt") and path.parts[len(root.parts)] != "vad":  # VAD spans come from the audio
+            if (
+                path.suffix in (".tsv", ".txt") and path.parts[len(root.parts)] != "vad"
+            ):  # VAD spans come from the audio
                 h.update(path.read_bytes())
         return h.hexdigest()
 

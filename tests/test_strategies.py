@@ -1,14 +1,27 @@
 """HardMTL and DWA: what each updates, the DWA formula, and that training loss goes down."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from keras_mtl.core.backend import keras, tf
+from keras_mtl.data.pipeline import FeatureExtractor, make_semi_supervised_dataset
+from keras_mtl.data.readers import desed
+from keras_mtl.features.logmel import FrontEndConfig
 from keras_mtl.models.mtl import ModelConfig, build_model
-from keras_mtl.training.strategies import HardMTL, SoftMTL, make_optimizer
 from keras_mtl.tasks.registry import parse_task_set
-from keras_mtl.training.weighting import DynamicWeightAverage, dwa_weights
+from keras_mtl.training.strategies import (
+    CrossHardMTL,
+    CrossSoftMTL,
+    FreezeMTL,
+    HardMTL,
+    SoftMTL,
+    ema_decay,
+    make_optimizer,
+    sigmoid_rampup,
+)
+from keras_mtl.training.weighting import DynamicWeightAverage, FocalTaskWeighting, dwa_weights, focal_task_weights
 
 SMALL = ModelConfig(channels=(4, 8), pools=((2, 16), (2, 8)), gru_units=8, dropout=0.0, head_dropout=0.0)
 
@@ -42,7 +55,11 @@ def test_hard_mtl_alternates_and_leaves_the_other_decoder_bit_identical():
     strategy = HardMTL(model, tasks)
     strategy.compile(optimizer=make_optimizer(1e-2, total_steps=10, warmup_fraction=0.0))
     data = _data(tasks)
-    sed_before, asc_before, shared_before = _weights(model, "sed/gru"), _weights(model, "asc/classifier"), _weights(model, "shared/conv1")
+    sed_before, asc_before, shared_before = (
+        _weights(model, "sed/gru"),
+        _weights(model, "asc/classifier"),
+        _weights(model, "shared/conv1"),
+    )
     strategy.train_step(data)  # step 0: ASC
     assert all(np.array_equal(a, b) for a, b in zip(sed_before, _weights(model, "sed/gru")))
     assert not all(np.array_equal(a, b) for a, b in zip(asc_before, _weights(model, "asc/classifier")))
@@ -101,7 +118,9 @@ def test_strategies_reduce_the_training_loss(strategy_cls):
     data = _data(tasks)
 
     def total():
-        return sum(float(t.loss(data[t.name][1], strategy.paths[t.name](data[t.name][0], training=False))) for t in tasks)
+        return sum(
+            float(t.loss(data[t.name][1], strategy.paths[t.name](data[t.name][0], training=False))) for t in tasks
+        )
 
     before = total()
     for _ in range(40):
@@ -111,14 +130,10 @@ def test_strategies_reduce_the_training_loss(strategy_cls):
 
 # --- Cross, Freeze, mean teacher, MFL ----------------------------------------------------------
 
-from keras_mtl.data.pipeline import FeatureExtractor, make_semi_supervised_dataset
-from keras_mtl.data.readers import desed
-from keras_mtl.features.logmel import FrontEndConfig
-from keras_mtl.training.strategies import CrossHardMTL, CrossSoftMTL, FreezeMTL, ema_decay, sigmoid_rampup
-from keras_mtl.training.weighting import FocalTaskWeighting, focal_task_weights
 
-SMALL_WEAK = ModelConfig(channels=(4, 8), pools=((2, 16), (2, 8)), gru_units=8, dropout=0.0, head_dropout=0.0,
-                         weak_output=True)
+SMALL_WEAK = ModelConfig(
+    channels=(4, 8), pools=((2, 16), (2, 8)), gru_units=8, dropout=0.0, head_dropout=0.0, weak_output=True
+)
 
 
 def _all_weights(layers):
@@ -191,8 +206,10 @@ def _semi_splits(tiny_corpus, tmp_path):
     task = parse_task_set("sed")[0]
     root = tiny_corpus / "desed"
     extractor = FeatureExtractor(FrontEndConfig(), tmp_path / "cache")
-    return task, [extractor.prepare(task, split, desed.read_desed(root, split), SMALL.time_pool_factor)
-                  for split in ("synthetic_train", "weak", "unlabeled")]
+    return task, [
+        extractor.prepare(task, split, desed.read_desed(root, split), SMALL.time_pool_factor)
+        for split in ("synthetic_train", "weak", "unlabeled")
+    ]
 
 
 def test_mean_teacher_batches_keep_items_in_their_roles(tiny_corpus, tmp_path):
@@ -219,11 +236,22 @@ def test_mean_teacher_loss_uses_each_label_only_for_its_role():
     strategy = SoftMTL(model, tasks, mean_teacher_tasks=["sed"], rampup_steps=0)
     strategy.compile(optimizer=make_optimizer(1e-2, total_steps=10, warmup_fraction=0.0))
     features, frames = _data(tasks, n=6)["sed"]
-    targets = {"strong": frames.numpy(), "weak": frames.numpy().max(axis=1), "role": np.array([0, 0, 1, 1, 2, 2], np.int32)}
+    targets = {
+        "strong": frames.numpy(),
+        "weak": frames.numpy().max(axis=1),
+        "role": np.array([0, 0, 1, 1, 2, 2], np.int32),
+    }
 
     def supervised(t):
-        return float(strategy._semi_supervised_loss(tasks[0], {k: tf.constant(v) for k, v in t.items()},
-                                                    model(features, training=False), None, training=False)[0])
+        return float(
+            strategy._semi_supervised_loss(
+                tasks[0],
+                {k: tf.constant(v) for k, v in t.items()},
+                model(features, training=False),
+                None,
+                training=False,
+            )[0]
+        )
 
     base = supervised(targets)
     changed = {k: v.copy() for k, v in targets.items()}
@@ -256,9 +284,12 @@ def test_mfl_callback_moves_weight_to_the_weaker_task():
 
 def _training_loss_before_and_after(strategy, tasks, train_data, plain_data, callbacks=(), epochs=8):
     """Summed task losses on ``plain_data`` before and after fitting every phase on ``train_data``."""
+
     def total():
-        return sum(float(t.loss(plain_data[t.name][1], strategy.paths[t.name](plain_data[t.name][0], training=False)))
-                   for t in tasks)
+        return sum(
+            float(t.loss(plain_data[t.name][1], strategy.paths[t.name](plain_data[t.name][0], training=False)))
+            for t in tasks
+        )
 
     before = total()
     dataset = tf.data.Dataset.from_tensors(train_data).repeat()
@@ -269,8 +300,9 @@ def _training_loss_before_and_after(strategy, tasks, train_data, plain_data, cal
     return before, total()
 
 
-@pytest.mark.parametrize("name", ["cross-soft", "cross-hard", "freeze", "soft+dwa", "soft+mfl", "soft+mean-teacher",
-                                  "hard+mean-teacher"])
+@pytest.mark.parametrize(
+    "name", ["cross-soft", "cross-hard", "freeze", "soft+dwa", "soft+mfl", "soft+mean-teacher", "hard+mean-teacher"]
+)
 def test_every_strategy_and_weighting_reduces_the_training_loss(name):
     from keras_mtl.training.strategies import get_strategy
     from keras_mtl.training.weighting import make_weighting
@@ -287,8 +319,10 @@ def test_every_strategy_and_weighting_reduces_the_training_loss(name):
     train_data = dict(plain)
     if semi:  # three strongly labelled items and one unlabelled
         features, frames = plain["sed"]
-        train_data["sed"] = (features, {"strong": frames, "weak": tf.reduce_max(frames, axis=1),
-                                        "role": tf.constant([0, 0, 0, 2], tf.int32)})
+        train_data["sed"] = (
+            features,
+            {"strong": frames, "weak": tf.reduce_max(frames, axis=1), "role": tf.constant([0, 0, 0, 2], tf.int32)},
+        )
     callbacks = [make_weighting(extra, strategy)] if extra in ("dwa", "mfl") else []
     before, after = _training_loss_before_and_after(strategy, tasks, train_data, plain, callbacks)
     assert after < 0.8 * before

@@ -1,4 +1,5 @@
 """Task-synergy tree synthesis (seed 001) and models built from a tree spec."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from keras_mtl.studies import synergy
 from keras_mtl.core.errors import ConfigError
+from keras_mtl.studies import synergy
 
 # seed 001, Table 3: AR (%) of two-task models with k = 4..8 shared layers (our own copy)
 SEED001_TABLE3 = {
@@ -78,8 +79,17 @@ def test_missing_pairs_and_bad_trees():
     with pytest.raises(ConfigError, match="no edge weight for the pair gc, vad"):
         synergy.synthesize(["gc", "vad"], {}, depth=8)
     with pytest.raises(ConfigError, match="the template has 8"):
-        synergy.validate_tree({"tasks": ["a", "b"], "shared": 3, "children": [
-            {"tasks": ["a"], "shared": 5, "children": []}, {"tasks": ["b"], "shared": 4, "children": []}]}, 8)
+        synergy.validate_tree(
+            {
+                "tasks": ["a", "b"],
+                "shared": 3,
+                "children": [
+                    {"tasks": ["a"], "shared": 5, "children": []},
+                    {"tasks": ["b"], "shared": 4, "children": []},
+                ],
+            },
+            8,
+        )
     with pytest.raises(ConfigError, match="split"):
         synergy.validate_tree({"tasks": ["a", "b"], "shared": 8, "children": [{"tasks": ["a"], "shared": 0}]}, 8)
 
@@ -90,8 +100,12 @@ def test_model_from_a_tree_shares_exactly_what_the_tree_says():
     from keras_mtl.tasks.registry import parse_task_set
 
     tree = synergy.synthesize(["gc", "ac", "scr", "vad"], synergy.edge_weights(_ar(SEED001_TABLE3), 2.0), depth=8)
-    config = ModelConfig(channels=(4,) * 8, pools=((1, 2), (2, 2), (1, 2), (2, 2), (1, 2), (1, 2), (1, 1), (1, 1)),
-                         gru_units=4, tree=tree)
+    config = ModelConfig(
+        channels=(4,) * 8,
+        pools=((1, 2), (2, 2), (1, 2), (2, 2), (1, 2), (1, 2), (1, 1), (1, 1)),
+        gru_units=4,
+        tree=tree,
+    )
     tasks = parse_task_set("gc,ac,scr,vad")
     model = build_model(tasks, config)
     names = {layer.name for layer in model.layers}
@@ -129,8 +143,22 @@ def test_synergy_pipeline_end_to_end_with_shards_and_merge(tmp_path):
     script = Path(__file__).resolve().parent.parent / "scripts" / "synergy.py"
     env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
     out = tmp_path / "synergy"
-    common = [sys.executable, str(script), "--tasks", "gc,ac,vad", "--depths", "1,2", "--threshold", "50",
-              "--preset", "tiny", "--epochs", "1", "--output-dir", str(out)]
+    common = [
+        sys.executable,
+        str(script),
+        "--tasks",
+        "gc,ac,vad",
+        "--depths",
+        "1,2",
+        "--threshold",
+        "50",
+        "--preset",
+        "tiny",
+        "--epochs",
+        "1",
+        "--output-dir",
+        str(out),
+    ]
     for shard in ("0/2", "1/2"):
         result = subprocess.run([*common, "--shard", shard], capture_output=True, text=True, env=env, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -140,7 +168,9 @@ def test_synergy_pipeline_end_to_end_with_shards_and_merge(tmp_path):
     summary = json.loads((out / "results.json").read_text())
     synergy.validate_tree(summary["tree"], 2)
     assert sorted(synergy.block_owners(summary["tree"])) == ["ac", "gc", "vad"]
-    assert set(summary["ar"]) == {"gc-ac", "gc-vad", "ac-vad"} and all(set(v) == {"1", "2"} for v in summary["ar"].values())
+    assert set(summary["ar"]) == {"gc-ac", "gc-vad", "ac-vad"} and all(
+        set(v) == {"1", "2"} for v in summary["ar"].values()
+    )
     models = [row["model"] for row in summary["models"]]
     assert models[0] == "3 independent models" and any(m.startswith("hierarchical") for m in models)
     assert sum(m.startswith("flat MTL") for m in models) == 2
@@ -148,10 +178,16 @@ def test_synergy_pipeline_end_to_end_with_shards_and_merge(tmp_path):
     assert all(row["params"] <= independent for row in summary["models"])
     for name in ("tables.md", "ar.csv", "models.csv", "graph.png", "tree.png", "tree.json"):
         assert (out / name).stat().st_size > 0, name
-    again = subprocess.run([*common, "--merge", "--compress", "lth", "--compress-rate", "0.5"], capture_output=True, text=True, env=env, timeout=900)
+    again = subprocess.run(
+        [*common, "--merge", "--compress", "lth", "--compress-rate", "0.5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert again.returncode == 0 and "done before, skipped" in again.stderr, again.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())["models"]
-    assert rows[:len(summary["models"])] == summary["models"]
+    assert rows[: len(summary["models"])] == summary["models"]
     tree_params = next(row["params"] for row in rows if row["model"].startswith("hierarchical"))
     lth = [row for row in rows if row["model"].startswith("LTH")]  # the flat-k1 model pruned to the tree's size
     assert len(lth) == 1 and abs(lth[0]["params"] - tree_params) <= max(1, tree_params // 500)

@@ -1,4 +1,5 @@
 """Synthetic data: deterministic from the seed, and the corpus readers read exactly what it writes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,9 @@ def test_generation_is_deterministic(tmp_path, tiny_config):
     a = generate(tmp_path / "a", tiny_config, workers=1)
     b = generate(tmp_path / "b", tiny_config, workers=2)
     assert _digest(a) == _digest(b)
-    other = generate(tmp_path / "c", SyntheticConfig(**{**tiny_config.__dict__, "seed": tiny_config.seed + 1}), workers=1)
+    other = generate(
+        tmp_path / "c", SyntheticConfig(**{**tiny_config.__dict__, "seed": tiny_config.seed + 1}), workers=1
+    )
     assert _digest(other) != _digest(a)
 
 

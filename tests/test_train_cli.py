@@ -1,4 +1,5 @@
 """scripts/train.py end to end on the tiny preset, and one-line errors for bad input."""
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,15 @@ def test_train_end_to_end_on_tiny_preset(tmp_path):
     out = tmp_path / "run"
     result = run_train("--preset", "tiny", "--task-set", "asc,sed", "--output-dir", str(out), env_dirs=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("config.yaml", "model_summary.txt", "profile.txt", "model.keras", "history.csv",
-                 "metrics.json", "training_curves.png"):
+    for name in (
+        "config.yaml",
+        "model_summary.txt",
+        "profile.txt",
+        "model.keras",
+        "history.csv",
+        "metrics.json",
+        "training_curves.png",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {"asc", "sed"}
@@ -63,7 +71,9 @@ def test_train_end_to_end_on_tiny_preset(tmp_path):
     assert metrics["mean_teacher"] == ["sed"]
 
     # The rerun reuses the generated data and the feature cache.
-    again = run_train("--preset", "tiny", "--task-set", "asc", "--output-dir", str(tmp_path / "run2"), env_dirs=tmp_path)
+    again = run_train(
+        "--preset", "tiny", "--task-set", "asc", "--output-dir", str(tmp_path / "run2"), env_dirs=tmp_path
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 features computed" in again.stderr
     assert set(json.loads((tmp_path / "run2" / "metrics.json").read_text())["tasks"]) == {"asc"}
@@ -77,7 +87,9 @@ def test_dry_run_prints_summary_and_profile(tmp_path):
 
 
 def test_unknown_task(tmp_path):
-    assert_one_line_error(run_train("--task-set", "asc,foo", env_dirs=tmp_path), "unknown task 'foo'", "asc, gc, scr, sed, vad")
+    assert_one_line_error(
+        run_train("--task-set", "asc,foo", env_dirs=tmp_path), "unknown task 'foo'", "asc, gc, scr, sed, vad"
+    )
 
 
 def test_unknown_strategy(tmp_path):
@@ -97,8 +109,17 @@ def corpus_copy(tmp_path, tiny_corpus):
 
 
 def _tiny(corpus, tmp_path, tasks="asc,sed"):
-    return run_train("--preset", "tiny", "--task-set", tasks, "--data-root", str(corpus),
-                     "--output-dir", str(tmp_path / "run"), env_dirs=tmp_path)
+    return run_train(
+        "--preset",
+        "tiny",
+        "--task-set",
+        tasks,
+        "--data-root",
+        str(corpus),
+        "--output-dir",
+        str(tmp_path / "run"),
+        env_dirs=tmp_path,
+    )
 
 
 def test_unreadable_wav(tmp_path, corpus_copy):
@@ -135,7 +156,9 @@ def test_bad_batch_size_and_config_key(tmp_path):
     assert_one_line_error(run_train("--batch-size", "asc=0", "--dry-run", env_dirs=tmp_path), "batch sizes")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  channelz: [1]\n")
-    assert_one_line_error(run_train("--config", str(bad), "--dry-run", env_dirs=tmp_path), "unknown key(s) in model: channelz")
+    assert_one_line_error(
+        run_train("--config", str(bad), "--dry-run", env_dirs=tmp_path), "unknown key(s) in model: channelz"
+    )
 
 
 def test_speech_tasks_end_to_end_on_synthetic_speech(tmp_path):
@@ -150,28 +173,56 @@ def test_speech_tasks_end_to_end_on_synthetic_speech(tmp_path):
 
 
 def test_unknown_architecture_and_unsupported_task(tmp_path):
-    assert_one_line_error(run_train("--architecture", "resnet", "--dry-run", env_dirs=tmp_path), "unknown architecture 'resnet'")
-    assert_one_line_error(run_train("--architecture", "cp_mobile", "--task-set", "asc,sed", "--dry-run", env_dirs=tmp_path),
-                          "cannot predict frame-level task sed")
+    assert_one_line_error(
+        run_train("--architecture", "resnet", "--dry-run", env_dirs=tmp_path), "unknown architecture 'resnet'"
+    )
+    assert_one_line_error(
+        run_train("--architecture", "cp_mobile", "--task-set", "asc,sed", "--dry-run", env_dirs=tmp_path),
+        "cannot predict frame-level task sed",
+    )
 
 
 def test_cross_soft_with_dwa_end_to_end(tmp_path):
     out = tmp_path / "run"
-    result = run_train("--preset", "tiny", "--strategy", "cross-soft", "--weighting", "dwa", "--epochs", "3",
-                       "--output-dir", str(out), env_dirs=tmp_path)
+    result = run_train(
+        "--preset",
+        "tiny",
+        "--strategy",
+        "cross-soft",
+        "--weighting",
+        "dwa",
+        "--epochs",
+        "3",
+        "--output-dir",
+        str(out),
+        env_dirs=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [float(r["weight_asc"]) for r in rows[:2]] == [1.0, 1.0]  # DWA: 1 for the first two epochs
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["weighting"] == "dwa" and metrics["strategy"] == "cross-soft"
     assert metrics["mean_teacher"] == ["sed"]  # the synthetic DESED set has weak and unlabelled clips
-    assert_one_line_error(run_train("--weighting", "magic", "--dry-run", env_dirs=tmp_path), "unknown weighting 'magic'")
+    assert_one_line_error(
+        run_train("--weighting", "magic", "--dry-run", env_dirs=tmp_path), "unknown weighting 'magic'"
+    )
 
 
 def test_freeze_end_to_end_trains_in_two_phases(tmp_path):
     out = tmp_path / "run"
-    result = run_train("--preset", "tiny", "--strategy", "freeze", "--order", "sed,asc", "--mean-teacher", "off",
-                       "--output-dir", str(out), env_dirs=tmp_path)
+    result = run_train(
+        "--preset",
+        "tiny",
+        "--strategy",
+        "freeze",
+        "--order",
+        "sed,asc",
+        "--mean-teacher",
+        "off",
+        "--output-dir",
+        str(out),
+        env_dirs=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [r["phase"] for r in rows] == ["sed", "sed", "asc", "asc"]
@@ -180,24 +231,30 @@ def test_freeze_end_to_end_trains_in_two_phases(tmp_path):
     assert metrics["phases"] == ["sed", "asc"] and metrics["epochs"] == 4 and metrics["mean_teacher"] == []
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (("--strategy", "freeze"), ("needs --order", "asc,sed")),
-    (("--strategy", "freeze", "--order", "sed,scr"), ("--order sed,scr", "each task")),
-    (("--order", "sed,asc"), ("--order is for --strategy freeze",)),
-    (("--strategy", "hard", "--weighting", "mfl"), ("--weighting mfl", "strategy hard")),
-    (("--strategy", "hard", "--alpha", "0.7"), ("--alpha", "strategy hard")),
-    (("--alpha", "1.5"), ("--alpha must be between 0 and 1",)),
-    (("--alpha", "0.5", "--weighting", "dwa"), ("--alpha", "--weighting dwa")),
-    (("--strategy", "cross-hard", "--task-set", "asc"), ("needs at least two tasks",)),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (("--strategy", "freeze"), ("needs --order", "asc,sed")),
+        (("--strategy", "freeze", "--order", "sed,scr"), ("--order sed,scr", "each task")),
+        (("--order", "sed,asc"), ("--order is for --strategy freeze",)),
+        (("--strategy", "hard", "--weighting", "mfl"), ("--weighting mfl", "strategy hard")),
+        (("--strategy", "hard", "--alpha", "0.7"), ("--alpha", "strategy hard")),
+        (("--alpha", "1.5"), ("--alpha must be between 0 and 1",)),
+        (("--alpha", "0.5", "--weighting", "dwa"), ("--alpha", "--weighting dwa")),
+        (("--strategy", "cross-hard", "--task-set", "asc"), ("needs at least two tasks",)),
+    ],
+)
 def test_strategy_option_errors(tmp_path, args, fragments):
     assert_one_line_error(run_train(*args, "--dry-run", env_dirs=tmp_path), *fragments)
 
 
 def _without_timings(value):
     if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items()
-                if "time" not in k and "seconds" not in k and k not in ("run_dir", "output_dir")}
+        return {
+            k: _without_timings(v)
+            for k, v in value.items()
+            if "time" not in k and "seconds" not in k and k not in ("run_dir", "output_dir")
+        }
     return value
 
 
@@ -205,13 +262,17 @@ def test_deterministic_reruns_give_identical_metrics(tmp_path):
     runs = []
     for name in ("first", "second"):
         out = tmp_path / name
-        result = run_train("--preset", "tiny", "--deterministic", "--seed", "3", "--output-dir", str(out), env_dirs=tmp_path)
+        result = run_train(
+            "--preset", "tiny", "--deterministic", "--seed", "3", "--output-dir", str(out), env_dirs=tmp_path
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(out)
     first, second = (json.loads((run / "metrics.json").read_text()) for run in runs)
     assert _without_timings(first) == _without_timings(second)
-    histories = [[{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader((run / "history.csv").open())]
-                 for run in runs]
+    histories = [
+        [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader((run / "history.csv").open())]
+        for run in runs
+    ]
     assert histories[0] == histories[1] and len(histories[0]) > 1
     assert yaml.safe_load((runs[0] / "config.yaml").read_text())["deterministic"] is True
 
@@ -230,8 +291,12 @@ def test_clip_in_both_train_and_test_split(tmp_path, corpus_copy):
     train_row = (setup / "fold1_train.csv").read_text().splitlines()[1]
     evaluate = setup / "fold1_evaluate.csv"
     evaluate.write_text(evaluate.read_text().rstrip("\n") + "\n" + train_row + "\n")
-    assert_one_line_error(_tiny(corpus_copy, tmp_path, "asc"), train_row.split("\t")[0].split("/")[-1],
-                          "in both the", "cannot be trained and tested on")
+    assert_one_line_error(
+        _tiny(corpus_copy, tmp_path, "asc"),
+        train_row.split("\t")[0].split("/")[-1],
+        "in both the",
+        "cannot be trained and tested on",
+    )
 
 
 def test_missing_split_file(tmp_path, corpus_copy):
@@ -241,8 +306,10 @@ def test_missing_split_file(tmp_path, corpus_copy):
     assert "validation" in result.stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("args, fragment", [(("--epochs", "-1"), "epochs"), (("--epochs", "0"), "epochs"),
-                                            (("--learning-rate", "-0.1"), "learning")])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [(("--epochs", "-1"), "epochs"), (("--epochs", "0"), "epochs"), (("--learning-rate", "-0.1"), "learning")],
+)
 def test_bad_numbers_on_the_command_line(tmp_path, args, fragment):
     result = run_train("--preset", "tiny", *args, "--output-dir", str(tmp_path / "run"), env_dirs=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]

@@ -1,4 +1,5 @@
 """The multi-task VAE for SED (seed 002): KL term, sampling, per-head item selection, training."""
+
 from __future__ import annotations
 
 import csv
@@ -12,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_mtl.models import vae
-from keras_mtl.training.vae import MTLVAE
-from keras_mtl.training import fit
-from keras_mtl.deploy import streaming
-from keras_mtl.deploy import tflite
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
+from keras_mtl.deploy import streaming, tflite
+from keras_mtl.models import vae
 from keras_mtl.tasks.registry import resolve_tasks
+from keras_mtl.training import fit
+from keras_mtl.training.vae import MTLVAE
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(channels=(4, 8), pools=((2, 16), (2, 8)), encoder_units=8, latent_dim=4, decoder_units=8, dropout=0.0)
@@ -65,20 +65,33 @@ def test_each_head_loss_sees_only_its_items():
     strategy = MTLVAE(vae.build_mtl_vae(_sed(), vae.VAEConfig(**TINY)), _sed())
     rng = np.random.default_rng(1)
     roles = tf.constant([0, 1, 2, 3], tf.int32)
-    targets = {"strong": tf.constant((rng.random((4, 25, 10)) > 0.7).astype(np.float32)),
-               "weak": tf.constant((rng.random((4, 10)) > 0.5).astype(np.float32)), "role": roles}
-    outputs = {"sed": rng.uniform(0.05, 0.95, (4, 25, 10)), "sed_weak": rng.uniform(0.05, 0.95, (4, 10)),
-               "sed_reconstruction": rng.standard_normal((4, 25, 128)),
-               "sed_reconstruction_target": rng.standard_normal((4, 25, 128)),
-               "sed_latent_mean": rng.standard_normal((4, 25, 4)), "sed_latent_log_var": rng.standard_normal((4, 25, 4))}
+    targets = {
+        "strong": tf.constant((rng.random((4, 25, 10)) > 0.7).astype(np.float32)),
+        "weak": tf.constant((rng.random((4, 10)) > 0.5).astype(np.float32)),
+        "role": roles,
+    }
+    outputs = {
+        "sed": rng.uniform(0.05, 0.95, (4, 25, 10)),
+        "sed_weak": rng.uniform(0.05, 0.95, (4, 10)),
+        "sed_reconstruction": rng.standard_normal((4, 25, 128)),
+        "sed_reconstruction_target": rng.standard_normal((4, 25, 128)),
+        "sed_latent_mean": rng.standard_normal((4, 25, 4)),
+        "sed_latent_log_var": rng.standard_normal((4, 25, 4)),
+    }
     outputs = {k: tf.constant(v, tf.float32) for k, v in outputs.items()}
     base = {k: float(v) for k, v in strategy.loss_terms(outputs, targets).items() if k in strategy.term_trackers}
-    heads = {"strong_bce": ("sed", {0, 3}), "weak_bce": ("sed_weak", {1}), "reconstruction_mse": ("sed_reconstruction", {2})}
+    heads = {
+        "strong_bce": ("sed", {0, 3}),
+        "weak_bce": ("sed_weak", {1}),
+        "reconstruction_mse": ("sed_reconstruction", {2}),
+    }
     for term, (key, own_rows) in heads.items():
         for row in range(4):
             changed = dict(outputs)
             value = outputs[key].numpy().copy()
-            value[row] = np.clip(value[row] * 0.5 + 0.2, 0.01, 0.99) if term != "reconstruction_mse" else value[row] + 1.0
+            value[row] = (
+                np.clip(value[row] * 0.5 + 0.2, 0.01, 0.99) if term != "reconstruction_mse" else value[row] + 1.0
+            )
             changed[key] = tf.constant(value)
             result = float(strategy.loss_terms(changed, targets)[term])
             if row in own_rows:
@@ -93,29 +106,62 @@ def test_each_head_loss_sees_only_its_items():
 def test_train_cli_mtl_vae_with_four_data_types_reduces_the_loss(tmp_path):
     env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
     config = tmp_path / "vae.yaml"
-    config.write_text("synthetic: {sed_strong_real: 3}\n"
-                      "architecture_options: {channels: [4, 8], pools: [[2, 16], [2, 8]], encoder_units: 8,"
-                      " latent_dim: 4, decoder_units: 8, dropout: 0.0}\n"
-                      "training: {steps_per_epoch: 4, strong_real_batch_size: 2, kl_warmup_fraction: 0.5}\n")
+    config.write_text(
+        "synthetic: {sed_strong_real: 3}\n"
+        "architecture_options: {channels: [4, 8], pools: [[2, 16], [2, 8]], encoder_units: 8,"
+        " latent_dim: 4, decoder_units: 8, dropout: 0.0}\n"
+        "training: {steps_per_epoch: 4, strong_real_batch_size: 2, kl_warmup_fraction: 0.5}\n"
+    )
     run = tmp_path / "run"
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--preset", "tiny", "--task-set", "sed",
-                             "--model", "mtl-vae", "--config", str(config), "--epochs", "4", "--output-dir", str(run)],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "train.py"),
+            "--preset",
+            "tiny",
+            "--task-set",
+            "sed",
+            "--model",
+            "mtl-vae",
+            "--config",
+            str(config),
+            "--epochs",
+            "4",
+            "--output-dir",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "semi-supervised batches for sed" in result.stderr and "sed/strong_real: 3 clips" in result.stderr
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert float(rows[-1]["sed_strong_bce"]) < float(rows[0]["sed_strong_bce"])
     assert float(rows[-1]["sed_reconstruction_mse"]) < float(rows[0]["sed_reconstruction_mse"])
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["strategy"] == "mtl-vae" and {"event_f1_macro", "segment_f1_macro"} <= set(metrics["tasks"]["sed"]["metrics"])
+    assert metrics["strategy"] == "mtl-vae" and {"event_f1_macro", "segment_f1_macro"} <= set(
+        metrics["tasks"]["sed"]["metrics"]
+    )
     summary = (run / "model_summary.txt").read_text()
     assert "shared/encoder_gru" in summary and "shared/sampling" in summary and "sed/reconstruction" in summary
     loaded = keras.models.load_model(run / "model.keras", compile=False)
     assert isinstance(loaded.get_layer("shared/sampling"), vae.Sampling)
     # a fresh process that never imported keras_mtl.models.vae loads the run and plans its streaming export
-    plan = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from keras_mtl.deploy.export import load_run; "
-                           "print([p.name for p in load_run(Path(sys.argv[1]))[3].pieces])", str(run)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    plan = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from keras_mtl.deploy.export import load_run; "
+            "print([p.name for p in load_run(Path(sys.argv[1]))[3].pieces])",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert plan.returncode == 0 and "['encoder', 'sed_step']" in plan.stdout, plan.stderr[-2000:]
 
 

@@ -1,9 +1,10 @@
 """Shared command-line plumbing: logging setup and one-line errors for user mistakes."""
+
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from keras_mtl.core.errors import UserError
 
@@ -57,8 +58,9 @@ def parse_data_roots(values: list[str]) -> str | dict:
     raise UserError("--data-root: give either one folder, or task=DIR for each task")
 
 
-def base_config(preset: str, config_path: str | None = None, epochs: int | None = None,
-                data_roots: list[str] | None = None) -> dict:
+def base_config(
+    preset: str, config_path: str | None = None, epochs: int | None = None, data_roots: list[str] | None = None
+) -> dict:
     """The configuration every run of an experiment starts from: a preset, a YAML on top, epochs, data roots."""
     from keras_mtl.runs import config as run_config
 

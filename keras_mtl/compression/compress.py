@@ -1,23 +1,34 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 
-from keras_mtl.runs.folder import describe_run
+from keras_mtl.compression.pruning import (
+    lottery_ticket,
+    model_params,
+    nonzero_params,
+    prunable_weights,
+    sparse_sharing,
+    union_masks,
+)
+from keras_mtl.core import fileio
+from keras_mtl.core.backend import keras
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.core.reporting import pyplot, save_figure
+from keras_mtl.data.pipeline import feature_statistics
+from keras_mtl.deploy.export import export_run, load_run
+from keras_mtl.deploy.qat import qat_finetune
+from keras_mtl.runs.folder import CONFIG, METRICS, describe_run, open_run, read_config
 from keras_mtl.runs.inputs import prepare_data
 from keras_mtl.runs.network import build_network
 from keras_mtl.training.callbacks import HistoryWriter
-from keras_mtl.training.fit import evaluate_task
-from keras_mtl.deploy.export import export_run, load_run
-from keras_mtl.core.backend import keras
-from keras_mtl.core.errors import ConfigError
-from keras_mtl.compression.pruning import lottery_ticket, model_params, nonzero_params, prunable_weights, sparse_sharing, union_masks
-from keras_mtl.deploy.qat import qat_finetune
-
+from keras_mtl.training.evaluate import evaluate_task
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +61,12 @@ def compress_run(run_dir, settings: CompressionSettings, out_dir=None, **export_
     parameters as ``model.params``) and, for pruning, masks.npz and rounds.png. LTH and LT4REC
     start from the run's configuration with fresh initial weights (the run's seed); QAT fine-tunes
     the run's trained network and exports it (int8 beside the run's post-training quantisation)."""
-    from pathlib import Path
-
-    import yaml
-
-    from keras_mtl.runs import config as run_config
-    from keras_mtl.core import fileio
-    from keras_mtl.data.pipeline import feature_statistics
-    from keras_mtl.tasks.registry import resolve_tasks
-
     run_dir = Path(run_dir)
-    for name in ("config.yaml", "metrics.json"):
-        if not (run_dir / name).is_file():
-            raise ConfigError(f"{run_dir}: not a finished run folder ({name} is missing)")
-    source = yaml.safe_load((run_dir / "config.yaml").read_text())
+    tasks = open_run(run_dir, needs=(CONFIG, METRICS)).tasks
     out = Path(out_dir) if out_dir else run_dir / f"compress-{settings.method}"
-    config = run_config.build(run_config.merge(source, {"output_dir": str(out)}))
+    config = read_config(run_dir, output_dir=str(out))
     if config.architecture != "mtl":
         raise ConfigError(f"{run_dir}: compression works on the mtl architecture, not {config.architecture}")
-    tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
     if settings.method == "qat":
         return _compress_qat(run_dir, config, tasks, settings, out, export_options)
     keras.utils.set_random_seed(config.seed)
@@ -91,13 +89,23 @@ def compress_run(run_dir, settings: CompressionSettings, out_dir=None, **export_
         history.on_epoch_end(len(rows) - 1, flat)
 
     if settings.method == "lth":
-        masks, _, metrics = lottery_ticket(network, tasks, data, config, target, settings.rate, settings.epochs,
-                                           settings.rewind_epoch, on_round=on_round)
+        masks, _, metrics = lottery_ticket(
+            network,
+            tasks,
+            data,
+            config,
+            target,
+            settings.rate,
+            settings.epochs,
+            settings.rewind_epoch,
+            on_round=on_round,
+        )
         nonzero = nonzero_params(total, masks)
         saved_masks = masks
     else:
-        task_masks, _, metrics = sparse_sharing(network, tasks, data, config, target, settings.rate, settings.epochs,
-                                                on_round=on_round)
+        task_masks, _, metrics = sparse_sharing(
+            network, tasks, data, config, target, settings.rate, settings.epochs, on_round=on_round
+        )
         keys = {key: tuple(v.shape) for key, v in prunable_weights(network).items()}
         nonzero = nonzero_params(total, union_masks(task_masks, keys))
         saved_masks = {f"{name}/{key}": mask for name, masks in task_masks.items() for key, mask in masks.items()}
@@ -108,34 +116,51 @@ def compress_run(run_dir, settings: CompressionSettings, out_dir=None, **export_
             np.savez_compressed(handle, **saved_masks)
     paths = info["profile"]["task_paths"]
     result = {
-        "tasks": {t.name: {"split": data.test[t.name].split, "metrics": metrics[t.name],
-                           "headline": {"name": t.headline, "value": metrics[t.name][t.headline]},
-                           "params": paths[t.name]["params"], "macs_per_second": paths[t.name]["macs_per_second"]}
-                  for t in tasks},
+        "tasks": {
+            t.name: {
+                "split": data.test[t.name].split,
+                "metrics": metrics[t.name],
+                "headline": {"name": t.headline, "value": metrics[t.name][t.headline]},
+                "params": paths[t.name]["params"],
+                "macs_per_second": paths[t.name]["macs_per_second"],
+            }
+            for t in tasks
+        },
         "model": {**info["profile"]["total"], "params": nonzero, "dense_params": total},
-        "compression": {"method": settings.method, "rate": settings.rate, "target_params": target,
-                        "rewind_epoch": settings.rewind_epoch, "epochs_per_round": settings.epochs or config.training.epochs,
-                        "source_run": str(run_dir), "rounds": rows},
+        "compression": {
+            "method": settings.method,
+            "rate": settings.rate,
+            "target_params": target,
+            "rewind_epoch": settings.rewind_epoch,
+            "epochs_per_round": settings.epochs or config.training.epochs,
+            "source_run": str(run_dir),
+            "rounds": rows,
+        },
         "output_dir": str(out),
     }
     fileio.write_json(out / "metrics.json", result)
     plot_rounds(rows, tasks, out / "rounds.png")
-    log.info("%s: %s non-zero parameters of %s; %s", settings.method.upper(), f"{nonzero:,}", f"{total:,}",
-             ", ".join(f"{t.name} {t.headline} {metrics[t.name][t.headline]:.4f}" for t in tasks))
+    log.info(
+        "%s: %s non-zero parameters of %s; %s",
+        settings.method.upper(),
+        f"{nonzero:,}",
+        f"{total:,}",
+        ", ".join(f"{t.name} {t.headline} {metrics[t.name][t.headline]:.4f}" for t in tasks),
+    )
     return result
 
 
 def plot_rounds(rows: list[dict], tasks, path) -> None:
     """Headline per task against the non-zero parameters, one point per round."""
-    from keras_mtl.core.reporting import pyplot, save_figure
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for task in tasks:
         key = "headline" if "headline" in rows[0] else "single_headline"
         ax.plot([r["nonzero_params"] for r in rows], [r[key][task.name] for r in rows], marker="o", label=task.name)
     ax.invert_xaxis()
-    ax.set_xlabel("non-zero parameters (after the round's pruning)" if "single_headline" in rows[0] else "non-zero parameters")
+    ax.set_xlabel(
+        "non-zero parameters (after the round's pruning)" if "single_headline" in rows[0] else "non-zero parameters"
+    )
     ax.set_ylabel("headline metric (test)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -145,8 +170,6 @@ def plot_rounds(rows: list[dict], tasks, path) -> None:
 def _compress_qat(run_dir, config, tasks, settings: CompressionSettings, out, export_options: dict) -> dict:
     """QAT fine-tuning of the trained run into ``out`` (a run folder), then the int8 export of both
     (``export_options``: those of keras_mtl.deploy.export.export_run)."""
-    from keras_mtl.core import fileio
-
     epochs = settings.epochs or 2
     _, _, network, _ = load_run(run_dir)
     data = prepare_data(config, tasks)
@@ -158,19 +181,34 @@ def _compress_qat(run_dir, config, tasks, settings: CompressionSettings, out, ex
     results = {}
     for task in tasks:
         metrics = evaluate_task(keras.Model(tuned.input, tuned.output[task.name]), task, data, config.training)
-        results[task.name] = {"split": data.test[task.name].split, "metrics": metrics,
-                              "headline": {"name": task.headline, "value": metrics[task.headline]},
-                              "params": info["profile"]["task_paths"][task.name]["params"],
-                              "macs_per_second": info["profile"]["task_paths"][task.name]["macs_per_second"]}
-    fileio.write_json(out / "metrics.json", {"tasks": results, "model": info["profile"]["total"],
-                                             "compression": {"method": "qat", "epochs": epochs, "source_run": str(run_dir)},
-                                             "output_dir": str(out)})
+        results[task.name] = {
+            "split": data.test[task.name].split,
+            "metrics": metrics,
+            "headline": {"name": task.headline, "value": metrics[task.headline]},
+            "params": info["profile"]["task_paths"][task.name]["params"],
+            "macs_per_second": info["profile"]["task_paths"][task.name]["macs_per_second"],
+        }
+    fileio.write_json(
+        out / "metrics.json",
+        {
+            "tasks": results,
+            "model": info["profile"]["total"],
+            "compression": {"method": "qat", "epochs": epochs, "source_run": str(run_dir)},
+            "output_dir": str(out),
+        },
+    )
     qat = export_run(out, out / "export", **export_options)
     ptq = export_run(run_dir, out / "ptq-export", **export_options)
-    comparison = {task: {"headline": r["headline"], "float": ptq["tasks"][task]["float"][r["headline"]],
-                         "ptq_int8_streamed": ptq["tasks"][task]["int8_streamed"][r["headline"]],
-                         "qat_float": r["float"][r["headline"]], "qat_int8_streamed": r["int8_streamed"][r["headline"]]}
-                  for task, r in qat["tasks"].items()}
+    comparison = {
+        task: {
+            "headline": r["headline"],
+            "float": ptq["tasks"][task]["float"][r["headline"]],
+            "ptq_int8_streamed": ptq["tasks"][task]["int8_streamed"][r["headline"]],
+            "qat_float": r["float"][r["headline"]],
+            "qat_int8_streamed": r["int8_streamed"][r["headline"]],
+        }
+        for task, r in qat["tasks"].items()
+    }
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["compression"]["int8"] = comparison
     fileio.write_json(out / "metrics.json", metrics)

@@ -1,23 +1,28 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
-import logging
-
 import contextlib
-from typing import Sequence
+import logging
+from collections.abc import Sequence
 
 import numpy as np
 
-from keras_mtl.training.fit import evaluate_task, fit_network
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
+from keras_mtl.runs.network import build_network
+from keras_mtl.training.evaluate import evaluate_task
+from keras_mtl.training.fit import fit_network
 from keras_mtl.training.strategies import HardMTL
 
 log = logging.getLogger(__name__)
 
 
-PRUNED_WEIGHTS = ((keras.layers.Conv2D, ("kernel",)), (keras.layers.Dense, ("kernel",)),
-                  (keras.layers.GRU, ("kernel", "recurrent_kernel")))
+PRUNED_WEIGHTS = (
+    (keras.layers.Conv2D, ("kernel",)),
+    (keras.layers.Dense, ("kernel",)),
+    (keras.layers.GRU, ("kernel", "recurrent_kernel")),
+)
 
 
 def prunable_weights(network: keras.Model) -> dict:
@@ -112,7 +117,9 @@ def set_masks(wrapped: keras.Model, masks: dict) -> None:
             raise ConfigError(f"pruning: wrapper {wrapper.name} is not built")
         keys = list(_single(wrapper.layer))
         if len(keys) != len(wrapper.pruning_vars):
-            raise ConfigError(f"pruning: {wrapper.layer.name} has {len(wrapper.pruning_vars)} prunable weights, expected {len(keys)}")
+            raise ConfigError(
+                f"pruning: {wrapper.layer.name} has {len(wrapper.pruning_vars)} prunable weights, expected {len(keys)}"
+            )
         for key, (weight, mask, _threshold) in zip(keys, wrapper.pruning_vars):
             if tuple(mask.shape) != masks[key].shape:
                 raise ConfigError(f"pruning: mask {key} has shape {masks[key].shape}, the weight {tuple(mask.shape)}")
@@ -166,8 +173,10 @@ def nonzero_params(total: int, masks: dict) -> int:
 def _check_target(total: int, prunable: int, target: int) -> None:
     floor = total - prunable
     if not floor < target < total:
-        raise ConfigError(f"--target-params {target:,}: must lie between the parameters pruning cannot remove "
-                          f"({floor:,}: biases, batch norm, attention scores) and the model's {total:,}")
+        raise ConfigError(
+            f"--target-params {target:,}: must lie between the parameters pruning cannot remove "
+            f"({floor:,}: biases, batch norm, attention scores) and the model's {total:,}"
+        )
 
 
 def _tolerance(total: int) -> int:
@@ -180,16 +189,25 @@ def _evaluate_tasks(strategy, tasks, data, config) -> dict:
     return {task.name: evaluate_task(strategy.paths[task.name], task, data, config.training) for task in tasks}
 
 
-def lottery_ticket(network: keras.Model, tasks: Sequence, data, config, target_params: int, rate: float = 0.2,
-                   epochs: int | None = None, rewind_epoch: int = 0, max_rounds: int = 30, on_round=None,
-                   callbacks: Sequence = ()):
+def lottery_ticket(
+    network: keras.Model,
+    tasks: Sequence,
+    data,
+    config,
+    target_params: int,
+    rate: float = 0.2,
+    epochs: int | None = None,
+    rewind_epoch: int = 0,
+    max_rounds: int = 30,
+    on_round=None,
+    callbacks: Sequence = (),
+):
     """Iterative magnitude pruning with rewinding (see the module docstring), in place on ``network``,
     which ends holding the last round's trained sparse weights. Returns (masks, rounds, metrics):
     ``rounds`` one dict per training (round, fraction pruned before it, non-zero params, sparsity per
     weight, headline per task); ``metrics`` the last round's task metrics. ``callbacks`` join every
     round's training."""
     import tensorflow_model_optimization as tfmot
-
 
     if not 0.0 < rate < 1.0:
         raise ConfigError(f"--rate {rate}: the fraction pruned per round must be between 0 and 1")
@@ -201,17 +219,31 @@ def lottery_ticket(network: keras.Model, tasks: Sequence, data, config, target_p
     for index in range(max_rounds + 1):
         set_masks(wrapped, masks)
         keeper = WeightsAtEpoch(network, rewind_epoch) if index == 0 and rewind_epoch > 0 else None
-        log.info("LTH round %d: %s non-zero parameters of %s (%.1f%% pruned)", index, f"{nonzero_params(total, masks):,}",
-                 f"{total:,}", 100.0 * pruned_count(masks) / total)
-        hooks = [tfmot.sparsity.keras.UpdatePruningStep(), KeepPruned(wrapped), *callbacks] + ([keeper] if keeper else [])
+        log.info(
+            "LTH round %d: %s non-zero parameters of %s (%.1f%% pruned)",
+            index,
+            f"{nonzero_params(total, masks):,}",
+            f"{total:,}",
+            100.0 * pruned_count(masks) / total,
+        )
+        hooks = [tfmot.sparsity.keras.UpdatePruningStep(), KeepPruned(wrapped), *callbacks] + (
+            [keeper] if keeper else []
+        )
         strategy = fit_network(wrapped, tasks, data, config, epochs, callbacks=hooks)
         if keeper is not None:
             if keeper.weights is None:
-                raise ConfigError(f"--rewind-epoch {rewind_epoch}: a round trains only {epochs or config.training.epochs} epochs")
+                raise ConfigError(
+                    f"--rewind-epoch {rewind_epoch}: a round trains only {epochs or config.training.epochs} epochs"
+                )
             rewind_to = keeper.weights
         metrics = _evaluate_tasks(strategy, tasks, data, config)
-        row = {"round": index, "fraction": fraction, "nonzero_params": nonzero_params(total, masks),
-               "sparsity": sparsity(masks), "headline": {t.name: metrics[t.name][t.headline] for t in tasks}}
+        row = {
+            "round": index,
+            "fraction": fraction,
+            "nonzero_params": nonzero_params(total, masks),
+            "sparsity": sparsity(masks),
+            "headline": {t.name: metrics[t.name][t.headline] for t in tasks},
+        }
         rounds.append(row)
         if on_round is not None:
             on_round(row)
@@ -264,9 +296,12 @@ class SparseSharingMTL(HardMTL):
                 raise ConfigError(f"LT4REC: no mask for task {name}")
             unknown = sorted(set(task_masks[name]) - set(variables))
             if unknown:
-                raise ConfigError(f"LT4REC: task {name}'s mask names weights the network lacks: {', '.join(unknown[:4])}")
-            self.task_masks[name] = [(variables[key], tf.constant(task_masks[name][key], tf.float32))
-                                     for key in sorted(task_masks[name])]
+                raise ConfigError(
+                    f"LT4REC: task {name}'s mask names weights the network lacks: {', '.join(unknown[:4])}"
+                )
+            self.task_masks[name] = [
+                (variables[key], tf.constant(task_masks[name][key], tf.float32)) for key in sorted(task_masks[name])
+            ]
 
     def _turn_step(self, task, data):
         features, targets = data[task.name]
@@ -280,7 +315,9 @@ class SparseSharingMTL(HardMTL):
             total = loss + self.regularization()
         gradients = tape.gradient(total, variables)
         mask_of = {variable.ref(): mask for variable, mask in pairs}
-        gradients = [g * mask_of[v.ref()] if g is not None and v.ref() in mask_of else g for g, v in zip(gradients, variables)]
+        gradients = [
+            g * mask_of[v.ref()] if g is not None and v.ref() in mask_of else g for g, v in zip(gradients, variables)
+        ]
         for (variable, _), value in zip(pairs, full):
             variable.assign(value)
         self.optimizer.apply_gradients(zip(gradients, variables))
@@ -298,16 +335,26 @@ def copy_weights_by_name(source: keras.Model, target: keras.Model) -> None:
             try:
                 layer.set_weights(source.get_layer(layer.name).get_weights())
             except ValueError:
-                raise ConfigError(f"LT4REC: the multi-task network has no layer {layer.name} for the single-task one") from None
+                raise ConfigError(
+                    f"LT4REC: the multi-task network has no layer {layer.name} for the single-task one"
+                ) from None
 
 
-def sparse_sharing(network: keras.Model, tasks: Sequence, data, config, target_params: int, rate: float = 0.2,
-                   epochs: int | None = None, max_rounds: int = 30, on_round=None):
+def sparse_sharing(
+    network: keras.Model,
+    tasks: Sequence,
+    data,
+    config,
+    target_params: int,
+    rate: float = 0.2,
+    epochs: int | None = None,
+    max_rounds: int = 30,
+    on_round=None,
+):
     """LT4REC (see the module docstring), in place on ``network``. Returns (task masks, rounds, metrics):
     the masks by task, one dict per pruning round (union non-zero params, per-task sparsity and the
     single-task headline of that round's training), and each task's metrics through its own mask."""
     import tensorflow_model_optimization as tfmot
-
 
     if not 0.0 < rate < 1.0:
         raise ConfigError(f"--rate {rate}: the fraction pruned per round must be between 0 and 1")
@@ -318,7 +365,7 @@ def sparse_sharing(network: keras.Model, tasks: Sequence, data, config, target_p
     _check_target(total, sum(int(np.prod(s)) for s in keys.values()), target_params)
     singles = {}
     for task in tasks:
-        single = network.build_network(config, [task], weak_output=task.name in data.semi)
+        single = build_network(config, [task], weak_output=task.name in data.semi)
         copy_weights_by_name(network, single)
         singles[task.name] = (single, wrap_for_pruning(single), single.get_weights())
     masks = {name: full_masks(single) for name, (single, _, _) in singles.items()}
@@ -332,10 +379,20 @@ def sparse_sharing(network: keras.Model, tasks: Sequence, data, config, target_p
         for task in tasks:
             single, wrapped, _ = singles[task.name]
             set_masks(wrapped, masks[task.name])
-            log.info("LT4REC round %d: single-task %s, %.1f%% of its weights pruned", index, task.name,
-                     100.0 * pruned_count(masks[task.name]) / sum(m.size for m in masks[task.name].values()))
-            strategy = fit_network(wrapped, [task], data, config, epochs,
-                                            callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), KeepPruned(wrapped)])
+            log.info(
+                "LT4REC round %d: single-task %s, %.1f%% of its weights pruned",
+                index,
+                task.name,
+                100.0 * pruned_count(masks[task.name]) / sum(m.size for m in masks[task.name].values()),
+            )
+            strategy = fit_network(
+                wrapped,
+                [task],
+                data,
+                config,
+                epochs,
+                callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), KeepPruned(wrapped)],
+            )
             headline[task.name] = evaluate_task(strategy.paths[task.name], task, data, config.training)[task.headline]
         trained = {name: {key: v.numpy() for key, v in prunable_weights(singles[name][0]).items()} for name in masks}
 
@@ -351,8 +408,13 @@ def sparse_sharing(network: keras.Model, tasks: Sequence, data, config, target_p
             fraction = high
         masks = candidate(fraction)
         nonzero = union_nonzero(masks)
-        row = {"round": index, "single_headline": headline, "fraction": fraction, "nonzero_params": nonzero,
-               "task_sparsity": {name: pruned_count(m) / sum(v.size for v in m.values()) for name, m in masks.items()}}
+        row = {
+            "round": index,
+            "single_headline": headline,
+            "fraction": fraction,
+            "nonzero_params": nonzero,
+            "task_sparsity": {name: pruned_count(m) / sum(v.size for v in m.values()) for name, m in masks.items()},
+        }
         rounds.append(row)
         if on_round is not None:
             on_round(row)
@@ -367,8 +429,7 @@ def sparse_sharing(network: keras.Model, tasks: Sequence, data, config, target_p
     for key, mask in union.items():  # weights outside every mask start (and stay) at zero
         variables[key].assign(variables[key].numpy() * mask)
     log.info("LT4REC: joint training, %s non-zero parameters of %s", f"{nonzero_params(total, union):,}", f"{total:,}")
-    strategy = fit_network(network, tasks, data, config, epochs, strategy_cls=SparseSharingMTL,
-                                    task_masks=masks)
+    strategy = fit_network(network, tasks, data, config, epochs, strategy_cls=SparseSharingMTL, task_masks=masks)
     metrics = {}
     for task in tasks:
         with masked(network, masks[task.name]):

@@ -1,4 +1,5 @@
 """The one place TensorFlow and tf_keras are imported from (legacy Keras 2 API)."""
+
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

@@ -1,4 +1,5 @@
 """Atomic file writes: write to a temporary file beside the target, then rename."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,8 +7,8 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager

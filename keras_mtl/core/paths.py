@@ -1,4 +1,5 @@
 """Where a checkout keeps generated data, the feature cache and run folders (overridable by environment)."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,11 @@ def default_cache_dir() -> Path:
     """Where log-mel features are cached."""
     if os.environ.get("KERAS_MTL_CACHE_DIR"):
         return Path(os.environ["KERAS_MTL_CACHE_DIR"])
-    return REPO_ROOT / "datasets" / ".cache" / "features" if in_checkout() else Path.home() / ".cache" / "keras_mtl" / "features"
+    return (
+        REPO_ROOT / "datasets" / ".cache" / "features"
+        if in_checkout()
+        else Path.home() / ".cache" / "keras_mtl" / "features"
+    )
 
 
 def runs_dir() -> Path:

@@ -1,4 +1,5 @@
 """Human-facing output of a run: the training-curve plot and the closing results table."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,8 +53,16 @@ def results_table(metrics: dict) -> str:
     for name, result in metrics["tasks"].items():
         m = result["metrics"]
         value = result["headline"]["value"]
-        rows.append((name, result["split"], result["headline"]["name"], "n/a" if value is None else f"{value:.4f}",
-                     human(result["params"]), human(result["macs_per_second"])))
+        rows.append(
+            (
+                name,
+                result["split"],
+                result["headline"]["name"],
+                "n/a" if value is None else f"{value:.4f}",
+                human(result["params"]),
+                human(result["macs_per_second"]),
+            )
+        )
         for extra in ("macro_accuracy", "segment_f1_macro", "psds1"):
             if m.get(extra) is not None:
                 rows.append(("", "", extra, f"{m[extra]:.4f}", "", ""))

@@ -1,4 +1,5 @@
 """Audio file I/O with soundfile and soxr (no tensorflow-io: its ops do not load on TF 2.21)."""
+
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ import soundfile as sf
 import soxr
 
 from keras_mtl.core.errors import DataError
+from keras_mtl.core.fileio import atomic_path
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
@@ -52,8 +54,6 @@ def fix_length(signal: np.ndarray, n_samples: int, pad: str = "zeros") -> np.nda
 
 def write_wav(path: str | os.PathLike, signal: np.ndarray, sample_rate: int) -> None:
     """Write 16-bit PCM atomically (temporary file, then rename)."""
-    from keras_mtl.core.fileio import atomic_path
-
     with atomic_path(path, suffix=".wav") as tmp:
         sf.write(os.fspath(tmp), np.clip(signal, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
 

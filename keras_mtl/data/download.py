@@ -7,6 +7,7 @@ a file counts as downloaded only once its checksum matches. Archives are checked
 member before anything is written: absolute paths, ``..`` components, links and devices are
 refused, and extraction goes to a temporary folder that is renamed into place at the end.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -105,8 +106,9 @@ def fetch(url: str, dest: Path, entry: dict) -> Path:
                         try:
                             chunk = response.read(CHUNK)
                         except (OSError, ValueError, http.client.HTTPException) as exc:
-                            raise DataError(f"{url}: download interrupted after {out.tell()} bytes ({exc}); "
-                                            "run again to resume") from None
+                            raise DataError(
+                                f"{url}: download interrupted after {out.tell()} bytes ({exc}); run again to resume"
+                            ) from None
                         if not chunk:
                             break
                         out.write(chunk)
@@ -114,7 +116,9 @@ def fetch(url: str, dest: Path, entry: dict) -> Path:
             finally:
                 bar.close()
             if total is not None and out_size(part) < int(total):
-                raise DataError(f"{url}: download interrupted at {out_size(part)} of {total} bytes; run again to resume")
+                raise DataError(
+                    f"{url}: download interrupted at {out_size(part)} of {total} bytes; run again to resume"
+                )
     size = part.stat().st_size
     if entry.get("size") and size < int(entry["size"]):
         raise DataError(f"{url}: download interrupted at {size} of {entry['size']} bytes; run again to resume")

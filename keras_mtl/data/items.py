@@ -1,4 +1,5 @@
 """What a dataset split is made of: audio items with clip labels, weak tags or strong events."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -4,6 +4,7 @@ Features are computed once per file and front-end config (``FeatureCache``); eve
 after the first reads them from memory (``Dataset.cache``), so no audio is decoded and no
 STFT computed again.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from keras_mtl.core.backend import tf
+from keras_mtl.core.errors import ConfigError, DataError
 from keras_mtl.data.audio import fix_length, load_audio
 from keras_mtl.data.items import AudioItem
-from keras_mtl.core.errors import ConfigError, DataError
 from keras_mtl.features.augment import AugmentConfig, spec_augment
 from keras_mtl.features.cache import FeatureCache
 from keras_mtl.features.logmel import FrontEndConfig, LogMel
@@ -52,7 +53,9 @@ class FeatureExtractor:
         self.cache = FeatureCache(cache_dir, frontend)
         self._logmel = LogMel(frontend)
 
-    def prepare(self, task, split: str, items: list[AudioItem], time_pool_factor: int, ceil_frames: bool = False) -> TaskSplit:
+    def prepare(
+        self, task, split: str, items: list[AudioItem], time_pool_factor: int, ceil_frames: bool = False
+    ) -> TaskSplit:
         """``time_pool_factor``: input frames per output frame; ``ceil_frames``: the model rounds the
         output frame count up (strided 'same' convolutions) instead of down (pooling)."""
         n_samples = int(round(task.clip_seconds * self.frontend.sample_rate))
@@ -71,14 +74,30 @@ class FeatureExtractor:
                 audio = load_audio(item.path, self.frontend.sample_rate)
                 padded += len(audio) < n_samples
                 cut += len(audio) > n_samples
-                self.cache.store(item.path, n_samples, self._logmel(fix_length(audio, n_samples, task.pad_mode)), task.pad_mode)
+                self.cache.store(
+                    item.path, n_samples, self._logmel(fix_length(audio, n_samples, task.pad_mode)), task.pad_mode
+                )
                 computed += 1
             paths.append(path)
         bar.close()
-        log.info("%s/%s: %d clips (%d features computed, %d from cache)", task.name, split, len(items), computed, len(items) - computed)
+        log.info(
+            "%s/%s: %d clips (%d features computed, %d from cache)",
+            task.name,
+            split,
+            len(items),
+            computed,
+            len(items) - computed,
+        )
         if padded or cut:
-            log.info("%s/%s: %d clips shorter than %.2f s padded (%s), %d longer ones cut", task.name, split, padded,
-                     task.clip_seconds, task.pad_mode, cut)
+            log.info(
+                "%s/%s: %d clips shorter than %.2f s padded (%s), %d longer ones cut",
+                task.name,
+                split,
+                padded,
+                task.clip_seconds,
+                task.pad_mode,
+                cut,
+            )
         targets = [task.target(item, output_frames, frame_seconds) for item in items]
         return TaskSplit(task, split, items, paths, targets, input_frames, output_frames, frame_seconds)
 
@@ -113,14 +132,17 @@ def _feature_dataset(split: TaskSplit, targets: list, target_signature) -> tf.da
         generate,
         output_signature=(tf.TensorSpec(shape=(split.input_frames, n_mels), dtype=tf.float16), target_signature),
     ).cache()
-    return dataset.map(lambda features, target: (tf.cast(features, tf.float32), target), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(
+        lambda features, target: (tf.cast(features, tf.float32), target), num_parallel_calls=tf.data.AUTOTUNE
+    )
 
 
 def _training_batches(dataset, size: int, batch_size: int, augment: AugmentConfig | None, seed: int):
     dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)
     if augment is not None:
-        dataset = dataset.map(lambda features, target: (spec_augment(features, augment), target),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(
+            lambda features, target: (spec_augment(features, augment), target), num_parallel_calls=tf.data.AUTOTUNE
+        )
     return dataset.repeat().batch(batch_size, drop_remainder=size >= batch_size)
 
 
@@ -164,8 +186,11 @@ def make_semi_supervised_dataset(
     3 strong real}``."""
     task = strong.task
     n_frames, n_classes = strong.output_frames, task.n_classes
-    signature = {"strong": tf.TensorSpec((n_frames, n_classes), tf.float32),
-                 "weak": tf.TensorSpec((n_classes,), tf.float32), "role": tf.TensorSpec((), tf.int32)}
+    signature = {
+        "strong": tf.TensorSpec((n_frames, n_classes), tf.float32),
+        "weak": tf.TensorSpec((n_classes,), tf.float32),
+        "role": tf.TensorSpec((), tf.int32),
+    }
     no_frames = np.zeros((n_frames, n_classes), np.float32)
     parts = []
     for role, (split, size) in enumerate(zip((strong, weak, unlabeled, strong_real), batch_sizes)):
@@ -174,11 +199,14 @@ def make_semi_supervised_dataset(
         if role in (0, 3):
             targets = [{"strong": t, "weak": t.max(axis=0), "role": np.int32(role)} for t in split.targets]
         elif role == 1:
-            targets = [{"strong": no_frames, "weak": weak_target(item, task.classes), "role": np.int32(1)}
-                       for item in split.items]
+            targets = [
+                {"strong": no_frames, "weak": weak_target(item, task.classes), "role": np.int32(1)}
+                for item in split.items
+            ]
         else:
-            targets = [{"strong": no_frames, "weak": np.zeros(n_classes, np.float32), "role": np.int32(2)}
-                       for _ in split.items]
+            targets = [
+                {"strong": no_frames, "weak": np.zeros(n_classes, np.float32), "role": np.int32(2)} for _ in split.items
+            ]
         dataset = _feature_dataset(split, targets, signature)
         parts.append(_training_batches(dataset, len(split), size, augment, seed + role))
     if not parts:
@@ -192,4 +220,3 @@ def make_semi_supervised_dataset(
         return features, targets
 
     return tf.data.Dataset.zip(tuple(parts)).map(concatenate).prefetch(tf.data.AUTOTUNE)
-

@@ -9,6 +9,7 @@ differ by 1 LSB. Downstream operators then see different inputs and may move the
 measured per operator, each fed the same inputs (LiteRT's intermediate tensors), where it must be
 at most 1 LSB; the end-to-end difference of the whole model is reported beside it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,11 @@ def reference_interpreter(flatbuffer: bytes, preserve_all_tensors: bool = False)
     """LiteRT with its reference kernels (no XNNPACK), the closest host twin of TFLite-Micro."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
-                              experimental_preserve_all_tensors=preserve_all_tensors)
+    interpreter = Interpreter(
+        model_content=flatbuffer,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+        experimental_preserve_all_tensors=preserve_all_tensors,
+    )
     interpreter.allocate_tensors()
     return interpreter
 
@@ -56,7 +60,9 @@ def single_operator_models(flatbuffer: bytes) -> list[tuple[str, bytes, list[int
     return models
 
 
-def per_operator_lsb(flatbuffer: bytes, int8_inputs: list[list[np.ndarray]], arena_size: int = 64 * 1024) -> dict[str, int]:
+def per_operator_lsb(
+    flatbuffer: bytes, int8_inputs: list[list[np.ndarray]], arena_size: int = 64 * 1024
+) -> dict[str, int]:
     """Largest |TFLite-Micro − LiteRT| (int8 steps) of each operator's outputs, every operator fed
     LiteRT's values of its inputs. `int8_inputs`: model inputs in subgraph order, one list per sample;
     `arena_size`: a first guess of the arena one operator needs (the whole model's is enough)."""
@@ -89,9 +95,14 @@ def per_operator_lsb(flatbuffer: bytes, int8_inputs: list[list[np.ndarray]], are
 
 def end_to_end_lsb(reference_outputs: list[dict[str, np.ndarray]], micro_outputs: list[dict[str, np.ndarray]]) -> int:
     """Largest |TFLite-Micro − LiteRT| over the named outputs of several samples."""
-    return max((int(np.abs(a[k].astype(np.int32) - b[k].astype(np.int32)).max())
-                for a, b in zip(reference_outputs, micro_outputs) for k in a), default=0)
-
+    return max(
+        (
+            int(np.abs(a[k].astype(np.int32) - b[k].astype(np.int32)).max())
+            for a, b in zip(reference_outputs, micro_outputs)
+            for k in a
+        ),
+        default=0,
+    )
 
 
 def _micro_interpreter(model: bytes, arena_size: int):

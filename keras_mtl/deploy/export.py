@@ -1,4 +1,5 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import logging
@@ -6,38 +7,49 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_mtl.runs.inputs import prepare_data
-from keras_mtl.deploy.qat import qat_finetune
-from keras_mtl.deploy import agreement
+from keras_mtl.core import fileio
 from keras_mtl.core.backend import keras
-from keras_mtl.core.errors import ConfigError
+from keras_mtl.deploy import agreement, c_arrays
+from keras_mtl.deploy.qat import qat_finetune
+from keras_mtl.deploy.streaming import (
+    StreamingPlan,
+    StreamingRunner,
+    fit_frames,
+    keras_call,
+    plan_streaming,
+    windows_of,
+)
 from keras_mtl.deploy.tflite import Int8Model, convert_int8, int8_call, minimum_arena, operators
-from keras_mtl.deploy.streaming import StreamingPlan, StreamingRunner, fit_frames, keras_call, plan_streaming, windows_of
-
+from keras_mtl.features.logmel import mel_weight_matrix
+from keras_mtl.models import profiling
+from keras_mtl.runs.folder import open_run
+from keras_mtl.runs.inputs import prepare_data
+from keras_mtl.runs.network import time_resolution
 
 log = logging.getLogger(__name__)
 
 
 def load_run(run_dir: Path):
     """A finished run's configuration, tasks, trained network and streaming plan."""
-    import yaml
-
-    from keras_mtl.models import architectures
-    from keras_mtl.runs import config as run_config
-    from keras_mtl.tasks.registry import resolve_tasks
-
-    for name in ("config.yaml", "model.keras"):
-        if not (run_dir / name).is_file():
-            raise ConfigError(f"{run_dir}: not a finished run folder ({name} is missing)")
-    config = run_config.build(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
-    network = architectures.load_network(run_dir / "model.keras")
-    factor, _ = network.time_resolution(config)
-    return config, tasks, network, plan_streaming(network, tasks, config.frontend, factor)
+    run = open_run(run_dir)
+    network = run.network()
+    factor, _ = time_resolution(run.config)
+    return (
+        run.config,
+        run.tasks,
+        network,
+        plan_streaming(network, run.tasks, run.config.frontend, factor, run.config.architecture),
+    )
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path | None = None, calibration_clips: int = 64,
-               verify_samples: int = 16, max_eval_clips: int | None = None, qat_epochs: int = 0) -> dict:
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    calibration_clips: int = 64,
+    verify_samples: int = 16,
+    max_eval_clips: int | None = None,
+    qat_epochs: int = 0,
+) -> dict:
     """Quantise a run's network into streaming int8 models, verify them (TFLite-Micro vs LiteRT,
     float vs int8 metrics), measure arenas and write models, C arrays, settings header and
     ``export_report.json`` into ``out_dir`` (default ``<run>/export``).
@@ -46,8 +58,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, calibrati
     ``out_dir/ptq``), then fine-tune it that many epochs with quantisation-aware training
     (keras_mtl.deploy.qat.qat_finetune) and export the result into ``out_dir``; the report holds
     both sets of metrics."""
-    from keras_mtl.core import fileio
-
     run_dir = Path(run_dir)
     config, tasks, network, plan = load_run(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "export"
@@ -57,17 +67,32 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, calibrati
         return _export_network(run_dir, config, tasks, network, plan, data, out, **settings)
     ptq = _export_network(run_dir, config, tasks, network, plan, data, out / "ptq", **settings)
     tuned = qat_finetune(network, config, tasks, data, qat_epochs)
-    factor, _ = network.time_resolution(config)
-    report = _export_network(run_dir, config, tasks, tuned, plan_streaming(tuned, tasks, config.frontend, factor), data,
-                             out, **settings)
+    factor, _ = time_resolution(config)
+    report = _export_network(
+        run_dir,
+        config,
+        tasks,
+        tuned,
+        plan_streaming(tuned, tasks, config.frontend, factor, config.architecture),
+        data,
+        out,
+        **settings,
+    )
     report["quantization"] = {
-        "method": "qat", "epochs": qat_epochs, "ptq_export": str(out / "ptq"),
-        "tasks": {task: {"headline": result["headline"],
-                         "float": ptq["tasks"][task]["float"][result["headline"]],
-                         "ptq_int8_streamed": ptq["tasks"][task]["int8_streamed"][result["headline"]],
-                         "qat_float": result["float"][result["headline"]],
-                         "qat_int8_streamed": result["int8_streamed"][result["headline"]]}
-                  for task, result in report["tasks"].items()}}
+        "method": "qat",
+        "epochs": qat_epochs,
+        "ptq_export": str(out / "ptq"),
+        "tasks": {
+            task: {
+                "headline": result["headline"],
+                "float": ptq["tasks"][task]["float"][result["headline"]],
+                "ptq_int8_streamed": ptq["tasks"][task]["int8_streamed"][result["headline"]],
+                "qat_float": result["float"][result["headline"]],
+                "qat_int8_streamed": result["int8_streamed"][result["headline"]],
+            }
+            for task, result in report["tasks"].items()
+        },
+    }
     fileio.write_json(out / "export_report.json", {k: v for k, v in report.items() if k != "output_dir"})
     return report
 
@@ -102,22 +127,35 @@ def calibration_samples(plan: StreamingPlan, tasks, train: dict, clips: int, rng
     return calibration
 
 
-def _export_network(run_dir: Path, config, tasks, network, plan: StreamingPlan, data, out: Path, calibration_clips: int,
-                    verify_samples: int, max_eval_clips: int | None) -> dict:
+def _export_network(
+    run_dir: Path,
+    config,
+    tasks,
+    network,
+    plan: StreamingPlan,
+    data,
+    out: Path,
+    calibration_clips: int,
+    verify_samples: int,
+    max_eval_clips: int | None,
+) -> dict:
     """export_run for one network: calibrate, convert, verify, evaluate, write ``out``."""
-    from keras_mtl.deploy import c_arrays
-    from keras_mtl.core import fileio
-    from keras_mtl.models import profiling
-    from keras_mtl.features.logmel import mel_weight_matrix
-
     rng = np.random.default_rng(config.seed)
     float_runner = StreamingRunner(plan, keras_call)
 
     calibration = calibration_samples(plan, tasks, data.train, calibration_clips, rng)
 
-    report = {"run": str(run_dir), "streaming": {
-        "window_frames": plan.window_frames, "hop_frames": plan.hop_frames, "context_frames": plan.context_frames,
-        "embeddings_per_window": plan.output_frames}, "models": {}, "tasks": {}}
+    report = {
+        "run": str(run_dir),
+        "streaming": {
+            "window_frames": plan.window_frames,
+            "hop_frames": plan.hop_frames,
+            "context_frames": plan.context_frames,
+            "embeddings_per_window": plan.output_frames,
+        },
+        "models": {},
+        "tasks": {},
+    }
     int8_models, arenas = {}, {}
     c_dir = out / "c"
     for piece in plan.pieces:
@@ -127,29 +165,43 @@ def _export_network(run_dir: Path, config, tasks, network, plan: StreamingPlan, 
         with fileio.atomic_path(out / f"{piece.name}.tflite") as tmp:
             tmp.write_bytes(flatbuffer)
         litert = Int8Model(flatbuffer)
-        checks = [samples[int(i)] for i in rng.choice(len(samples), size=min(verify_samples, len(samples)), replace=False)]
+        checks = [
+            samples[int(i)] for i in rng.choice(len(samples), size=min(verify_samples, len(samples)), replace=False)
+        ]
         int8_inputs = [{n: litert.quantize(n, v) for n, v in s.items()} for s in checks]
         arena = minimum_arena(flatbuffer, int8_inputs[0])
         micro = Int8Model(flatbuffer, "tflm", arena_size=arena)
         reference = Int8Model(flatbuffer, "litert-reference")
-        end_to_end = agreement.end_to_end_lsb([reference.run_int8(i) for i in int8_inputs],
-                                              [micro.run_int8(i) for i in int8_inputs])
+        end_to_end = agreement.end_to_end_lsb(
+            [reference.run_int8(i) for i in int8_inputs], [micro.run_int8(i) for i in int8_inputs]
+        )
         per_operator = agreement.per_operator_lsb(
-            flatbuffer, [[i[name] for name in litert.input_names()] for i in int8_inputs], arena)
+            flatbuffer, [[i[name] for name in litert.input_names()] for i in int8_inputs], arena
+        )
         int8_models[piece.name], arenas[piece.name] = litert, arena
         c_arrays.write_model_array(c_dir, piece.name, flatbuffer)
         report["models"][piece.name] = {
-            "kind": piece.kind, "task": piece.task, "flatbuffer_bytes": len(flatbuffer), "tflm_arena_bytes": arena,
-            "operators": operators(flatbuffer), "inputs": {n: list(map(int, d["shape"])) for n, d in
-                                                             zip(litert.input_names(), litert.inputs)},
+            "kind": piece.kind,
+            "task": piece.task,
+            "flatbuffer_bytes": len(flatbuffer),
+            "tflm_arena_bytes": arena,
+            "operators": operators(flatbuffer),
+            "inputs": {n: list(map(int, d["shape"])) for n, d in zip(litert.input_names(), litert.inputs)},
             "verified_inputs": len(int8_inputs),
             # each operator fed the same inputs: within the requantisation rounding difference (agreement.py)
             "tflm_vs_litert_per_operator_max_lsb": max(per_operator.values()),
             "tflm_vs_litert_per_operator_lsb": per_operator,
             # the whole model: rounding differences carried on and possibly grown by later operators
-            "tflm_vs_litert_max_lsb": end_to_end}
-        log.info("%s: %d bytes, arena %d bytes, TFLM vs LiteRT: per operator ≤ %d LSB, end to end %d LSB", piece.name,
-                 len(flatbuffer), arena, max(per_operator.values()), end_to_end)
+            "tflm_vs_litert_max_lsb": end_to_end,
+        }
+        log.info(
+            "%s: %d bytes, arena %d bytes, TFLM vs LiteRT: per operator ≤ %d LSB, end to end %d LSB",
+            piece.name,
+            len(flatbuffer),
+            arena,
+            max(per_operator.values()),
+            end_to_end,
+        )
 
     int8_runner = StreamingRunner(plan, int8_call(int8_models))
     layers = profiling.profile(network, config.frontend)
@@ -169,22 +221,42 @@ def _export_network(run_dir: Path, config, tasks, network, plan: StreamingPlan, 
         scores = {key: task.evaluate(value, items, split.frame_seconds) for key, value in predictions.items()}
         headline = task.headline
         report["tasks"][task.name] = {
-            "split": split.split, "clips": count, "headline": headline,
+            "split": split.split,
+            "clips": count,
+            "headline": headline,
             **{key: _jsonable(value) for key, value in scores.items()},
-            "int8_minus_float_points": 100.0 * ((scores["int8_streamed"][headline] or 0.0) - (scores["float"][headline] or 0.0)),
+            "int8_minus_float_points": 100.0
+            * ((scores["int8_streamed"][headline] or 0.0) - (scores["float"][headline] or 0.0)),
             "macs_per_second": prof["task_paths"][task.name]["macs_per_second"],
-            "params": prof["task_paths"][task.name]["params"]}
-        log.info("%s %s: float %.4f, float streamed %.4f, int8 streamed %.4f", task.name, headline,
-                 scores["float"][headline] or 0.0, scores["float_streamed"][headline] or 0.0,
-                 scores["int8_streamed"][headline] or 0.0)
-    report["total"] = {"flatbuffer_bytes": sum(m["flatbuffer_bytes"] for m in report["models"].values()),
-                       "tflm_arena_bytes_max": max(arenas.values()),
-                       "macs_per_second": prof["total"]["macs_per_second"], "params": prof["total"]["params"]}
-    fileio.write_text(c_dir / "model_settings.h", c_arrays.settings_header(
-        config.frontend, mel_weight_matrix(config.frontend), plan, tasks, int8_models, arenas))
-    embedding_ms = plan.hop_frames * config.frontend.hop_length * 1000 // (config.frontend.sample_rate * plan.output_frames)
-    fileio.write_text(c_dir / "km_pieces.h", c_arrays.pieces_header(
-        plan, tasks, int8_models, {name: m["operators"] for name, m in report["models"].items()}, embedding_ms))
+            "params": prof["task_paths"][task.name]["params"],
+        }
+        log.info(
+            "%s %s: float %.4f, float streamed %.4f, int8 streamed %.4f",
+            task.name,
+            headline,
+            scores["float"][headline] or 0.0,
+            scores["float_streamed"][headline] or 0.0,
+            scores["int8_streamed"][headline] or 0.0,
+        )
+    report["total"] = {
+        "flatbuffer_bytes": sum(m["flatbuffer_bytes"] for m in report["models"].values()),
+        "tflm_arena_bytes_max": max(arenas.values()),
+        "macs_per_second": prof["total"]["macs_per_second"],
+        "params": prof["total"]["params"],
+    }
+    fileio.write_text(
+        c_dir / "model_settings.h",
+        c_arrays.settings_header(config.frontend, mel_weight_matrix(config.frontend), plan, tasks, int8_models, arenas),
+    )
+    embedding_ms = (
+        plan.hop_frames * config.frontend.hop_length * 1000 // (config.frontend.sample_rate * plan.output_frames)
+    )
+    fileio.write_text(
+        c_dir / "km_pieces.h",
+        c_arrays.pieces_header(
+            plan, tasks, int8_models, {name: m["operators"] for name, m in report["models"].items()}, embedding_ms
+        ),
+    )
     fileio.write_json(out / "export_report.json", report)
     report["output_dir"] = str(out)
     return report

@@ -11,6 +11,7 @@ The listener (microcontroller/firmware/listener.cc) prints one line per finding:
 int8 models in the TFLite-Micro interpreter, run window by window and frame by frame
 (StreamingRunner), and the library's own SED post-processing (metrics.postprocess).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,11 +26,14 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import median_filter
 
+from keras_mtl.core.errors import ConfigError, DataError
+from keras_mtl.core.paths import REPO_ROOT
+from keras_mtl.data.audio import load_audio
 from keras_mtl.deploy.export import load_run
 from keras_mtl.deploy.streaming import StreamingRunner
 from keras_mtl.deploy.tflite import Int8Model, int8_call
-from keras_mtl.core.errors import ConfigError, DataError
-from keras_mtl.core.paths import REPO_ROOT
+from keras_mtl.features.logmel import LogMel
+from keras_mtl.tasks import metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,9 @@ def parse_listener_output(text: str) -> Findings:
         line = line.strip()
         if match := _SCENE.match(line):
             task, s, sm, e, em, label, percent = match.groups()
-            found.scenes.setdefault(task, []).append((int(s) * 1000 + int(sm), int(e) * 1000 + int(em), label,
-                                                      int(percent)))
+            found.scenes.setdefault(task, []).append(
+                (int(s) * 1000 + int(sm), int(e) * 1000 + int(em), label, int(percent))
+            )
         elif match := _EVENT.match(line):
             task, label, kind, s, sm = match.groups()
             time_ms = int(s) * 1000 + int(sm)
@@ -99,9 +104,22 @@ def c_front_end_features(export_dir: str | Path, audio: np.ndarray) -> np.ndarra
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         program = folder / "logmel"
-        subprocess.run([compiler, "-std=c99", "-O2", "-ffp-contract=off", f"-I{Path(export_dir) / 'c'}",
-                        str(source / "logmel.c"), str(source / "logmel_main.c"), "-lm", "-o", str(program)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                compiler,
+                "-std=c99",
+                "-O2",
+                "-ffp-contract=off",
+                f"-I{Path(export_dir) / 'c'}",
+                str(source / "logmel.c"),
+                str(source / "logmel_main.c"),
+                "-lm",
+                "-o",
+                str(program),
+            ],
+            check=True,
+            capture_output=True,
+        )
         np.asarray(audio, np.float32).tofile(folder / "in.f32")
         subprocess.run([str(program), str(folder / "in.f32"), str(folder / "out.f32")], check=True, capture_output=True)
         features = np.fromfile(folder / "out.f32", np.float32)
@@ -115,10 +133,6 @@ def expected_report(export_dir: str | Path, wav: str | Path, front_end: str = "c
     comparison isolates the models and the streaming: the C and Python front ends differ by ~1e-4,
     enough to move a few int8 inputs by one step (the front ends are compared with each other in
     tests/test_export.py)."""
-    from keras_mtl.tasks import metrics
-    from keras_mtl.data.audio import load_audio
-    from keras_mtl.features.logmel import LogMel
-
     export_dir = Path(export_dir)
     report_path = export_dir / "export_report.json"
     if not report_path.is_file():
@@ -150,26 +164,36 @@ def expected_report(export_dir: str | Path, wav: str | Path, front_end: str = "c
             count = len(frames) // per_window
             rows = found.scenes.setdefault(task.name, [])
             for last in range(piece.windows - 1, count):
-                chunk = frames[(last - piece.windows + 1) * per_window:(last + 1) * per_window]
+                chunk = frames[(last - piece.windows + 1) * per_window : (last + 1) * per_window]
                 scores = runner.call(piece, {"frames": chunk[None]})[piece.model.output_names[0]][0]
                 best = int(np.argmax(scores))
                 percent = int(np.rint(np.float32(100.0) * np.float32(scores[best])))
-                rows.append(((last + 1 - piece.windows) * window_ms, (last + 1) * window_ms, task.classes[best], percent))
+                rows.append(
+                    ((last + 1 - piece.windows) * window_ms, (last + 1) * window_ms, task.classes[best], percent)
+                )
                 step = models[piece.name].output_quantization(piece.model.output_names[0])[0]
                 found.margins.setdefault(task.name, []).append(float((scores[best] - np.sort(scores)[-2]) / step))
         elif piece.kind == "frame_step":
             scores = runner.predict(piece, features, embeddings)
             active = metrics.postprocess(scores, task.median_filter_frames, task.threshold)
             events = metrics.frames_to_events(active, task.classes, embedding_seconds, duration)
-            found.events[task.name] = sorted((int(round(on * 1000)), int(round(off * 1000)), label)
-                                             for on, off, label in events)
+            found.events[task.name] = sorted(
+                (int(round(on * 1000)), int(round(off * 1000)), label) for on, off, label in events
+            )
             step = models[piece.name].output_quantization("scores")[0]
-            filtered = median_filter(scores, size=(task.median_filter_frames, 1), mode="nearest") \
-                if task.median_filter_frames > 1 else scores
+            filtered = (
+                median_filter(scores, size=(task.median_filter_frames, 1), mode="nearest")
+                if task.median_filter_frames > 1
+                else scores
+            )
             uncertain = np.abs(filtered - task.threshold) <= step * 1.01
             frames = math.ceil(duration / embedding_seconds - 1e-9)  # output frames that start inside the audio
-            found.activity[task.name] = (int(round(embedding_seconds * 1000)), list(task.classes),
-                                         active[:frames], uncertain[:frames])
+            found.activity[task.name] = (
+                int(round(embedding_seconds * 1000)),
+                list(task.classes),
+                active[:frames],
+                uncertain[:frames],
+            )
     return found
 
 
@@ -187,7 +211,9 @@ def compare(expected: Findings, firmware: Findings, time_tolerance_ms: int = 0) 
             continue
         for x, y, margin in zip(a, b, margins):
             if x[2] != y[2] and margin > 1.0 + 1e-6:
-                problems.append(f"{task}: {x[0]}-{x[1]} ms: host {x[2]} ({x[3]}%, {margin:.0f} steps ahead) firmware {y[2]}")
+                problems.append(
+                    f"{task}: {x[0]}-{x[1]} ms: host {x[2]} ({x[3]}%, {margin:.0f} steps ahead) firmware {y[2]}"
+                )
             elif x[2] == y[2] and abs(x[3] - y[3]) > 1:
                 problems.append(f"{task}: {x[0]}-{x[1]} ms: score {x[3]}% on the host, {y[3]}% on the firmware")
     for task in sorted(set(expected.events) | set(firmware.events)):
@@ -198,11 +224,15 @@ def compare(expected: Findings, firmware: Findings, time_tolerance_ms: int = 0) 
             wrong = (device != active) & ~uncertain
             if wrong.any():
                 frame, column = (int(v) for v in np.argwhere(wrong)[0])
-                problems.append(f"{task}: {int(wrong.sum())} frame(s) differ beyond one output step, first "
-                                f"{classes[column]} at {frame * frame_ms} ms: host {a} firmware {b}")
+                problems.append(
+                    f"{task}: {int(wrong.sum())} frame(s) differ beyond one output step, first "
+                    f"{classes[column]} at {frame * frame_ms} ms: host {a} firmware {b}"
+                )
             continue
-        same = len(a) == len(b) and all(x[2] == y[2] and abs(x[0] - y[0]) <= time_tolerance_ms
-                                        and abs(x[1] - y[1]) <= time_tolerance_ms for x, y in zip(a, b))
+        same = len(a) == len(b) and all(
+            x[2] == y[2] and abs(x[0] - y[0]) <= time_tolerance_ms and abs(x[1] - y[1]) <= time_tolerance_ms
+            for x, y in zip(a, b)
+        )
         if not same:
             problems.append(f"{task}: events differ: host {a} firmware {b}")
     return problems
@@ -212,21 +242,36 @@ def _activity(events, classes, frame_ms: int, frames: int) -> np.ndarray:
     """Frame-by-class activity of a list of (onset_ms, offset_ms, label) events."""
     active = np.zeros((frames, len(classes)), bool)
     for onset, offset, label in events:
-        active[onset // frame_ms:-(-offset // frame_ms), classes.index(label)] = True
+        active[onset // frame_ms : -(-offset // frame_ms), classes.index(label)] = True
     return active
 
 
-def build(export_dir: str | Path, wav: str | Path, build_dir: str | Path, tflm_source: str | Path | None = None,
-          board: str = "mps2_an386") -> Path:
+def build(
+    export_dir: str | Path,
+    wav: str | Path,
+    build_dir: str | Path,
+    tflm_source: str | Path | None = None,
+    board: str = "mps2_an386",
+) -> Path:
     """Configure and build the firmware with CMake; returns the ELF. ``tflm_source``: a local
     tflite-micro-arduino-examples tree (otherwise CMake fetches the pinned commit)."""
     for tool in ("cmake", "arm-none-eabi-gcc", "arm-none-eabi-g++"):
         if shutil.which(tool) is None:
-            raise ConfigError(f"{tool} not found: apt install cmake gcc-arm-none-eabi libnewlib-arm-none-eabi "
-                              "libstdc++-arm-none-eabi-newlib")
+            raise ConfigError(
+                f"{tool} not found: apt install cmake gcc-arm-none-eabi libnewlib-arm-none-eabi "
+                "libstdc++-arm-none-eabi-newlib"
+            )
     build_dir = Path(build_dir)
-    command = ["cmake", "-S", str(FIRMWARE_DIR), "-B", str(build_dir), f"-DKM_BOARD={board}",
-               f"-DKM_EXPORT_DIR={Path(export_dir).resolve()}", f"-DKM_WAV={Path(wav).resolve()}"]
+    command = [
+        "cmake",
+        "-S",
+        str(FIRMWARE_DIR),
+        "-B",
+        str(build_dir),
+        f"-DKM_BOARD={board}",
+        f"-DKM_EXPORT_DIR={Path(export_dir).resolve()}",
+        f"-DKM_WAV={Path(wav).resolve()}",
+    ]
     if shutil.which("ninja"):
         command += ["-G", "Ninja"]
     if tflm_source:
@@ -235,7 +280,9 @@ def build(export_dir: str | Path, wav: str | Path, build_dir: str | Path, tflm_s
         log.info("%s", " ".join(step))
         result = subprocess.run(step, capture_output=True, text=True)
         if result.returncode != 0:
-            raise ConfigError(f"firmware build failed ({' '.join(step[:2])}):\n{(result.stdout + result.stderr)[-4000:]}")
+            raise ConfigError(
+                f"firmware build failed ({' '.join(step[:2])}):\n{(result.stdout + result.stderr)[-4000:]}"
+            )
     return build_dir / "listener.elf"
 
 
@@ -243,9 +290,15 @@ def run_qemu(elf: str | Path, timeout: float = 600) -> str:
     """Runs the mps2-an386 firmware in QEMU (semihosting exit) and returns what it printed."""
     if shutil.which("qemu-system-arm") is None:
         raise ConfigError("qemu-system-arm not found: apt install qemu-system-arm")
-    result = subprocess.run(["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-semihosting", "-kernel", str(elf)],
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        ["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-semihosting", "-kernel", str(elf)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     output = result.stdout.replace("\r\n", "\n")
     if result.returncode != 0:
-        raise DataError(f"the firmware exited with status {result.returncode}:\n{output[-3000:]}{result.stderr[-1000:]}")
+        raise DataError(
+            f"the firmware exited with status {result.returncode}:\n{output[-3000:]}{result.stderr[-1000:]}"
+        )
     return output

@@ -1,13 +1,15 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import logging
 import math
 
-
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
-
+from keras_mtl.data.pipeline import make_dataset
+from keras_mtl.models import mtl as models
+from keras_mtl.training.strategies import STRATEGIES, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +25,12 @@ def _attention_quantize_config():
 
     class AttentionQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         def get_weights_and_quantizers(self, layer):
-            return [(layer.score_kernel, quantizers.LastValueQuantizer(num_bits=8, per_axis=False, symmetric=True,
-                                                                       narrow_range=True))]
+            return [
+                (
+                    layer.score_kernel,
+                    quantizers.LastValueQuantizer(num_bits=8, per_axis=False, symmetric=True, narrow_range=True),
+                )
+            ]
 
         def get_activations_and_quantizers(self, layer):
             return []
@@ -48,7 +54,8 @@ def _gru_quantize_config():
     """tfmot's RNN QuantizeConfig (not registered for GRU by tfmot): 8-bit kernels, fake-quantised gate
     activations; the state itself stays float (the int8 export quantises it per step)."""
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (
-        Default8BitQuantizeConfigRNN)
+        Default8BitQuantizeConfigRNN,
+    )
 
     return Default8BitQuantizeConfigRNN
 
@@ -57,8 +64,6 @@ def quantization_aware(network: keras.Model) -> keras.Model:
     """The network with tfmot fake quantisation: default 8-bit on Conv2D and Dense layers, our configs on
     GRU and temporal attention pooling (weights copied; the input normalisation and pooling stay float)."""
     import tensorflow_model_optimization as tfmot
-
-    from keras_mtl.models import mtl as models
 
     attention_config, gru_config = _attention_quantize_config(), _gru_quantize_config()
     annotate = tfmot.quantization.keras.quantize_annotate_layer
@@ -69,8 +74,12 @@ def quantization_aware(network: keras.Model) -> keras.Model:
         if isinstance(layer, models.TemporalAttentionPooling):
             return annotate(layer, quantize_config=attention_config())
         if isinstance(layer, keras.layers.GRU):
-            return annotate(layer, quantize_config=gru_config([["kernel", "recurrent_kernel"]],
-                                                              [["activation", "recurrent_activation"]], False))
+            return annotate(
+                layer,
+                quantize_config=gru_config(
+                    [["kernel", "recurrent_kernel"]], [["activation", "recurrent_activation"]], False
+                ),
+            )
         return layer
 
     annotated = keras.models.clone_model(network, clone_function=annotated_layer)
@@ -99,12 +108,11 @@ def copy_back(quantized: keras.Model, network: keras.Model) -> int:
     return copied
 
 
-def qat_finetune(network: keras.Model, config, tasks, data, epochs: int, learning_rate_scale: float = 0.1) -> keras.Model:
+def qat_finetune(
+    network: keras.Model, config, tasks, data, epochs: int, learning_rate_scale: float = 0.1
+) -> keras.Model:
     """A float copy of ``network`` fine-tuned ``epochs`` epochs with quantisation-aware training
     (SoftMTL with the run's loss weights, strong training data, the run's learning rate × scale)."""
-    from keras_mtl.data.pipeline import make_dataset
-    from keras_mtl.training.strategies import STRATEGIES, make_optimizer
-
     if epochs < 1:
         raise ConfigError("QAT needs at least one epoch")
     tuned = keras.models.clone_model(network)
@@ -113,12 +121,20 @@ def qat_finetune(network: keras.Model, config, tasks, data, epochs: int, learnin
     tc = config.training
     steps = tc.steps_per_epoch or max(math.ceil(len(data.train[t.name]) / tc.batch_for(t.name)) for t in tasks)
     strategy = STRATEGIES["soft"](quantized, tasks, loss_weights=config.task_loss_weights())
-    strategy.compile(optimizer=make_optimizer(tc.learning_rate * learning_rate_scale, steps * epochs, tc.weight_decay,
-                                              tc.warmup_fraction))
-    batches = tf.data.Dataset.zip({t.name: make_dataset(data.train[t.name], tc.batch_for(t.name), training=True,
-                                                        seed=config.seed) for t in tasks})
-    log.info("QAT: fine-tuning %d epochs x %d steps at learning rate %.2g", epochs, steps,
-             tc.learning_rate * learning_rate_scale)
+    strategy.compile(
+        optimizer=make_optimizer(
+            tc.learning_rate * learning_rate_scale, steps * epochs, tc.weight_decay, tc.warmup_fraction
+        )
+    )
+    batches = tf.data.Dataset.zip(
+        {t.name: make_dataset(data.train[t.name], tc.batch_for(t.name), training=True, seed=config.seed) for t in tasks}
+    )
+    log.info(
+        "QAT: fine-tuning %d epochs x %d steps at learning rate %.2g",
+        epochs,
+        steps,
+        tc.learning_rate * learning_rate_scale,
+    )
     strategy.fit(batches, epochs=epochs, steps_per_epoch=steps, verbose=2)
     copied = copy_back(quantized, tuned)
     log.info("QAT: copied %d tuned variables back into the float network", copied)

@@ -1,16 +1,35 @@
-"""TODO docstring."""
+"""The streaming form of a trained network: the pieces a device runs, with static shapes and batch 1.
+
+TFLite-Micro has no GRU op and does not finish WHILE loops, and an unrolled GRU copies the graph
+once per frame, so the network is cut into pieces with static shapes and batch 1:
+
+    encoder          log-mel window (1, W, n_mels) -> per-frame embeddings of every encoder branch:
+                     one second of frames (100) plus C frames of context on each side, C covering the
+                     encoder's receptive field, so the embeddings of the middle second (cropped in
+                     the model) equal those of the whole-clip network; windows start 100 frames apart
+    <task>_head      clip task: embeddings of a clip's windows (1, k * frames per window, F) -> class scores
+    <task>_step      frame task: one embedding (1, F) and the GRU state (1, U) -> event scores and new state
+                     (the MTL-VAE: encoder GRU -> latent mean -> decoder GRU, both states in one vector)
+
+The device runs the encoder once per second of audio, each clip head on the last k windows, and
+each frame task's step model once per output frame, feeding the state back; flash and arena do
+not depend on clip length. Networks without an attention head for a clip task (CP-Mobile, the
+Georgiev DNN) export that task's whole path over one clip instead. Which pieces a network has is
+the architecture's word (``keras_mtl.models.architectures``: each declares its tasks' ``TaskStream``).
+"""
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
-
+from keras_mtl.models.architectures import get_architecture
 
 log = logging.getLogger(__name__)
 
@@ -44,34 +63,23 @@ class StreamingPlan:
         return next(p for p in self.pieces if p.name == name)
 
 
-def _frames_layer_of(network: keras.Model, task) -> str | None:
-    """Name of the layer whose output the task's decoder reads, or None if it has no known decoder."""
-    names = {layer.name for layer in network.layers}
-    head = f"{task.name}/attention" if task.level == "clip" else recurrent_path(network, task.name)[0]
-    if head in names:
-        return network.get_layer(head)._inbound_nodes[0].inbound_layers.name
-    if task.level == "clip":
-        return None
-    if f"{task.name}/bigru" in names:
-        raise ConfigError(f"task {task.name}: a bidirectional GRU cannot run frame by frame on a device; "
-                          "train with model.bidirectional: false to export it")
-    raise ConfigError(f"task {task.name}: no {head} layer to export as a streaming step")
-
-
-def plan_streaming(network: keras.Model, tasks, frontend, time_pool_factor: int) -> StreamingPlan:
-    """Cut ``network`` into an encoder, clip heads and frame steps (see the module docstring)."""
+def plan_streaming(
+    network: keras.Model, tasks, frontend, time_pool_factor: int, architecture: str = "mtl"
+) -> StreamingPlan:
+    """Cut ``network`` (of the registered ``architecture``) into an encoder, clip heads and frame steps
+    (see the module docstring). ConfigError when a task's decoder cannot stream (a bidirectional GRU)."""
     hop_frames = int(round(1.0 / frontend.frame_seconds))  # one second of frames
     if hop_frames % time_pool_factor:
-        raise ConfigError(f"one second ({hop_frames} frames) is not a multiple of the model's time pooling "
-                          f"({time_pool_factor}); the encoder cannot be run window by window")
+        raise ConfigError(
+            f"one second ({hop_frames} frames) is not a multiple of the model's time pooling "
+            f"({time_pool_factor}); the encoder cannot be run window by window"
+        )
     n_mels = int(network.input.shape[-1])
     branches: list[str] = []
-    heads = {}
-    for task in tasks:
-        branch = _frames_layer_of(network, task)
-        heads[task.name] = branch
-        if branch is not None and branch not in branches:
-            branches.append(branch)
+    streams = {task.name: get_architecture(architecture).stream(network, task) for task in tasks}
+    for stream in streams.values():
+        if stream.branch is not None and stream.branch not in branches:
+            branches.append(stream.branch)
     trunk = keras.Model(network.input, [network.get_layer(b).output for b in branches]) if branches else None
     radius = receptive_radius(trunk) if trunk is not None else 0
     context = -(-radius // time_pool_factor) * time_pool_factor
@@ -91,21 +99,45 @@ def plan_streaming(network: keras.Model, tasks, frontend, time_pool_factor: int)
         named = [keras.layers.Cropping1D((crop, crop), name=b.replace("/", "_"))(o) for b, o in zip(branches, outputs)]
         pieces.append(Piece("encoder", keras.Model(mel, named, name="encoder"), "encoder"))
     for task in tasks:
-        branch = heads[task.name]
+        stream = streams[task.name]
+        branch = stream.branch
         windows = max(1, int(round(task.clip_seconds)))
-        if branch is None:
+        if stream.kind == "clip_model":
             frames = frontend.n_frames(int(round(task.clip_seconds * frontend.sample_rate)))
             mel = keras.Input(shape=(frames, n_mels), batch_size=1, name="mel")
             path = keras.Model(network.input, network.output[task.name])
-            pieces.append(Piece(f"{task.name}_model", keras.Model(mel, path(mel), name=f"{task.name}_model"),
-                                "clip_model", task.name, windows=windows))
+            pieces.append(
+                Piece(
+                    f"{task.name}_model",
+                    keras.Model(mel, path(mel), name=f"{task.name}_model"),
+                    "clip_model",
+                    task.name,
+                    windows=windows,
+                )
+            )
             continue
         width = int(network.get_layer(branch).output.shape[-1])
-        if task.level == "clip":
-            pieces.append(Piece(f"{task.name}_head", clip_head(network, task.name, windows * output_frames, width),
-                                "clip_head", task.name, branch, windows))
+        if stream.kind == "clip_head":
+            pieces.append(
+                Piece(
+                    f"{task.name}_head",
+                    clip_head(network, stream.layers, windows * output_frames, width, task.name),
+                    "clip_head",
+                    task.name,
+                    branch,
+                    windows,
+                )
+            )
         else:
-            pieces.append(Piece(f"{task.name}_step", frame_step(network, task.name, width), "frame_step", task.name, branch))
+            pieces.append(
+                Piece(
+                    f"{task.name}_step",
+                    frame_step(network, stream.layers, width, task.name),
+                    "frame_step",
+                    task.name,
+                    branch,
+                )
+            )
     return StreamingPlan(window, hop_frames, context, output_frames, pad_value, branches, pieces)
 
 
@@ -136,34 +168,28 @@ def _layers_in_order(model: keras.Model):
             yield layer
 
 
-def clip_head(network: keras.Model, task: str, frames: int, width: int) -> keras.Model:
-    """Attention pooling + classifier over ``frames`` embeddings (the trained layers, shared weights)."""
+def clip_head(network: keras.Model, layers, frames: int, width: int, task: str) -> keras.Model:
+    """The head's ``layers`` (e.g. attention pooling + classifier) over ``frames`` embeddings of
+    ``width`` features: (1, frames, width) -> (1, classes); the trained layers, shared weights."""
     x = inputs = keras.Input(shape=(frames, width), batch_size=1, name="frames")
-    x = network.get_layer(f"{task}/attention")(x)
-    x = network.get_layer(f"{task}/classifier")(x)
+    for name in layers:
+        x = network.get_layer(name)(x)
     return keras.Model(inputs, x, name=f"{task}_head")
 
 
-def recurrent_path(network: keras.Model, task: str) -> list[str]:
-    """The layers between a frame task's embeddings and its classifier: ``<task>/gru``, or for the
-    MTL-VAE the encoder GRU, the latent mean (the inference path: no sampling) and the decoder GRU."""
-    names = {layer.name for layer in network.layers}
-    if f"{task}/gru" not in names and "shared/encoder_gru" in names:
-        return ["shared/encoder_gru", "shared/latent_mean", "shared/decoder_gru"]
-    return [f"{task}/gru"]
-
-
-def frame_step(network: keras.Model, task: str, width: int) -> keras.Model:
-    """One step of the task's recurrent path + classifier, with the recurrent state as explicit input
-    and output (the states of several GRUs side by side in one vector, in path order)."""
-    layers = [network.get_layer(name) for name in recurrent_path(network, task)]
+def frame_step(network: keras.Model, layers, width: int, task: str) -> keras.Model:
+    """One step of a frame task's ``layers`` (its recurrent path, then the classifier): inputs ``frame``
+    (1, width) and ``state`` (1, units), outputs ``scores`` (1, classes) and ``new_state``; the states
+    of several GRUs lie side by side in one vector, in path order."""
+    *path, classifier = layers
+    layers = [network.get_layer(name) for name in path]
     grus = [layer for layer in layers if isinstance(layer, keras.layers.GRU)]
     frame = keras.Input(shape=(width,), batch_size=1, name="frame")
     state = keras.Input(shape=(sum(g.units for g in grus),), batch_size=1, name="state")
     x, offset, new_states = frame, 0, []
     for layer in layers:
         if isinstance(layer, keras.layers.GRU):
-            h = state if len(grus) == 1 else state[:, offset:offset + layer.units]
+            h = state if len(grus) == 1 else state[:, offset : offset + layer.units]
             x = _gru_step(layer, x, h)
             offset += layer.units
             new_states.append(x)
@@ -173,7 +199,7 @@ def frame_step(network: keras.Model, task: str, width: int) -> keras.Model:
         new_state = keras.layers.Identity(name="new_state")(new_states[0])
     else:
         new_state = keras.layers.Concatenate(name="new_state")(new_states)
-    scores = network.get_layer(f"{task}/classifier")(x)
+    scores = network.get_layer(classifier)(x)
     scores = keras.layers.Identity(name="scores")(scores)
     return keras.Model([frame, state], [scores, new_state], name=f"{task}_step")
 
@@ -181,8 +207,12 @@ def frame_step(network: keras.Model, task: str, width: int) -> keras.Model:
 def _gru_step(gru, x, state):
     """One step of a Keras GRU (reset_after) as dense layers: z = sig(x Wz + bz + h Uz + cz),
     r = sig(x Wr + br + h Ur + cr), n = tanh(x Wn + bn + r * (h Un + cn)), h' = n + z * (h - n)."""
-    if not (gru.reset_after and gru.use_bias and gru.recurrent_activation.__name__ == "sigmoid"
-            and gru.activation.__name__ == "tanh"):
+    if not (
+        gru.reset_after
+        and gru.use_bias
+        and gru.recurrent_activation.__name__ == "sigmoid"
+        and gru.activation.__name__ == "tanh"
+    ):
         raise ConfigError(f"{gru.name}: only the default GRU (reset_after, sigmoid/tanh, bias) can be exported")
     kernel, recurrent, bias = gru.get_weights()
     units = gru.units
@@ -197,7 +227,8 @@ def _gru_step(gru, x, state):
     z = keras.layers.Activation("sigmoid", name=f"{gru.name}_z")(keras.layers.Add()(list(gates["z"])))
     r = keras.layers.Activation("sigmoid", name=f"{gru.name}_r")(keras.layers.Add()(list(gates["r"])))
     n = keras.layers.Activation("tanh", name=f"{gru.name}_n")(
-        keras.layers.Add()([gates["n"][0], keras.layers.Multiply()([r, gates["n"][1]])]))
+        keras.layers.Add()([gates["n"][0], keras.layers.Multiply()([r, gates["n"][1]])])
+    )
     return keras.layers.Add()([n, keras.layers.Multiply()([z, keras.layers.Subtract()([state, n])])])
 
 
@@ -208,8 +239,9 @@ def windows_of(features: np.ndarray, plan: StreamingPlan) -> list[np.ndarray]:
     pad = np.broadcast_to(plan.pad_value, (plan.context_frames, features.shape[1]))
     tail = count * plan.hop_frames + plan.context_frames - features.shape[0]
     padded = np.concatenate([pad, features, np.broadcast_to(plan.pad_value, (max(0, tail), features.shape[1]))])
-    return [padded[k * plan.hop_frames: k * plan.hop_frames + plan.window_frames].astype(np.float32)
-            for k in range(count)]
+    return [
+        padded[k * plan.hop_frames : k * plan.hop_frames + plan.window_frames].astype(np.float32) for k in range(count)
+    ]
 
 
 class StreamingRunner:

@@ -1,15 +1,15 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from keras_mtl.deploy import agreement
 from keras_mtl.core.backend import keras, tf
+from keras_mtl.deploy import agreement
 from keras_mtl.deploy.streaming import Piece
-
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +19,9 @@ def convert_int8(model: keras.Model, representative: Callable[[], Iterable[dict[
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     # samples by input name: a list would be matched to the inputs in the converter's own order
-    converter.representative_dataset = lambda: ({name: np.asarray(x, np.float32) for name, x in sample.items()}
-                                                for sample in representative())
+    converter.representative_dataset = lambda: (
+        {name: np.asarray(x, np.float32) for name, x in sample.items()} for sample in representative()
+    )
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
@@ -117,6 +118,7 @@ def _scale_zero(detail: dict) -> tuple[float, int]:
 
 def minimum_arena(flatbuffer: bytes, sample_inputs: dict[str, np.ndarray], upper: int | None = None) -> int:
     """Smallest TFLite-Micro arena (bytes, multiple of 16) with which the model allocates and runs."""
+
     def works(size: int) -> bool:
         try:
             model = Int8Model(flatbuffer, "tflm", arena_size=size)

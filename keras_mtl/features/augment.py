@@ -1,8 +1,8 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import dataclasses
-
 
 from keras_mtl.core.backend import tf
 

@@ -1,4 +1,5 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,6 @@ import numpy as np
 
 from keras_mtl.core import fileio
 from keras_mtl.features.logmel import FrontEndConfig
-
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -9,6 +9,7 @@ global average pooling, softmax.
 Layout is (batch, time, freq, channels) as everywhere in keras_mtl, so a (freq, time) stride
 of the reference implementation appears here as (time, freq).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +38,9 @@ class CPMobileConfig:
     grn: bool = False
 
     def stage_channels(self) -> list[int]:
-        return [make_divisible(self.base_channels * self.channel_multiplier**i) for i in range(len(self.blocks_per_stage))]
+        return [
+            make_divisible(self.base_channels * self.channel_multiplier**i) for i in range(len(self.blocks_per_stage))
+        ]
 
 
 @keras.utils.register_keras_serializable(package="keras_mtl")

@@ -6,11 +6,12 @@ get temporal attention pooling + a linear classifier, frame tasks a GRU + per-fr
 The first ``shared_blocks`` conv blocks are shared (``shared/...``); later blocks, if any,
 are copied per task (``asc/conv5``) -- the knob of hierarchical MTL.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -63,7 +64,9 @@ class ModelConfig:
                 raise ConfigError("model: give a tree or shared_blocks/share_groups, not both")
             trees.validate_tree(self.tree, len(self.channels))
         if self.n_mels % self.freq_pool_factor:
-            raise ConfigError(f"model: n_mels {self.n_mels} is not divisible by the frequency pooling {self.freq_pool_factor}")
+            raise ConfigError(
+                f"model: n_mels {self.n_mels} is not divisible by the frequency pooling {self.freq_pool_factor}"
+            )
 
     @property
     def time_pool_factor(self) -> int:
@@ -88,7 +91,9 @@ class TemporalAttentionPooling(keras.layers.Layer):
     """Attention pooling over time: softmax_t(w . h_t + b) weighted sum of the frames h_t."""
 
     def build(self, input_shape):
-        self.score_kernel = self.add_weight(name="score_kernel", shape=(int(input_shape[-1]), 1), initializer="glorot_uniform")
+        self.score_kernel = self.add_weight(
+            name="score_kernel", shape=(int(input_shape[-1]), 1), initializer="glorot_uniform"
+        )
         self.score_bias = self.add_weight(name="score_bias", shape=(1,), initializer="zeros")
         super().build(input_shape)
 
@@ -105,7 +110,9 @@ class TemporalAttentionPooling(keras.layers.Layer):
 
 
 def conv_block(x, prefix: str, index: int, channels: int, pool, config: ModelConfig):
-    x = keras.layers.Conv2D(channels, config.kernel_size, padding="same", use_bias=False, name=f"{prefix}/conv{index}")(x)
+    x = keras.layers.Conv2D(channels, config.kernel_size, padding="same", use_bias=False, name=f"{prefix}/conv{index}")(
+        x
+    )
     x = keras.layers.BatchNormalization(momentum=config.bn_momentum, name=f"{prefix}/bn{index}")(x)
     x = keras.layers.ReLU(name=f"{prefix}/relu{index}")(x)
     if tuple(pool) != (1, 1):

@@ -7,6 +7,7 @@ position; GRU = 3 * (in + units) * units per step (x2 when bidirectional); atten
 pooling = 2 * T * D; activations, pooling and reshapes cost nothing; input normalisation
 counts one MAC per value.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,9 @@ def _int8_weight_bytes(layer) -> int:
         return 0
     if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
         kernel = int(np.prod(layer.weights[0].shape))
-        out_channels = int(layer.weights[0].shape[-1]) * (int(layer.weights[0].shape[-2])
-                                                          if isinstance(layer, keras.layers.DepthwiseConv2D) else 1)
+        out_channels = int(layer.weights[0].shape[-1]) * (
+            int(layer.weights[0].shape[-2]) if isinstance(layer, keras.layers.DepthwiseConv2D) else 1
+        )
         return kernel + 4 * out_channels
     return int(sum(np.prod(w.shape) for w in layer.trainable_weights))
 
@@ -98,8 +100,17 @@ def profile(model: keras.Model, frontend: FrontEndConfig | None = None, seconds:
         out_shape = shapes[layer.name]
         sources = inbound if isinstance(inbound, (list, tuple)) else [inbound]
         input_elements = int(sum(np.prod(shapes[src.name][1:]) for src in sources))
-        result.append(LayerProfile(layer.name, type(layer).__name__, out_shape[1:], _trainable_params(layer),
-                                   _layer_macs(layer, in_shape, out_shape), input_elements, _int8_weight_bytes(layer)))
+        result.append(
+            LayerProfile(
+                layer.name,
+                type(layer).__name__,
+                out_shape[1:],
+                _trainable_params(layer),
+                _layer_macs(layer, in_shape, out_shape),
+                input_elements,
+                _int8_weight_bytes(layer),
+            )
+        )
     return result
 
 
@@ -110,9 +121,12 @@ def activation_bytes(layers: list[LayerProfile], bytes_per_value: int = 1) -> in
 
 def summarize(layers: list[LayerProfile], task_names=()) -> dict:
     """Totals, the shared part, and each task's own part (its head and unshared blocks)."""
-    total = {"params": sum(l.params for l in layers), "macs_per_second": sum(l.macs for l in layers),
-             "int8_weight_bytes": sum(l.int8_weight_bytes for l in layers),
-             "int8_activation_bytes": activation_bytes(layers)}
+    total = {
+        "params": sum(l.params for l in layers),
+        "macs_per_second": sum(l.macs for l in layers),
+        "int8_weight_bytes": sum(l.int8_weight_bytes for l in layers),
+        "int8_activation_bytes": activation_bytes(layers),
+    }
     parts = {}
     for prefix in ("shared", *task_names):
         own = [l for l in layers if l.name.split("/")[0] == prefix]
@@ -137,5 +151,3 @@ def format_table(layers: list[LayerProfile]) -> str:
         if k == 0 or k == len(rows) - 2:
             lines.append("-" * (sum(widths) + 8))
     return "\n".join(lines)
-
-

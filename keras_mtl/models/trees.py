@@ -1,7 +1,8 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from keras_mtl.core.errors import ConfigError
 
@@ -9,6 +10,7 @@ from keras_mtl.core.errors import ConfigError
 def validate_tree(tree: Mapping, depth: int) -> None:
     """Checks a tree spec: every task on exactly one leaf, children's tasks partition the node's,
     and every root-to-leaf path has ``depth`` layers."""
+
     def visit(node, above: int, path: str):
         if not isinstance(node, Mapping) or "tasks" not in node or "shared" not in node:
             raise ConfigError(f"tree {path}: a node needs 'tasks' and 'shared'")
@@ -24,8 +26,9 @@ def validate_tree(tree: Mapping, depth: int) -> None:
         elif len(tasks) != 1:
             raise ConfigError(f"tree {path}: a leaf holds exactly one task, not {tasks}")
         elif above + shared != depth:
-            raise ConfigError(f"tree {path}: {above + shared} layers from the input to {tasks[0]}, "
-                              f"the template has {depth}")
+            raise ConfigError(
+                f"tree {path}: {above + shared} layers from the input to {tasks[0]}, the template has {depth}"
+            )
 
     visit(tree, 0, "root")
 

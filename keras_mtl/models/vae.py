@@ -1,18 +1,22 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from keras_mtl.models import mtl as models
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
-
+from keras_mtl.models import mtl as models
 
 RECONSTRUCTION, RECONSTRUCTION_TARGET, LATENT_MEAN, LATENT_LOG_VAR = (
-    "reconstruction", "reconstruction_target", "latent_mean", "latent_log_var")
+    "reconstruction",
+    "reconstruction_target",
+    "latent_mean",
+    "latent_log_var",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +43,9 @@ class VAEConfig:
         if min(self.encoder_units, self.latent_dim, self.decoder_units) < 1:
             raise ConfigError("mtl-vae: encoder_units, latent_dim and decoder_units must be positive")
         if self.n_mels % self.freq_pool_factor:
-            raise ConfigError(f"mtl-vae: n_mels {self.n_mels} is not divisible by the frequency pooling {self.freq_pool_factor}")
+            raise ConfigError(
+                f"mtl-vae: n_mels {self.n_mels} is not divisible by the frequency pooling {self.freq_pool_factor}"
+            )
 
     @property
     def time_pool_factor(self) -> int:
@@ -92,9 +98,14 @@ def build_mtl_vae(tasks: Sequence, config: VAEConfig, feature_mean=None, feature
     mel = keras.Input(shape=(None, config.n_mels), name="mel")
     normalised = keras.layers.Normalization(axis=-1, mean=mean, variance=var, name="shared/input_norm")(mel)
     x = keras.layers.Reshape((-1, config.n_mels, 1), name="shared/expand")(normalised)
-    block_config = models.ModelConfig(n_mels=config.n_mels, channels=config.channels, pools=config.pools,
-                                      kernel_size=config.kernel_size, dropout=config.dropout,
-                                      bn_momentum=config.bn_momentum)
+    block_config = models.ModelConfig(
+        n_mels=config.n_mels,
+        channels=config.channels,
+        pools=config.pools,
+        kernel_size=config.kernel_size,
+        dropout=config.dropout,
+        bn_momentum=config.bn_momentum,
+    )
     for i, (channels, pool) in enumerate(zip(config.channels, config.pools), start=1):
         x = models.conv_block(x, "shared", i, channels, pool, block_config)
     frames = models.to_frames(x, "shared", block_config)

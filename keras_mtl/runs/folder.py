@@ -1,23 +1,132 @@
-"""TODO docstring."""
+"""The run folder: the one place that writes and reads a run's files.
+
+    config.yaml          the full resolved configuration (reusable with --config)
+    model_summary.txt    Keras summary
+    profile.txt          params and MACs per 1 s of audio, per layer
+    model.keras          the trained functional network (tf_keras format)
+    history.csv          per-epoch training and validation losses/metrics
+    batch_loss.csv       the training losses after every batch (running mean within each epoch)
+    metrics.json         per task: DCASE metrics, params, MACs / 1 s; plus run facts
+    training_curves.png  loss and headline metric per epoch
+    checkpoint/          the last epoch's checkpoint; ``latest`` names it
+
+Every file is written atomically (temporary name, then rename). Training, resume, evaluation,
+export, compression and the studies read runs through ``open_run`` / ``resume_config``.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import yaml
 
-from keras_mtl.models import profiling
 from keras_mtl.core import fileio
-from keras_mtl.runs.config import RunConfig
+from keras_mtl.core.backend import keras
 from keras_mtl.core.errors import ConfigError
-from keras_mtl.core.paths import REPO_ROOT, in_checkout
+from keras_mtl.core.paths import runs_dir
+from keras_mtl.models import architectures, profiling
+from keras_mtl.runs import config as run_config
+from keras_mtl.runs.config import RunConfig
+from keras_mtl.tasks.registry import resolve_tasks
+
+CONFIG, NETWORK, METRICS, HISTORY = "config.yaml", "model.keras", "metrics.json", "history.csv"
 
 
 def default_output_dir(config: RunConfig) -> Path:
+    """``runs/<time>-<tasks>-<strategy>/``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = REPO_ROOT / "runs" if in_checkout() else Path.cwd() / "runs"
-    return base / f"{stamp}-{'+'.join(config.tasks)}-{config.strategy}"
+    return runs_dir() / f"{stamp}-{'+'.join(config.tasks)}-{config.strategy}"
+
+
+@dataclasses.dataclass
+class Run:
+    """A run folder that holds at least its configuration: its path, configuration and tasks."""
+
+    path: Path
+    config: RunConfig
+    tasks: list
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / METRICS).is_file()
+
+    def network(self) -> keras.Model:
+        """The trained network (any registered architecture), without its training configuration."""
+        return architectures.load_network(self.path / NETWORK)
+
+    def metrics(self) -> dict:
+        """metrics.json; ConfigError if the run has none."""
+        try:
+            return json.loads((self.path / METRICS).read_text())
+        except OSError:
+            raise ConfigError(f"{self.path}: no {METRICS} (the run has not finished)") from None
+        except ValueError as error:
+            raise ConfigError(f"{self.path / METRICS}: not valid JSON ({error})") from None
+
+
+def read_config(path: str | Path, **override) -> RunConfig:
+    """A run folder's configuration, built (fields added since the run take their defaults), with
+    ``override`` merged on top; ConfigError if the folder has no readable config.yaml."""
+    folder = Path(path)
+    if not (folder / CONFIG).is_file():
+        raise ConfigError(f"{folder}: not a run folder (no {CONFIG})")
+    return run_config.build(run_config.merge(run_config.load_yaml(folder / CONFIG), override))
+
+
+def open_run(path: str | Path, needs: tuple[str, ...] = (CONFIG, NETWORK)) -> Run:
+    """The run in ``path``; ConfigError naming the first of ``needs`` it lacks."""
+    folder = Path(path)
+    for name in needs:
+        if not (folder / name).exists():
+            raise ConfigError(f"{folder}: not a finished run folder ({name} is missing)")
+    config = read_config(folder)
+    return Run(folder, config, resolve_tasks(list(config.tasks), config.custom_tasks))
+
+
+def resume_config(path: str | Path) -> RunConfig:
+    """The configuration of an interrupted run, writing into the same folder."""
+    folder = Path(path)
+    if not (folder / CONFIG).is_file():
+        raise ConfigError(f"--resume {folder}: not a run folder (no {CONFIG})")
+    if (folder / METRICS).is_file():
+        raise ConfigError(f"--resume {folder}: that run has finished ({METRICS} exists)")
+    return read_config(folder, output_dir=str(folder))
+
+
+def describe_run(network, tasks, config: RunConfig, output_dir: Path | None) -> dict:
+    """Keras summary and profile ({summary, profile_table, profile}); with ``output_dir``, also
+    written there with the configuration (config.yaml, model_summary.txt, profile.txt)."""
+    lines = []
+    network.summary(line_length=110, print_fn=lambda line, *args, **kwargs: lines.append(line))
+    summary = "\n".join(lines)
+    layers = profiling.profile(network, config.frontend)
+    table = profiling.format_table(layers)
+    prof = profiling.summarize(layers, [t.name for t in tasks])
+    if output_dir is not None:
+        fileio.write_text(output_dir / CONFIG, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        fileio.write_text(output_dir / "model_summary.txt", summary + "\n")
+        fileio.write_text(output_dir / "profile.txt", table + "\n")
+    return {"summary": summary, "profile_table": table, "profile": prof}
+
+
+def save_network(output_dir: Path, network: keras.Model) -> None:
+    """model.keras, atomically."""
+    with fileio.atomic_path(output_dir / NETWORK) as tmp:
+        network.save(tmp)
+
+
+def write_metrics(output_dir: Path, metrics: dict) -> None:
+    """metrics.json, atomically; its presence marks the run finished."""
+    fileio.write_json(output_dir / METRICS, metrics)
+
+
+def task_result(task, split: str, task_metrics: dict, path_profile: dict, **extra) -> dict:
+    """One task's entry of metrics.json: split, metrics, headline, params and MACs / 1 s of its path."""
+    return {"split": split, "metrics": task_metrics,
+            "headline": {"name": task.headline, "value": task_metrics.get(task.headline)},
+            "params": path_profile["params"], "macs_per_second": path_profile["macs_per_second"], **extra}
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
@@ -30,18 +139,3 @@ def latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
         return folder, json.loads((folder / "resume.json").read_text())
     except (OSError, ValueError):
         raise ConfigError(f"{folder}: damaged checkpoint (resume.json unreadable)") from None
-
-
-def describe_run(network, tasks, config: RunConfig, output_dir: Path | None) -> dict:
-    """Summary and profile; written to the run folder when there is one."""
-    lines = []
-    network.summary(line_length=110, print_fn=lambda line, *args, **kwargs: lines.append(line))
-    summary = "\n".join(lines)
-    layers = profiling.profile(network, config.frontend)
-    table = profiling.format_table(layers)
-    prof = profiling.summarize(layers, [t.name for t in tasks])
-    if output_dir is not None:
-        fileio.write_text(output_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-        fileio.write_text(output_dir / "model_summary.txt", summary + "\n")
-        fileio.write_text(output_dir / "profile.txt", table + "\n")
-    return {"summary": summary, "profile_table": table, "profile": prof}

@@ -20,6 +20,7 @@ scenes is shared, one typical of a single scene unique. ASC alone and ASC + SED 
 with the ASC training clips that contain a shared event left out, and ASC accuracy is compared on
 the scenes with a unique event and on the others, with and without those clips.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,16 +29,26 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from keras_mtl.core import fileio
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.core.reporting import pyplot, save_figure
+from keras_mtl.data.synth import sounds, synthetic
 from keras_mtl.deploy.export import calibration_samples
 from keras_mtl.deploy.streaming import fit_frames, plan_streaming
 from keras_mtl.deploy.tflite import Int8Model, convert_int8
+from keras_mtl.models import architectures, profiling
+from keras_mtl.runs import config as run_config
 from keras_mtl.runs.inputs import prepare_data
-from keras_mtl.core.errors import ConfigError
+from keras_mtl.runs.network import time_resolution
+from keras_mtl.studies import synergy
+from keras_mtl.studies.synergy import Job
+from keras_mtl.tasks.registry import resolve_tasks
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +56,7 @@ CURVE_POINTS = (0.1, 0.2, 0.3, 0.5, 0.7)
 
 
 # -- statistics ---------------------------------------------------------------------------------
+
 
 def label_entropy(counts: Sequence[float]) -> float:
     """Shannon entropy (bits) of the label distribution given by ``counts``."""
@@ -61,7 +73,7 @@ def label_kurtosis(counts: Sequence[float]) -> float:
     if x.size < 2 or np.allclose(x, x[0]):
         return 0.0
     centred = x - x.mean()
-    return float((centred ** 4).mean() / (centred ** 2).mean() ** 2 - 3.0)
+    return float((centred**4).mean() / (centred**2).mean() ** 2 - 3.0)
 
 
 def log_curve(i, a, b, c, d):
@@ -131,7 +143,7 @@ def overlap_share(items, seconds_per_frame: float = 0.01) -> float | None:
         end = max(e.offset for e in item.events)
         counts = np.zeros(int(math.ceil(end / seconds_per_frame)) + 1, np.int32)
         for event in item.events:
-            counts[int(event.onset / seconds_per_frame):int(math.ceil(event.offset / seconds_per_frame))] += 1
+            counts[int(event.onset / seconds_per_frame) : int(math.ceil(event.offset / seconds_per_frame))] += 1
         active_total += int((counts > 0).sum())
         overlapped += int((counts > 1).sum())
     return overlapped / active_total if active_total else None
@@ -151,8 +163,11 @@ def dataset_measurements(task, train, semi=(), sample_rate: int = 16000, snr_cli
     result = {
         "labels": task.n_classes,
         "clips": len(items),
-        "labelled_frames": int(sum(float(t.sum() > 0) if t.ndim == 1 else float((t.max(axis=-1) > 0).sum())
-                                   for t in train.targets)) if task.level == "frame" else 0,
+        "labelled_frames": int(
+            sum(float(t.sum() > 0) if t.ndim == 1 else float((t.max(axis=-1) > 0).sum()) for t in train.targets)
+        )
+        if task.level == "frame"
+        else 0,
         "entropy": label_entropy(counts),
         "kurtosis": label_kurtosis(counts),
         "type_token_ratio": len({l for l in labels}) / len(labels) if labels else 0.0,
@@ -195,6 +210,7 @@ def learning_curve_features(run_dir: Path) -> dict:
 
 # -- relations ----------------------------------------------------------------------------------
 
+
 def correlations(table, target: str = "gain"):
     """Pearson r and p of every numeric column with ``target`` (constant columns left out), by |r|."""
     import pandas as pd
@@ -234,8 +250,14 @@ def gain_classifier(table, features: Sequence[str], target: str = "gain", folds:
     scores = cross_val_score(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
     model.fit(x, y)
     coefficients = model[-1].coef_[0]
-    result.update({"folds": folds, "fold_accuracy": [float(s) for s in scores], "cv_accuracy": float(scores.mean()),
-                   "coefficients": {f: float(c) for f, c in zip(features, coefficients)}})
+    result.update(
+        {
+            "folds": folds,
+            "fold_accuracy": [float(s) for s in scores],
+            "cv_accuracy": float(scores.mean()),
+            "coefficients": {f: float(c) for f, c in zip(features, coefficients)},
+        }
+    )
     return result
 
 
@@ -262,10 +284,9 @@ def pair_table(tasks: Sequence[str], measurements: dict, singles: dict, pairs: d
 
 # -- efficiency ---------------------------------------------------------------------------------
 
+
 def latency_per_second(network, n_mels: int, frames: int = 101, repeats: int = 20) -> float:
     """Median wall time (ms) of one batch-1 forward pass over 1 s of log-mel frames (Keras, float)."""
-    from keras_mtl.core.backend import tf
-
     x = tf.zeros((1, frames, n_mels))
     call = tf.function(lambda v: network(v, training=False))
     return median_milliseconds(lambda: tf.nest.map_structure(lambda t: t.numpy(), call(x)), repeats)
@@ -288,21 +309,30 @@ def int8_latency_per_second(network, tasks, config, train: dict, repeats: int = 
     run the way the device runs them (the encoder once, each frame step once per output frame, each
     clip head once per clip: its share of one second). Networks without one (whole-clip models such
     as the Georgiev DNN): the whole network, every task's output, on one second of frames."""
-    from keras_mtl.core.backend import keras
-
-    factor, _ = network.time_resolution(config)
+    factor, _ = time_resolution(config)
     plan = plan_streaming(network, tasks, config.frontend, factor)
     rng = np.random.default_rng(0)
     if plan.branches:
         calibration = calibration_samples(plan, tasks, train, 4, rng)
-        runs = [(piece.model, calibration[piece.name], plan.output_frames if piece.kind == "frame_step" else
-                 (1.0 / piece.windows if piece.kind == "clip_head" else 1.0)) for piece in plan.pieces]
+        runs = [
+            (
+                piece.model,
+                calibration[piece.name],
+                plan.output_frames
+                if piece.kind == "frame_step"
+                else (1.0 / piece.windows if piece.kind == "clip_head" else 1.0),
+            )
+            for piece in plan.pieces
+        ]
     else:
         frames = config.frontend.n_frames(config.frontend.sample_rate)
         mel = keras.Input(shape=(frames, int(network.input.shape[-1])), batch_size=1, name="mel")
         whole = keras.Model(mel, network(mel), name="whole_network")
-        samples = [{"mel": fit_frames(train[t.name].load_features(int(i)).astype(np.float32), frames)[None]}
-                   for t in tasks for i in rng.choice(len(train[t.name]), size=min(4, len(train[t.name])), replace=False)]
+        samples = [
+            {"mel": fit_frames(train[t.name].load_features(int(i)).astype(np.float32), frames)[None]}
+            for t in tasks
+            for i in rng.choice(len(train[t.name]), size=min(4, len(train[t.name])), replace=False)
+        ]
         runs = [(whole, samples, 1.0)]
     milliseconds, size = 0.0, 0
     for keras_model, samples, per_second in runs:
@@ -333,8 +363,6 @@ COMPARED = ("frontend", "augment", "training", "synthetic", "speech_synthetic", 
 def analysis_jobs(tasks: Sequence[str], overlap_list: Path | None = None) -> list:
     """Single-task runs, every two-task run with all layers shared, the all-task run and, with an
     ``overlap_list`` (ASC clips to leave out), ASC alone and ASC + SED without those clips."""
-    from keras_mtl.studies.synergy import Job
-
     jobs = [Job(f"single-{t}", "single", (t,), {}) for t in tasks]
     jobs += [Job(f"pair-{a}-{b}", "pair", (a, b), {}) for a, b in itertools.combinations(tasks, 2)]
     jobs.append(Job("all", "all", tuple(tasks), {}))
@@ -346,6 +374,7 @@ def analysis_jobs(tasks: Sequence[str], overlap_list: Path | None = None) -> lis
 
 
 # -- class overlap (experiment 5) -----------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class EventRelation:
@@ -373,8 +402,6 @@ class EventRelation:
 def synthetic_overlap(synthetic_config) -> tuple[EventRelation, list[str]]:
     """The built-in synthetic data's scene/event relation and its ASC training clips (paths relative
     to the ASC root) that contain a shared event (from the generator's plan: nothing is rendered)."""
-    from keras_mtl.data.synth import sounds, synthetic
-
     relation = EventRelation({scene: tuple(events) for scene, events in sounds.SCENE_EVENTS.items()})
     shared = relation.shared_events
     plans = synthetic.plan_all(synthetic_config)["asc_train"]
@@ -385,16 +412,21 @@ def overlap_rows(relation: EventRelation, metrics: dict, clips: int, left_out: i
     """ASC accuracy overall, on the scenes with a unique event and on the others, per model and data."""
     unique = relation.scenes_with_unique_events
     rows = []
-    for data, single, pair in (("all ASC clips", "single-asc", "pair-asc-sed"),
-                               (f"{left_out} of {clips} ASC clips (shared events) left out", "overlap-single-asc",
-                                "overlap-pair-asc-sed")):
+    for data, single, pair in (
+        ("all ASC clips", "single-asc", "pair-asc-sed"),
+        (f"{left_out} of {clips} ASC clips (shared events) left out", "overlap-single-asc", "overlap-pair-asc-sed"),
+    ):
         for model, name in (("ASC alone", single), ("ASC + SED", pair)):
             asc = metrics[name]["tasks"]["asc"]["metrics"]
             per_scene = {s: v for s, v in (asc.get("class_accuracy") or {}).items() if v is not None}
-            row = {"training data": data, "model": model, "asc accuracy": 100.0 * float(asc["accuracy"]),
-                   "scenes with a unique event": 100.0 * float(np.mean([per_scene[s] for s in unique if s in per_scene])),
-                   "scenes sharing all their events": 100.0 * float(np.mean([v for s, v in per_scene.items()
-                                                                             if s not in unique]))}
+            row = {
+                "training data": data,
+                "model": model,
+                "asc accuracy": 100.0 * float(asc["accuracy"]),
+                "scenes with a unique event": 100.0 * float(np.mean([per_scene[s] for s in unique if s in per_scene])),
+                "scenes sharing all their events": 100.0
+                * float(np.mean([v for s, v in per_scene.items() if s not in unique])),
+            }
             sed = metrics[name]["tasks"].get("sed")
             row["sed event f1"] = 100.0 * float(sed["metrics"]["event_f1_macro"]) if sed else float("nan")
             rows.append(row)
@@ -405,8 +437,6 @@ def matching_run(job, config, reuse: Path | None) -> Path | None:
     """A finished synergy run of the same tasks with every layer shared and the same settings (its
     single-task runs, pair-<a>-<b>-k<depth> and flat-k<depth>)."""
     import yaml
-
-    from keras_mtl.runs import config as run_config
 
     if reuse is None:
         return None
@@ -429,11 +459,10 @@ def matching_run(job, config, reuse: Path | None) -> Path | None:
     return None
 
 
-def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None = None, dry_run: bool = False) -> dict | None:
+def run_analysis(
+    tasks: Sequence[str], base: dict, out: Path, reuse: Path | None = None, dry_run: bool = False
+) -> dict | None:
     """Trains what is missing, then measures, relates and writes the report folder ``out``."""
-    from keras_mtl.core import fileio
-    from keras_mtl.studies import synergy
-
     tasks = list(tasks)
     if len(tasks) < 2 or len(set(tasks)) != len(tasks):
         raise ConfigError(f"--tasks needs two or more distinct tasks, got {','.join(tasks)}")
@@ -443,8 +472,10 @@ def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None
         if probe.data_root is None:
             overlap = synthetic_overlap(probe.synthetic)
         else:
-            log.info("class-overlap experiment skipped: it needs the built-in synthetic data (which events "
-                     "belong to which scene is known there)")
+            log.info(
+                "class-overlap experiment skipped: it needs the built-in synthetic data (which events "
+                "belong to which scene is known there)"
+            )
     overlap_list = out / "class_overlap" / "asc_clips_with_shared_events.txt"
     jobs = analysis_jobs(tasks, overlap_list if overlap else None)
     folders = {}
@@ -464,19 +495,20 @@ def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None
     metrics = {name: json.loads((folder / "metrics.json").read_text()) for name, folder in folders.items()}
 
     all_config = synergy.job_config(base, next(job for job in jobs if job.name == "all"), out)
-    from keras_mtl.tasks.registry import resolve_tasks
-
     resolved = resolve_tasks(tasks, all_config.custom_tasks)
     data = prepare_data(all_config, resolved)
     measurements = {}
     for task in resolved:
-        values = dataset_measurements(task, data.train[task.name], data.semi.get(task.name, ()),
-                                      all_config.frontend.sample_rate)
+        values = dataset_measurements(
+            task, data.train[task.name], data.semi.get(task.name, ()), all_config.frontend.sample_rate
+        )
         values.update(learning_curve_features(folders[f"single-{task.name}"]))
         measurements[task.name] = values
     singles = {t: synergy.headline(metrics[f"single-{t}"], t) for t in tasks}
-    pairs = {(a, b): {t: synergy.headline(metrics[f"pair-{a}-{b}"], t) for t in (a, b)}
-             for a, b in itertools.combinations(tasks, 2)}
+    pairs = {
+        (a, b): {t: synergy.headline(metrics[f"pair-{a}-{b}"], t) for t in (a, b)}
+        for a, b in itertools.combinations(tasks, 2)
+    }
     table = pair_table(tasks, measurements, singles, pairs)
     corr = correlations(table)
     top = [f for f in corr["feature"].head(5)] if len(corr) else []
@@ -491,7 +523,9 @@ def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None
     fileio.write_text(out / "gains.csv", table.to_csv(index=False))
     fileio.write_text(out / "correlations.csv", corr.to_csv(index=False))
     fileio.write_json(out / "regression.json", regression)
-    fileio.write_text(out / "efficiency.csv", pd.DataFrame([dataclasses.asdict(e) for e in efficiency]).to_csv(index=False))
+    fileio.write_text(
+        out / "efficiency.csv", pd.DataFrame([dataclasses.asdict(e) for e in efficiency]).to_csv(index=False)
+    )
     plot_correlations(table, corr, out / "correlations.png")
     plot_learning_curves(tasks, folders, measurements, out / "learning_curves.png")
     overlap_table = None
@@ -499,22 +533,33 @@ def run_analysis(tasks: Sequence[str], base: dict, out: Path, reuse: Path | None
         relation, left_out = overlap
         overlap_table = pd.DataFrame(overlap_rows(relation, metrics, len(data.train["asc"]), len(left_out)))
         fileio.write_text(out / "class_overlap" / "results.csv", overlap_table.to_csv(index=False))
-        fileio.write_json(out / "class_overlap" / "relation.json", {
-            "scene_events": {k: list(v) for k, v in relation.scene_events.items()},
-            "shared_events": sorted(relation.shared_events), "unique_events": sorted(relation.unique_events),
-            "scenes_with_unique_events": relation.scenes_with_unique_events, "asc_clips_left_out": len(left_out)})
-    summary = {"tasks": tasks, "singles": singles, "pairs": {f"{a}-{b}": v for (a, b), v in pairs.items()},
-               "runs": {k: str(v) for k, v in folders.items()}, "regression": regression}
+        fileio.write_json(
+            out / "class_overlap" / "relation.json",
+            {
+                "scene_events": {k: list(v) for k, v in relation.scene_events.items()},
+                "shared_events": sorted(relation.shared_events),
+                "unique_events": sorted(relation.unique_events),
+                "scenes_with_unique_events": relation.scenes_with_unique_events,
+                "asc_clips_left_out": len(left_out),
+            },
+        )
+    summary = {
+        "tasks": tasks,
+        "singles": singles,
+        "pairs": {f"{a}-{b}": v for (a, b), v in pairs.items()},
+        "runs": {k: str(v) for k, v in folders.items()},
+        "regression": regression,
+    }
     fileio.write_json(out / "results.json", summary)
-    fileio.write_text(out / "report.md", report_markdown(tasks, measured, table, corr, regression, efficiency,
-                                                         overlap and (overlap[0], overlap_table)))
+    fileio.write_text(
+        out / "report.md",
+        report_markdown(tasks, measured, table, corr, regression, efficiency, overlap and (overlap[0], overlap_table)),
+    )
     return summary
 
 
 def efficiency_rows(tasks, folders: dict, config, train: dict) -> list[Efficiency]:
     """The all-task model vs one single-task model (the mean) vs every single-task model in turn."""
-    from keras_mtl.models import architectures, profiling
-    from keras_mtl.tasks.registry import resolve_tasks
 
     def measure(name, names):
         network = architectures.load_network(folders[name] / "model.keras")
@@ -522,13 +567,22 @@ def efficiency_rows(tasks, folders: dict, config, train: dict) -> list[Efficienc
         total = profiling.summarize(layers)["total"]
         log.info("efficiency: %s: float and int8 latency", name)
         try:
-            int8_ms, int8_bytes = int8_latency_per_second(network, resolve_tasks(names, config.custom_tasks), config, train)
+            int8_ms, int8_bytes = int8_latency_per_second(
+                network, resolve_tasks(names, config.custom_tasks), config, train
+            )
         except (ConfigError, RuntimeError, ValueError) as error:  # e.g. an op with no int8 kernel
             log.warning("efficiency: %s: no int8 latency (%s)", name, str(error).splitlines()[0][:200])
             int8_ms, int8_bytes = float("nan"), 0
-        return (int(total["params"]), int(total["int8_weight_bytes"]), int(total["macs_per_second"]),
-                latency_per_second(network, int(network.input.shape[-1]), config.frontend.n_frames(config.frontend.sample_rate)),
-                int8_ms, int8_bytes)
+        return (
+            int(total["params"]),
+            int(total["int8_weight_bytes"]),
+            int(total["macs_per_second"]),
+            latency_per_second(
+                network, int(network.input.shape[-1]), config.frontend.n_frames(config.frontend.sample_rate)
+            ),
+            int8_ms,
+            int8_bytes,
+        )
 
     multi = measure("all", list(tasks))
     singles = [measure(f"single-{t}", [t]) for t in tasks]
@@ -536,17 +590,19 @@ def efficiency_rows(tasks, folders: dict, config, train: dict) -> list[Efficienc
     total = [float(np.sum([s[i] for s in singles])) for i in range(6)]
 
     def row(label, values):
-        return Efficiency(label, int(values[0]), int(values[1]), int(values[2]), float(values[3]), float(values[4]),
-                          int(values[5]))
+        return Efficiency(
+            label, int(values[0]), int(values[1]), int(values[2]), float(values[3]), float(values[4]), int(values[5])
+        )
 
-    return [row(f"multi-task ({'+'.join(tasks)})", multi), row("one single-task model (mean)", mean),
-            row(f"{len(tasks)} single-task models in turn", total)]
+    return [
+        row(f"multi-task ({'+'.join(tasks)})", multi),
+        row("one single-task model (mean)", mean),
+        row(f"{len(tasks)} single-task models in turn", total),
+    ]
 
 
 def plot_correlations(table, corr, path: Path) -> None:
     """Heat map of the correlations among the gain and the features most correlated with it."""
-    from keras_mtl.core.reporting import pyplot, save_figure
-
     plt = pyplot()
     names = ["gain"] + list(corr["feature"].head(12))
     matrix = table[names].astype(float).corr().to_numpy() if len(names) > 1 else np.ones((1, 1))
@@ -563,8 +619,6 @@ def plot_learning_curves(tasks, folders: dict, measurements: dict, path: Path) -
     """Each single-task run's training loss per batch with its fitted a ln(c i + d) + b."""
     import csv
 
-    from keras_mtl.core.reporting import pyplot, save_figure
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for task in tasks:
@@ -573,12 +627,16 @@ def plot_learning_curves(tasks, folders: dict, measurements: dict, path: Path) -
             continue
         rows = list(csv.DictReader(log_path.open()))
         steps = np.array([float(r["step"]) for r in rows])
-        line, = ax.plot(steps, [float(r["loss"]) for r in rows], alpha=0.5, label=task)
+        (line,) = ax.plot(steps, [float(r["loss"]) for r in rows], alpha=0.5, label=task)
         m = measurements[task]
         if math.isnan(m["curve_a"]):
             continue
-        ax.plot(steps, log_curve(steps, m["curve_a"], m["curve_b"], m["curve_c"], m["curve_d"]), color=line.get_color(),
-                linestyle="--")
+        ax.plot(
+            steps,
+            log_curve(steps, m["curve_a"], m["curve_b"], m["curve_c"], m["curve_d"]),
+            color=line.get_color(),
+            linestyle="--",
+        )
     ax.set_xlabel("training batch")
     ax.set_ylabel("training loss (dashed: a ln(c i + d) + b)")
     ax.grid(alpha=0.3)
@@ -587,35 +645,59 @@ def plot_learning_curves(tasks, folders: dict, measurements: dict, path: Path) -
 
 
 def report_markdown(tasks, measured, table, corr, regression: dict, efficiency: list, overlap=None) -> str:
-    lines = [f"# Which tasks help each other ({', '.join(t.upper() for t in tasks)})", "",
-             "## Dataset and learning-curve measurements (training splits)", "", _markdown(measured),
-             "", "## Gain of the main task from the auxiliary one (points; two-task model, all layers shared)", "",
-             _markdown(table[["main", "auxiliary", "gain"]]) if len(table) else "(none)", "",
-             "## Features most correlated with the gain (Pearson)", "",
-             _markdown(corr.head(15)) if len(corr) else "(none)", "",
-             "## Logistic regression: gain > 0 from the five most correlated features", "",
-             "```", json.dumps(regression, indent=1), "```", "",
-             "## Efficiency per 1 s of audio on this machine (batch 1)", "",
-             "Float: the Keras network on 1 s of log-mel frames. Int8: LiteRT running the streaming int8 "
-             "pieces the way a device does (encoder once, frame steps once per output frame; a network "
-             "without an encoder to stream runs whole on 1 s of frames).", "",
-             "| model | params | int8 weight bytes | MACs / 1 s | float ms / 1 s | int8 ms / 1 s | int8 .tflite bytes |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Which tasks help each other ({', '.join(t.upper() for t in tasks)})",
+        "",
+        "## Dataset and learning-curve measurements (training splits)",
+        "",
+        _markdown(measured),
+        "",
+        "## Gain of the main task from the auxiliary one (points; two-task model, all layers shared)",
+        "",
+        _markdown(table[["main", "auxiliary", "gain"]]) if len(table) else "(none)",
+        "",
+        "## Features most correlated with the gain (Pearson)",
+        "",
+        _markdown(corr.head(15)) if len(corr) else "(none)",
+        "",
+        "## Logistic regression: gain > 0 from the five most correlated features",
+        "",
+        "```",
+        json.dumps(regression, indent=1),
+        "```",
+        "",
+        "## Efficiency per 1 s of audio on this machine (batch 1)",
+        "",
+        "Float: the Keras network on 1 s of log-mel frames. Int8: LiteRT running the streaming int8 "
+        "pieces the way a device does (encoder once, frame steps once per output frame; a network "
+        "without an encoder to stream runs whole on 1 s of frames).",
+        "",
+        "| model | params | int8 weight bytes | MACs / 1 s | float ms / 1 s | int8 ms / 1 s | int8 .tflite bytes |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for e in efficiency:
-        lines.append(f"| {e.model} | {e.params:,} | {e.int8_weight_bytes:,} | {e.macs_per_second:,} | "
-                     f"{e.float_latency_ms:.2f} | {e.int8_latency_ms:.2f} | {e.int8_flatbuffer_bytes:,} |")
+        lines.append(
+            f"| {e.model} | {e.params:,} | {e.int8_weight_bytes:,} | {e.macs_per_second:,} | "
+            f"{e.float_latency_ms:.2f} | {e.int8_latency_ms:.2f} | {e.int8_flatbuffer_bytes:,} |"
+        )
     if overlap:
         relation, results = overlap
-        lines += ["", "## Class overlap: ASC with SED (seed 004, experiment 5)", "",
-                  f"Shared events (typical of two or more scenes): {', '.join(sorted(relation.shared_events))}. "
-                  f"Unique: {', '.join(sorted(relation.unique_events)) or 'none'}, so the scenes with a unique event "
-                  f"are {', '.join(relation.scenes_with_unique_events) or 'none'}. Accuracy in %, SED event F1 in %.",
-                  "", _markdown(results)]
+        lines += [
+            "",
+            "## Class overlap: ASC with SED (seed 004, experiment 5)",
+            "",
+            f"Shared events (typical of two or more scenes): {', '.join(sorted(relation.shared_events))}. "
+            f"Unique: {', '.join(sorted(relation.unique_events)) or 'none'}, so the scenes with a unique event "
+            f"are {', '.join(relation.scenes_with_unique_events) or 'none'}. Accuracy in %, SED event F1 in %.",
+            "",
+            _markdown(results),
+        ]
     return "\n".join(lines) + "\n"
 
 
 def _markdown(frame) -> str:
     """A DataFrame as a markdown table (numbers to 4 significant digits)."""
+
     def cell(value):
         if isinstance(value, (float, np.floating)):
             return f"{value:.4g}"

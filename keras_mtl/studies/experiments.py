@@ -13,6 +13,7 @@ Layout: ``<out>/rows/<row>/seed<k>/`` is a normal run folder; a row whose ``metr
 is not trained again, so an interrupted experiment resumes where it stopped. ``table.md``,
 ``results.json`` and the plots are rewritten from all finished rows at the end.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_mtl.training.fit import check_strategy_options, train
-from keras_mtl.runs import config as run_config
 from keras_mtl.core import fileio
-from keras_mtl.core.reporting import pyplot, save_figure
 from keras_mtl.core.errors import ConfigError
+from keras_mtl.core.reporting import human, pyplot, save_figure
+from keras_mtl.runs import config as run_config
+from keras_mtl.training.fit import check_strategy_options, train
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,12 @@ def _pair(**settings) -> dict:
 def _vae_data(strong: bool = True, weak: bool = True, unlabeled: bool = True, strong_real: bool = True) -> dict:
     """MTL-VAE row settings: which data types go into the batches (a batch size of 0 leaves one out)."""
     training = {}
-    for key, used in (("strong_batch_size", strong), ("weak_batch_size", weak), ("unlabeled_batch_size", unlabeled),
-                      ("strong_real_batch_size", strong_real)):
+    for key, used in (
+        ("strong_batch_size", strong),
+        ("weak_batch_size", weak),
+        ("unlabeled_batch_size", unlabeled),
+        ("strong_real_batch_size", strong_real),
+    ):
         if not used:
             training[key] = 0
     return {"training": training}
@@ -74,7 +79,8 @@ VAE_COLUMNS = (("sed", "event-based macro F1"), ("sed:segment_f1_macro", "segmen
 
 EXPERIMENTS = {
     "strategies": Experiment(
-        "strategies", "Multi-task training strategies for ASC + SED (seed 000, Table 3)",
+        "strategies",
+        "Multi-task training strategies for ASC + SED (seed 000, Table 3)",
         (
             Row("single-asc", "single-task ASC (CNN)", {"tasks": ["asc"]}, {"asc": 53.31}),
             Row("single-sed", "single-task SED (CRNN)", {"tasks": ["sed"]}, {"sed": 46.64}),
@@ -82,15 +88,24 @@ EXPERIMENTS = {
             Row("hard", "HardMTL", _pair(strategy="hard"), {"asc": 40.92, "sed": 39.05}),
             Row("cross-soft", "CrossSoftMTL", _pair(strategy="cross-soft"), {"asc": 36.64, "sed": 39.03}),
             Row("cross-hard", "CrossHardMTL", _pair(strategy="cross-hard"), {"asc": 42.30, "sed": 39.96}),
-            Row("freeze-sed-asc", "FreezeMTL (SED, ASC)", _pair(strategy="freeze", order=["sed", "asc"]),
-                {"asc": 42.44, "sed": 45.86}),
-            Row("freeze-asc-sed", "FreezeMTL (ASC, SED)", _pair(strategy="freeze", order=["asc", "sed"]),
-                {"asc": 51.29, "sed": 30.74}),
+            Row(
+                "freeze-sed-asc",
+                "FreezeMTL (SED, ASC)",
+                _pair(strategy="freeze", order=["sed", "asc"]),
+                {"asc": 42.44, "sed": 45.86},
+            ),
+            Row(
+                "freeze-asc-sed",
+                "FreezeMTL (ASC, SED)",
+                _pair(strategy="freeze", order=["asc", "sed"]),
+                {"asc": 51.29, "sed": 30.74},
+            ),
         ),
         paper_source="seed 000 Table 3 (TAU22 / DESED, 633.5k-parameter MT model)",
     ),
     "weighting": Experiment(
-        "weighting", "Loss weighting for SoftMTL of ASC + SED (seed 003: fixed vs DWA vs MFL)",
+        "weighting",
+        "Loss weighting for SoftMTL of ASC + SED (seed 003: fixed vs DWA vs MFL)",
         (
             Row("fixed", "fixed (mean)", _pair(strategy="soft", weighting="fixed")),
             Row("dwa", "DWA", _pair(strategy="soft", weighting="dwa")),
@@ -99,29 +114,55 @@ EXPERIMENTS = {
         paper_source="seed 003 reports its figures in the full paper only; the abstract gives no numbers",
     ),
     "vae-data": Experiment(
-        "vae-data", "MTL-VAE for SED by data types / tasks used (seed 002, Fig. 2)",
+        "vae-data",
+        "MTL-VAE for SED by data types / tasks used (seed 002, Fig. 2)",
         (
-            Row("strong-synthetic", "strong synthetic only", _vae_data(weak=False, unlabeled=False, strong_real=False),
-                {"sed": 12.6, "sed:segment_f1_macro": 31.4}),
-            Row("plus-weak", "+ weak", _vae_data(unlabeled=False, strong_real=False),
-                {"sed": 11.0, "sed:segment_f1_macro": 48.4}),
-            Row("plus-reconstruction", "+ reconstruction (unlabelled)", _vae_data(strong_real=False),
-                {"sed": 12.5, "sed:segment_f1_macro": 50.9}),
-            Row("plus-strong-real", "+ strong real (all four)", _vae_data(),
-                {"sed": 32.5, "sed:segment_f1_macro": 60.6}),
-            Row("strong-real", "strong real only", _vae_data(strong=False, weak=False, unlabeled=False),
-                {"sed": 19.8, "sed:segment_f1_macro": 41.8}),
+            Row(
+                "strong-synthetic",
+                "strong synthetic only",
+                _vae_data(weak=False, unlabeled=False, strong_real=False),
+                {"sed": 12.6, "sed:segment_f1_macro": 31.4},
+            ),
+            Row(
+                "plus-weak",
+                "+ weak",
+                _vae_data(unlabeled=False, strong_real=False),
+                {"sed": 11.0, "sed:segment_f1_macro": 48.4},
+            ),
+            Row(
+                "plus-reconstruction",
+                "+ reconstruction (unlabelled)",
+                _vae_data(strong_real=False),
+                {"sed": 12.5, "sed:segment_f1_macro": 50.9},
+            ),
+            Row(
+                "plus-strong-real", "+ strong real (all four)", _vae_data(), {"sed": 32.5, "sed:segment_f1_macro": 60.6}
+            ),
+            Row(
+                "strong-real",
+                "strong real only",
+                _vae_data(strong=False, weak=False, unlabeled=False),
+                {"sed": 19.8, "sed:segment_f1_macro": 41.8},
+            ),
         ),
-        columns=VAE_COLUMNS, preset="seed002",
+        columns=VAE_COLUMNS,
+        preset="seed002",
         paper_source="seed 002 Fig. 2 (DCASE 2022 task 4 validation set)",
     ),
     "vae-encoder": Experiment(
-        "vae-encoder", "MTL-VAE for SED: deterministic vs variational encoder (seed 002, Fig. 3)",
+        "vae-encoder",
+        "MTL-VAE for SED: deterministic vs variational encoder (seed 002, Fig. 3)",
         (
-            Row("deterministic", "deterministic encoder", _vae_encoder(False), {"sed": 28.6, "sed:segment_f1_macro": 59.1}),
+            Row(
+                "deterministic",
+                "deterministic encoder",
+                _vae_encoder(False),
+                {"sed": 28.6, "sed:segment_f1_macro": 59.1},
+            ),
             Row("variational", "variational encoder", _vae_encoder(True), {"sed": 32.5, "sed:segment_f1_macro": 60.6}),
         ),
-        columns=VAE_COLUMNS, preset="seed002",
+        columns=VAE_COLUMNS,
+        preset="seed002",
         paper_source="seed 002 Fig. 3 (DCASE 2022 task 4 validation set, all four data types)",
     ),
 }
@@ -148,8 +189,14 @@ def row_config(base: dict, row: Row, seed: int, output_dir: Path) -> run_config.
     return run_config.build(data)
 
 
-def run_experiment(experiment: Experiment, base: dict, seeds: list[int], out: Path, rows: list[Row] | None = None,
-                   dry_run: bool = False) -> dict:
+def run_experiment(
+    experiment: Experiment,
+    base: dict,
+    seeds: list[int],
+    out: Path,
+    rows: list[Row] | None = None,
+    dry_run: bool = False,
+) -> dict:
     """Train every (row, seed) not yet finished, then write the table, JSON and plots."""
 
     rows = rows or list(experiment.rows)
@@ -202,8 +249,13 @@ def summarize(experiment: Experiment, out: Path, rows: list[Row], seeds: list[in
             entry["macs_per_second"] = first["model"]["macs_per_second"]
             entry["training_seconds"] = float(np.mean([m["seconds"]["training"] for m in runs.values()]))
         results.append(entry)
-    summary = {"experiment": experiment.name, "title": experiment.title, "seeds": seeds, "rows": results,
-               "paper_source": experiment.paper_source}
+    summary = {
+        "experiment": experiment.name,
+        "title": experiment.title,
+        "seeds": seeds,
+        "rows": results,
+        "paper_source": experiment.paper_source,
+    }
     fileio.write_json(out / "results.json", summary)
     fileio.write_text(out / "table.md", markdown_table(experiment, results, seeds))
     plot_rows(experiment, results, out / "results.png")
@@ -222,23 +274,31 @@ def _cell(entry: dict, task: str) -> str:
 
 
 def markdown_table(experiment: Experiment, results: list[dict], seeds: list[int]) -> str:
-    from keras_mtl.core.reporting import human
-
     has_paper = any(entry["paper"] for entry in results)
     header = ["model / strategy"] + [label + " %" for _, label in experiment.columns]
     if has_paper:
         by_metric = any(":" in key for key, _ in experiment.columns)  # several columns of one task: name them
         header += [f"paper {label if by_metric else key.upper()} %" for key, label in experiment.columns]
     header += ["params", "MACs / 1 s", "runs"]
-    lines = [f"# {experiment.title}", "",
-             f"Mean ± std over seeds {', '.join(map(str, seeds))} (population std); our data and budget, not the paper's.",
-             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"# {experiment.title}",
+        "",
+        f"Mean ± std over seeds {', '.join(map(str, seeds))} (population std); our data and budget, not the paper's.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for entry in results:
         cells = [entry["label"]] + [_cell(entry, task) for task, _ in experiment.columns]
         if has_paper:
-            cells += [f"{entry['paper'][task]:.2f}" if task in entry["paper"] else "-" for task, _ in experiment.columns]
-        cells += [human(entry["params"]) if "params" in entry else "-",
-                  human(entry["macs_per_second"]) if "macs_per_second" in entry else "-", str(len(entry["seeds"]))]
+            cells += [
+                f"{entry['paper'][task]:.2f}" if task in entry["paper"] else "-" for task, _ in experiment.columns
+            ]
+        cells += [
+            human(entry["params"]) if "params" in entry else "-",
+            human(entry["macs_per_second"]) if "macs_per_second" in entry else "-",
+            str(len(entry["seeds"])),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     if experiment.paper_source:
         lines += ["", f"Paper figures: {experiment.paper_source}."]
@@ -275,8 +335,12 @@ def plot_weight_trajectories(out: Path, rows: list[Row], seed: int, path: Path) 
             continue
         records = list(csv.DictReader(history.open()))
         for key in [k for k in records[0] if k.startswith("weight_")]:
-            ax.plot([int(r["epoch"]) for r in records], [float(r[key]) for r in records], marker=".",
-                    label=f"{row.name}: {key[len('weight_'):]}")
+            ax.plot(
+                [int(r["epoch"]) for r in records],
+                [float(r[key]) for r in records],
+                marker=".",
+                label=f"{row.name}: {key[len('weight_') :]}",
+            )
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss weight in force during the epoch")
     ax.set_title(f"task loss weights (seed {seed})", fontsize=9)

@@ -1,4 +1,5 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,14 +7,16 @@ import itertools
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
-from keras_mtl.training.fit import train
 from keras_mtl.compression.compress import CompressionSettings, compress_run
+from keras_mtl.core import fileio
 from keras_mtl.core.errors import ConfigError
+from keras_mtl.core.reporting import pyplot, save_figure
 from keras_mtl.models.trees import describe
-
+from keras_mtl.runs import config as run_config
+from keras_mtl.training.fit import train
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +32,11 @@ def edge_weights(ar: Mapping[tuple[str, str], Mapping[int, float]], threshold: f
         pair = frozenset((a, b))
         if pair in weights:
             raise ConfigError(f"AR table: the pair {a}, {b} appears twice")
-        good = [int(k) for k, value in by_depth.items() if value is not None and not math.isnan(value)
-                and value <= threshold]
+        good = [
+            int(k)
+            for k, value in by_depth.items()
+            if value is not None and not math.isnan(value) and value <= threshold
+        ]
         weights[pair] = max(good, default=0)
     return weights
 
@@ -119,8 +125,11 @@ def final_jobs(tasks: Sequence[str], depths: Sequence[int], tree: dict, depth: i
             right = [t for t in rest if t not in companions]
             if len(left) < 2 or len(right) < 2 or sorted([sorted(left), sorted(right)]) == chosen:
                 continue
-            split = {"tasks": list(tasks), "shared": int(tree["shared"]), "children": [
-                _group(part, depth - int(tree["shared"])) for part in (left, right)]}
+            split = {
+                "tasks": list(tasks),
+                "shared": int(tree["shared"]),
+                "children": [_group(part, depth - int(tree["shared"])) for part in (left, right)],
+            }
             jobs.append(Job(f"split-{'-'.join(left)}--{'-'.join(right)}", "split", tuple(tasks), {"tree": split}))
     return jobs
 
@@ -152,11 +161,17 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 def job_config(base: dict, job: Job, out: Path):
-    from keras_mtl.runs import config as run_config
-
     model = run_config.merge(base.get("model") or {}, job.model)
-    data = run_config.merge(base, {"tasks": list(job.tasks), "strategy": "soft", "model": model,
-                                   "output_dir": str(out / "runs" / job.name), **job.overrides})
+    data = run_config.merge(
+        base,
+        {
+            "tasks": list(job.tasks),
+            "strategy": "soft",
+            "model": model,
+            "output_dir": str(out / "runs" / job.name),
+            **job.overrides,
+        },
+    )
     return run_config.build(data)
 
 
@@ -198,33 +213,45 @@ def collect_ar(out: Path, tasks: Sequence[str], depths: Sequence[int]) -> tuple[
     """(single-task headlines, single-task params, AR table {(a, b): {k: AR}}) from finished runs."""
     missing = [job.name for job in first_jobs(tasks, depths) if job_metrics(out, job) is None]
     if missing:
-        raise ConfigError(f"{out}: stage 1/2 runs not finished yet: {', '.join(missing[:6])}"
-                          f"{' ...' if len(missing) > 6 else ''} (run the shards first, then --merge)")
+        raise ConfigError(
+            f"{out}: stage 1/2 runs not finished yet: {', '.join(missing[:6])}"
+            f"{' ...' if len(missing) > 6 else ''} (run the shards first, then --merge)"
+        )
     singles, params = {}, {}
     for task in tasks:
         metrics = job_metrics(out, Job(f"single-{task}", "single", (task,), {}))
         singles[task], params[task] = headline(metrics, task), int(metrics["model"]["params"])
     table = {}
     for a, b in itertools.combinations(tasks, 2):
-        table[(a, b)] = {int(k): ar_of(job_metrics(out, Job(f"pair-{a}-{b}-k{k}", "pair", (a, b), {})), singles)
-                         for k in depths}
+        table[(a, b)] = {
+            int(k): ar_of(job_metrics(out, Job(f"pair-{a}-{b}-k{k}", "pair", (a, b), {})), singles) for k in depths
+        }
     return singles, params, table
 
 
 # seed 001's figures (Tables 2-4), for the tables written beside ours
-PAPER_TABLE3 = {("gc", "ac"): [2.3, 0.6, 0.9, 1.2, 1.0], ("gc", "scr"): [0.4, 0.4, 0.8, 0.8, 1.2],
-                ("gc", "vad"): [0.0, 0.0, 0.4, 0.0, 0.0], ("ac", "scr"): [0.8, 3.7, 2.7, 2.0, 7.0],
-                ("ac", "vad"): [1.8, 2.0, 1.7, 2.4, 2.3], ("scr", "vad"): [0.5, 0.5, 1.2, 1.2, 1.3]}
+PAPER_TABLE3 = {
+    ("gc", "ac"): [2.3, 0.6, 0.9, 1.2, 1.0],
+    ("gc", "scr"): [0.4, 0.4, 0.8, 0.8, 1.2],
+    ("gc", "vad"): [0.0, 0.0, 0.4, 0.0, 0.0],
+    ("ac", "scr"): [0.8, 3.7, 2.7, 2.0, 7.0],
+    ("ac", "vad"): [1.8, 2.0, 1.7, 2.4, 2.3],
+    ("scr", "vad"): [0.5, 0.5, 1.2, 1.2, 1.3],
+}
 
 
-PAPER_TABLE4 = [("4 independent models", 0.0, 120000), ("flat MTL, 7 shared", 2.7, 56600), ("LT4REC", 9.0, 58000),
-                ("LTH", 6.5, 58000),
-                ("{GC,AC},{SCR,VAD}", 1.9, 52600), ("{GC,SCR},{AC,VAD}", 4.0, 60700), ("{GC,VAD},{AC,SCR}", 3.5, 56600)]
+PAPER_TABLE4 = [
+    ("4 independent models", 0.0, 120000),
+    ("flat MTL, 7 shared", 2.7, 56600),
+    ("LT4REC", 9.0, 58000),
+    ("LTH", 6.5, 58000),
+    ("{GC,AC},{SCR,VAD}", 1.9, 52600),
+    ("{GC,SCR},{AC,VAD}", 4.0, 60700),
+    ("{GC,VAD},{AC,SCR}", 3.5, 56600),
+]
 
 
 def template_depth(base: dict) -> int:
-    from keras_mtl.runs import config as run_config
-
     return len(run_config.build(base).model.channels)
 
 
@@ -250,8 +277,12 @@ def run_compression(out: Path, finals: list[Job], methods: Sequence[str], rate: 
     target = int(tree["model"]["params"])
     dense = int(job_metrics(out, flats[0])["model"]["params"])
     if dense <= target:
-        log.warning("compression skipped: the largest flat model (%s, %d params) is not larger than the tree (%d)",
-                    flats[0].name, dense, target)
+        log.warning(
+            "compression skipped: the largest flat model (%s, %d params) is not larger than the tree (%d)",
+            flats[0].name,
+            dense,
+            target,
+        )
         return
     for method in methods:
         if (out / "runs" / method / "metrics.json").exists():
@@ -261,9 +292,18 @@ def run_compression(out: Path, finals: list[Job], methods: Sequence[str], rate: 
         compress_run(source, CompressionSettings(method, target, rate), out / "runs" / method)
 
 
-def run_synergy(tasks: Sequence[str], depths: Sequence[int], threshold: float, base: dict, out: Path,
-                shard: tuple[int, int] | None = None, merge: bool = False, dry_run: bool = False,
-                compress: Sequence[str] = (), compress_rate: float = 0.2) -> dict | None:
+def run_synergy(
+    tasks: Sequence[str],
+    depths: Sequence[int],
+    threshold: float,
+    base: dict,
+    out: Path,
+    shard: tuple[int, int] | None = None,
+    merge: bool = False,
+    dry_run: bool = False,
+    compress: Sequence[str] = (),
+    compress_rate: float = 0.2,
+) -> dict | None:
     """All stages (see above). ``shard``: only that share of stages 1-2, then stop; ``merge``: skip
     stages 1-2 (their runs must exist), synthesise, run stage 4 and write the tables. ``compress``:
     also the LTH / LT4REC baselines (run_compression); finished ones join the tables in any case."""
@@ -290,8 +330,6 @@ def run_synergy(tasks: Sequence[str], depths: Sequence[int], threshold: float, b
     singles, params, ar = collect_ar(out, tasks, depths)
     weights = edge_weights(ar, threshold)
     tree = synthesize(tasks, weights, depth)
-    from keras_mtl.core import fileio
-
     fileio.write_json(out / "tree.json", tree)
     log.info("synthesised tree (threshold %.2f%%):\n%s", threshold, describe(tree))
     finals = final_jobs(tasks, depths, tree, depth)
@@ -301,11 +339,16 @@ def run_synergy(tasks: Sequence[str], depths: Sequence[int], threshold: float, b
 
 
 def summarize(out: Path, tasks, depths, threshold, singles, params, ar, weights, tree, finals) -> dict:
-    from keras_mtl.core import fileio
-
     independent = sum(params.values())
-    rows = [{"model": f"{len(tasks)} independent models", "job": None,
-             "metrics": {t: 100 * singles[t] for t in tasks}, "ar": 0.0, "params": independent}]
+    rows = [
+        {
+            "model": f"{len(tasks)} independent models",
+            "job": None,
+            "metrics": {t: 100 * singles[t] for t in tasks},
+            "ar": 0.0,
+            "params": independent,
+        }
+    ]
     for job in finals:
         metrics = job_metrics(out, job)
         if job.stage == "tree":
@@ -314,29 +357,66 @@ def summarize(out: Path, tasks, depths, threshold, singles, params, ar, weights,
             label = f"flat MTL, {job.model['shared_blocks']} shared"
         else:
             label = "split " + _tree_label(job.model["tree"])
-        rows.append({"model": label, "job": job.name, "metrics": {t: 100 * headline(metrics, t) for t in tasks},
-                     "ar": ar_of(metrics, singles), "params": int(metrics["model"]["params"])})
+        rows.append(
+            {
+                "model": label,
+                "job": job.name,
+                "metrics": {t: 100 * headline(metrics, t) for t in tasks},
+                "ar": ar_of(metrics, singles),
+                "params": int(metrics["model"]["params"]),
+            }
+        )
     for method, label in COMPRESSION_LABELS.items():
         path = out / "runs" / method / "metrics.json"
         if path.exists():
             metrics = json.loads(path.read_text())
-            rows.append({"model": f"{label}, {metrics['model']['dense_params']:,} → non-zero", "job": method,
-                         "metrics": {t: 100 * headline(metrics, t) for t in tasks},
-                         "ar": ar_of(metrics, singles), "params": int(metrics["model"]["params"])})
+            rows.append(
+                {
+                    "model": f"{label}, {metrics['model']['dense_params']:,} → non-zero",
+                    "job": method,
+                    "metrics": {t: 100 * headline(metrics, t) for t in tasks},
+                    "ar": ar_of(metrics, singles),
+                    "params": int(metrics["model"]["params"]),
+                }
+            )
     for row in rows:
         row["saving_percent"] = 100.0 * (1 - row["params"] / independent)
-    summary = {"tasks": list(tasks), "depths": list(depths), "threshold": threshold, "tree": tree,
-               "singles": {t: 100 * v for t, v in singles.items()}, "single_params": params,
-               "ar": {f"{a}-{b}": {str(k): v for k, v in by_k.items()} for (a, b), by_k in ar.items()},
-               "edge_weights": {"-".join(sorted(p, key=list(tasks).index)): w for p, w in weights.items()},
-               "models": rows}
+    summary = {
+        "tasks": list(tasks),
+        "depths": list(depths),
+        "threshold": threshold,
+        "tree": tree,
+        "singles": {t: 100 * v for t, v in singles.items()},
+        "single_params": params,
+        "ar": {f"{a}-{b}": {str(k): v for k, v in by_k.items()} for (a, b), by_k in ar.items()},
+        "edge_weights": {"-".join(sorted(p, key=list(tasks).index)): w for p, w in weights.items()},
+        "models": rows,
+    }
     fileio.write_json(out / "results.json", summary)
     fileio.write_text(out / "tables.md", markdown_tables(summary))
-    fileio.write_text(out / "models.csv", _csv(["model", *tasks, "AR %", "params", "saving %"],
-                                                [[r["model"], *[f"{r['metrics'][t]:.2f}" for t in tasks], f"{r['ar']:.2f}",
-                                                  r["params"], f"{r['saving_percent']:.1f}"] for r in rows]))
-    fileio.write_text(out / "ar.csv", _csv(["T1", "T2", *[f"AR{k}" for k in depths]],
-                                            [[a, b, *[f"{ar[(a, b)][k]:.2f}" for k in depths]] for (a, b) in ar]))
+    fileio.write_text(
+        out / "models.csv",
+        _csv(
+            ["model", *tasks, "AR %", "params", "saving %"],
+            [
+                [
+                    r["model"],
+                    *[f"{r['metrics'][t]:.2f}" for t in tasks],
+                    f"{r['ar']:.2f}",
+                    r["params"],
+                    f"{r['saving_percent']:.1f}",
+                ]
+                for r in rows
+            ],
+        ),
+    )
+    fileio.write_text(
+        out / "ar.csv",
+        _csv(
+            ["T1", "T2", *[f"AR{k}" for k in depths]],
+            [[a, b, *[f"{ar[(a, b)][k]:.2f}" for k in depths]] for (a, b) in ar],
+        ),
+    )
     plot_graph(tasks, weights, out / "graph.png")
     plot_tree(tree, out / "tree.png")
     return summary
@@ -360,36 +440,59 @@ def _csv(header, rows) -> str:
 
 def markdown_tables(summary: dict) -> str:
     tasks, depths = summary["tasks"], summary["depths"]
-    lines = [f"# Task synergy ({', '.join(t.upper() for t in tasks)}; AR threshold {summary['threshold']}%)", "",
-             "Single-task models (stage 1): " + ", ".join(f"{t.upper()} {v:.2f}" for t, v in summary["singles"].items()),
-             "", "## AR (%) of two-task models by shared layers (seed 001 Table 3 shape)", "",
-             "| T1 | T2 | " + " | ".join(f"AR{k}" for k in depths) + " | edge weight |",
-             "|" + "---|" * (len(depths) + 3)]
+    lines = [
+        f"# Task synergy ({', '.join(t.upper() for t in tasks)}; AR threshold {summary['threshold']}%)",
+        "",
+        "Single-task models (stage 1): " + ", ".join(f"{t.upper()} {v:.2f}" for t, v in summary["singles"].items()),
+        "",
+        "## AR (%) of two-task models by shared layers (seed 001 Table 3 shape)",
+        "",
+        "| T1 | T2 | " + " | ".join(f"AR{k}" for k in depths) + " | edge weight |",
+        "|" + "---|" * (len(depths) + 3),
+    ]
     for pair, by_k in summary["ar"].items():
         a, b = pair.split("-")
         weight = summary["edge_weights"].get(pair, summary["edge_weights"].get(f"{b}-{a}"))
-        lines.append(f"| {a.upper()} | {b.upper()} | " + " | ".join(f"{by_k[str(k)]:.1f}" for k in depths) + f" | {weight} |")
+        lines.append(
+            f"| {a.upper()} | {b.upper()} | " + " | ".join(f"{by_k[str(k)]:.1f}" for k in depths) + f" | {weight} |"
+        )
     if set(tasks) == {"gc", "ac", "scr", "vad"} and depths == [4, 5, 6, 7, 8]:
-        lines += ["", "Paper (seed 001 Table 3): " + "; ".join(
-            f"{a.upper()}-{b.upper()} {' / '.join(map(str, v))}" for (a, b), v in PAPER_TABLE3.items())]
-    lines += ["", "## Tree", "", "```", describe(summary["tree"]), "```", "",
-              "## Models (seed 001 Tables 2 and 4 shape)", "",
-              "| model | " + " | ".join(t.upper() for t in tasks) + " | AR % | params | saving vs independent |",
-              "|" + "---|" * (len(tasks) + 4)]
+        lines += [
+            "",
+            "Paper (seed 001 Table 3): "
+            + "; ".join(f"{a.upper()}-{b.upper()} {' / '.join(map(str, v))}" for (a, b), v in PAPER_TABLE3.items()),
+        ]
+    lines += [
+        "",
+        "## Tree",
+        "",
+        "```",
+        describe(summary["tree"]),
+        "```",
+        "",
+        "## Models (seed 001 Tables 2 and 4 shape)",
+        "",
+        "| model | " + " | ".join(t.upper() for t in tasks) + " | AR % | params | saving vs independent |",
+        "|" + "---|" * (len(tasks) + 4),
+    ]
     for row in summary["models"]:
-        lines.append(f"| {row['model']} | " + " | ".join(f"{row['metrics'][t]:.2f}" for t in tasks)
-                     + f" | {row['ar']:.2f} | {row['params']:,} | {row['saving_percent']:.1f}% |")
+        lines.append(
+            f"| {row['model']} | "
+            + " | ".join(f"{row['metrics'][t]:.2f}" for t in tasks)
+            + f" | {row['ar']:.2f} | {row['params']:,} | {row['saving_percent']:.1f}% |"
+        )
     if set(tasks) == {"gc", "ac", "scr", "vad"}:
-        lines += ["", "Paper (seed 001 Table 4, AR % / size): " + "; ".join(
-            f"{name} {value} / {size:,}" for name, value, size in PAPER_TABLE4)
-                  + " — the hierarchical model saves 56% of the independent models' size at AR 1.9%."]
+        lines += [
+            "",
+            "Paper (seed 001 Table 4, AR % / size): "
+            + "; ".join(f"{name} {value} / {size:,}" for name, value, size in PAPER_TABLE4)
+            + " — the hierarchical model saves 56% of the independent models' size at AR 1.9%.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def plot_graph(tasks, weights, path: Path) -> None:
     """The tasks on a circle, each edge labelled with its weight (shared layers within the threshold)."""
-    from keras_mtl.core.reporting import pyplot, save_figure
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     angles = {t: 2 * math.pi * i / len(tasks) + math.pi / 2 for i, t in enumerate(tasks)}
@@ -399,8 +502,16 @@ def plot_graph(tasks, weights, path: Path) -> None:
         a, b = sorted(pair, key=list(tasks).index)
         (x0, y0), (x1, y1) = xy[a], xy[b]
         ax.plot([x0, x1], [y0, y1], color="tab:blue", linewidth=0.5 + 3 * weight / top, alpha=0.7, zorder=1)
-        ax.text((x0 + x1) / 2, (y0 + y1) / 2, str(weight), ha="center", va="center", fontsize=10,
-                bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "none"}, zorder=3)
+        ax.text(
+            (x0 + x1) / 2,
+            (y0 + y1) / 2,
+            str(weight),
+            ha="center",
+            va="center",
+            fontsize=10,
+            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "none"},
+            zorder=3,
+        )
     for task, (x, y) in xy.items():
         ax.scatter([x], [y], s=900, color="tab:orange", zorder=2)
         ax.text(x, y, task.upper(), ha="center", va="center", fontsize=10, zorder=4)
@@ -414,8 +525,6 @@ def plot_graph(tasks, weights, path: Path) -> None:
 
 def plot_tree(tree: Mapping, path: Path) -> None:
     """The tree of shared layers: one box per node with its tasks and its layers."""
-    from keras_mtl.core.reporting import pyplot, save_figure
-
     plt = pyplot()
     leaves = []
 
@@ -439,8 +548,16 @@ def plot_tree(tree: Mapping, path: Path) -> None:
             ax.plot([x, cx], [-y, cy], color="gray", zorder=1)
         count = int(node["shared"])
         span = f"layers {start + 1}-{start + count}" if count > 1 else (f"layer {start + 1}" if count else "-")
-        ax.text(x, -y, f"{'+'.join(t.upper() for t in node['tasks'])}\n{span}", ha="center", va="center", fontsize=9,
-                bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "tab:blue"}, zorder=2)
+        ax.text(
+            x,
+            -y,
+            f"{'+'.join(t.upper() for t in node['tasks'])}\n{span}",
+            ha="center",
+            va="center",
+            fontsize=9,
+            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "tab:blue"},
+            zorder=2,
+        )
     ax.set_xlim(-0.8, len(leaves) - 0.2)
     ax.set_ylim(-(max(y for _, _, y, _ in placed)) - 0.6, 0.6)
     ax.axis("off")

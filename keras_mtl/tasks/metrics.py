@@ -5,10 +5,11 @@ threshold, event-based F1 (sed_eval, 200 ms onset collar, offset collar max(200 
 the event length), class-wise macro average), segment-based F1 with 1 s segments, and PSDS1
 (sed_scores_eval: DTC = GTC = 0.7, no cross-trigger cost, alpha_st = 1, max eFPR 100/h).
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.ndimage import median_filter
@@ -107,7 +108,9 @@ def sed_metrics(
     segment_metric = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=classes, time_resolution=SEGMENT_SECONDS)
     for scores, item in zip(predictions, items):
         duration = float(item.duration or clip_seconds)
-        estimated = frames_to_events(postprocess(scores, median_filter_frames, threshold), classes, frame_seconds, duration)
+        estimated = frames_to_events(
+            postprocess(scores, median_filter_frames, threshold), classes, frame_seconds, duration
+        )
         ref = _event_list(item.key, [(e.onset, e.offset, e.label) for e in item.events or ()])
         est = _event_list(item.key, estimated)
         event_metric.evaluate(reference_event_list=ref, estimated_event_list=est)
@@ -122,8 +125,11 @@ def sed_metrics(
         "event_error_rate": _num(events["overall"]["error_rate"]["error_rate"]),
         "class_event_f1": {c: _num(events["class_wise"][c]["f_measure"]["f_measure"]) for c in classes},
         "n_clips": len(items),
-        "postprocessing": {"median_filter_frames": median_filter_frames, "threshold": threshold,
-                           "frame_seconds": frame_seconds},
+        "postprocessing": {
+            "median_filter_frames": median_filter_frames,
+            "threshold": threshold,
+            "frame_seconds": frame_seconds,
+        },
     }
     result["frame_roc_auc"] = frame_roc_auc(predictions, items, classes, frame_seconds)
     if psds:
@@ -155,8 +161,11 @@ def psds1(predictions, items, classes, frame_seconds: float, clip_seconds: float
     if not present:
         return 0.0
     if len(present) < len(classes):
-        log.warning("PSDS1 over the %d classes with reference events (missing: %s)", len(present),
-                    ", ".join(c for c in classes if c not in present))
+        log.warning(
+            "PSDS1 over the %d classes with reference events (missing: %s)",
+            len(present),
+            ", ".join(c for c in classes if c not in present),
+        )
     columns = [list(classes).index(c) for c in present]
     scores, ground_truth, durations = {}, {}, {}
     for frame_scores, item in zip(predictions, items):

@@ -4,18 +4,20 @@ A task is clip level (one softmax class per clip; decoder: temporal attention + 
 frame level (multi-label sigmoid per output frame; decoder: GRU). New tasks register with
 ``register_task``; the model builder, strategies and metrics use only this interface.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from keras_mtl.tasks import metrics
 from keras_mtl.core.backend import keras, tf
-from keras_mtl.data.readers import common_voice, desed, speech_commands, tau22, vad
-from keras_mtl.data.items import AudioItem
 from keras_mtl.core.errors import ConfigError
+from keras_mtl.data.items import AudioItem
+from keras_mtl.data.readers import common_voice, desed, speech_commands, tau22, vad
+from keras_mtl.data.readers import manifest as manifest_io
+from keras_mtl.tasks import metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +161,6 @@ def manifest_task(name: str, level: str, manifest, seconds: float | None = None)
     """A user-defined task read from a manifest (see ``keras_mtl.data.readers.manifest``)."""
     from pathlib import Path
 
-    from keras_mtl.data.readers import manifest as manifest_io
-
     if level not in ("clip", "frame"):
         raise ConfigError(f"task {name}: level must be clip or frame, not {level!r}")
     path = Path(manifest)
@@ -175,8 +175,16 @@ def manifest_task(name: str, level: str, manifest, seconds: float | None = None)
         raise ConfigError(f"task {name}: manifest {path} has no events")
     clip_seconds = float(seconds) if seconds else manifest_io.clip_seconds_for(items)
     cls = ClipClassificationTask if level == "clip" else FrameDetectionTask
-    return cls(name=name, classes=classes, clip_seconds=clip_seconds, corpus=f"manifest_{level}", train_split="train",
-               test_split="test", description=f"user task from {path}", source=str(path))
+    return cls(
+        name=name,
+        classes=classes,
+        clip_seconds=clip_seconds,
+        corpus=f"manifest_{level}",
+        train_split="train",
+        test_split="test",
+        description=f"user task from {path}",
+        source=str(path),
+    )
 
 
 def _builtin(cls, **fields) -> Callable[[], Task]:
@@ -186,19 +194,76 @@ def _builtin(cls, **fields) -> Callable[[], Task]:
 
 # name, task class, classes, clip seconds, corpus reader, description (+ task options)
 for _name, _cls, _classes, _seconds, _corpus, _description, _options in (
-    ("asc", ClipClassificationTask, tau22.SCENES, 1.0, "tau22",
-     "acoustic scene classification (TAU Urban Acoustic Scenes 2022 Mobile, 10 scenes)", {}),
-    ("sed", FrameDetectionTask, desed.CLASSES, 10.0, "desed", "sound event detection (DESED, 10 domestic classes)",
-     {"train_split": "synthetic_train", "test_split": "validation", "weak_split": "weak",
-      "unlabeled_split": "unlabeled", "strong_real_split": "strong_real"}),
-    ("scr", ClipClassificationTask, speech_commands.WORDS, 1.0, "speech_commands",
-     "spoken command recognition (Speech Commands v2, 35 words)", {}),
-    ("gc", ClipClassificationTask, common_voice.GENDERS, 3.0, "common_voice_gender",
-     "speaker gender classification (Common Voice)", {}),
-    ("ac", ClipClassificationTask, common_voice.AGE_GROUPS, 3.0, "common_voice_age",
-     "speaker age group: under 30, 30-60, over 60 (Common Voice, regrouped as in seed 001)", {}),
-    ("vad", ActivityDetectionTask, vad.CLASSES, 4.0, "vad",
-     "voice activity detection (speech placed in noise, frame labels)", {"median_filter_frames": 5}),
+    (
+        "asc",
+        ClipClassificationTask,
+        tau22.SCENES,
+        1.0,
+        "tau22",
+        "acoustic scene classification (TAU Urban Acoustic Scenes 2022 Mobile, 10 scenes)",
+        {},
+    ),
+    (
+        "sed",
+        FrameDetectionTask,
+        desed.CLASSES,
+        10.0,
+        "desed",
+        "sound event detection (DESED, 10 domestic classes)",
+        {
+            "train_split": "synthetic_train",
+            "test_split": "validation",
+            "weak_split": "weak",
+            "unlabeled_split": "unlabeled",
+            "strong_real_split": "strong_real",
+        },
+    ),
+    (
+        "scr",
+        ClipClassificationTask,
+        speech_commands.WORDS,
+        1.0,
+        "speech_commands",
+        "spoken command recognition (Speech Commands v2, 35 words)",
+        {},
+    ),
+    (
+        "gc",
+        ClipClassificationTask,
+        common_voice.GENDERS,
+        3.0,
+        "common_voice_gender",
+        "speaker gender classification (Common Voice)",
+        {},
+    ),
+    (
+        "ac",
+        ClipClassificationTask,
+        common_voice.AGE_GROUPS,
+        3.0,
+        "common_voice_age",
+        "speaker age group: under 30, 30-60, over 60 (Common Voice, regrouped as in seed 001)",
+        {},
+    ),
+    (
+        "vad",
+        ActivityDetectionTask,
+        vad.CLASSES,
+        4.0,
+        "vad",
+        "voice activity detection (speech placed in noise, frame labels)",
+        {"median_filter_frames": 5},
+    ),
 ):
-    register_task(_name, _builtin(_cls, name=_name, classes=_classes, clip_seconds=_seconds, corpus=_corpus,
-                                  description=_description, **_options))
+    register_task(
+        _name,
+        _builtin(
+            _cls,
+            name=_name,
+            classes=_classes,
+            clip_seconds=_seconds,
+            corpus=_corpus,
+            description=_description,
+            **_options,
+        ),
+    )

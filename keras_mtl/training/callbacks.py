@@ -1,4 +1,5 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import os
@@ -97,9 +98,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
         shutil.rmtree(tmp, ignore_errors=True)
         checkpoint_of(self.strategy).write(str(tmp / "state"))
-        fileio.write_json(tmp / "resume.json", {
-            "epochs_done": epoch + 1, "phase": self.phase, "weighting": self.weighting_callback.state(),
-            "history": self.history_writer.rows})
+        fileio.write_json(
+            tmp / "resume.json",
+            {
+                "epochs_done": epoch + 1,
+                "phase": self.phase,
+                "weighting": self.weighting_callback.state(),
+                "history": self.history_writer.rows,
+            },
+        )
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
         fileio.write_text(self.folder / "latest", name + "\n")

@@ -1,13 +1,13 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import json
 import os
 
-
 from keras_mtl.core.backend import tf
-from keras_mtl.runs.config import RunConfig
 from keras_mtl.core.errors import ConfigError
+from keras_mtl.runs.config import RunConfig
 
 
 def make_distribution(config: RunConfig):
@@ -18,8 +18,10 @@ def make_distribution(config: RunConfig):
     if config.distribute == "mirrored":
         return tf.distribute.MirroredStrategy()
     if not os.environ.get("TF_CONFIG"):
-        raise ConfigError("--distribute multi-worker reads the cluster from TF_CONFIG, which is not set "
-                          '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}})')
+        raise ConfigError(
+            "--distribute multi-worker reads the cluster from TF_CONFIG, which is not set "
+            '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}})'
+        )
     if not config.output_dir:
         raise ConfigError("--distribute multi-worker needs --output-dir (the same on every worker)")
     return tf.distribute.MultiWorkerMirroredStrategy()

@@ -17,15 +17,17 @@ Mean teacher (Tarvainen & Valpola 2017; DCASE task 4 baseline) is used inside ev
 frame tasks whose batches mix strongly labelled, weakly labelled and unlabelled clips (targets
 ``{"strong", "weak", "role"}``, see ``keras_mtl.data.pipeline.make_semi_supervised_dataset``).
 """
+
 from __future__ import annotations
 
+import dataclasses
 import functools
-
-from typing import Sequence
+from collections.abc import Sequence
 
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
 from keras_mtl.models.mtl import task_submodel
+from keras_mtl.training.losses import bce
 
 STRONG, WEAK, UNLABELED, STRONG_REAL = 0, 1, 2, 3  # item roles in a semi-supervised batch
 
@@ -48,55 +50,143 @@ def sigmoid_rampup(step, rampup_steps: int):
     return tf.exp(-5.0 * tf.square(1.0 - t))
 
 
+@dataclasses.dataclass(frozen=True)
+class StrategyOptions:
+    """Options every strategy takes.
+
+    ``loss_weights``: {task: weight} (default: the mean, 1/K each); ``mean_teacher_tasks``: frame tasks
+    whose batches are semi-supervised (strong/weak/unlabelled; the network must have their
+    ``<task>_weak`` output); ``consistency_weight`` scales their student-teacher MSE, ramped up over
+    ``rampup_steps`` optimizer steps; ``max_ema_decay`` caps the teacher's EMA decay."""
+
+    loss_weights: dict | None = None
+    mean_teacher_tasks: tuple = ()
+    consistency_weight: float = 2.0
+    rampup_steps: int = 0
+    max_ema_decay: float = 0.999
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean_teacher_tasks", tuple(self.mean_teacher_tasks or ()))
+        if self.consistency_weight < 0 or self.rampup_steps < 0 or not 0.0 <= self.max_ema_decay < 1.0:
+            raise ConfigError(
+                "strategy options: consistency_weight and rampup_steps must be >= 0, max_ema_decay in [0, 1)"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossOptions(StrategyOptions):
+    """Cross strategies: ``cross_weight`` scales the distillation of the other tasks' teacher outputs."""
+
+    cross_weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FreezeOptions(StrategyOptions):
+    """FreezeMTL: ``order``, the tasks in the order they are trained and then frozen."""
+
+    order: tuple = ()
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "order", tuple(self.order or ()))
+
+
 class MultiTaskStrategy(keras.Model):
     """Base class: per-task paths, loss trackers and metrics; the EMA teacher when needed.
 
-    ``mean_teacher_tasks``: frame tasks whose batches are semi-supervised (strong/weak/unlabelled);
-    the network must have their ``<task>_weak`` output. ``consistency_weight`` scales their
-    student-teacher MSE (ramped up over ``rampup_steps``); ``cross_weight`` scales the cross-task
-    distillation of the Cross strategies.
+    A strategy declares its options (``Options``, a dataclass), builds them from a run's
+    configuration (``options_from``) and says which run settings it cannot train with (``check``);
+    the trainer asks it and never branches on its name. Options can be given as one ``options``
+    object or as keyword arguments (``SoftMTL(network, tasks, loss_weights={...})``).
     """
 
+    Options = StrategyOptions
     cross = False  # distil every other task's teacher output on each task's batch
+    min_tasks = 1
+    sums_losses = False  # the loss is a weighted sum of task losses: loss weights and dynamic weightings apply
+    phased = False  # trains in phases (one per task) and takes ``order``
+    architecture_only = False  # comes with an architecture (its ``strategy``), not chosen with --strategy
 
-    def __init__(self, network: keras.Model, tasks: Sequence, loss_weights: dict | None = None,
-                 mean_teacher_tasks: Sequence[str] = (), consistency_weight: float = 2.0, rampup_steps: int = 0,
-                 cross_weight: float = 1.0, max_ema_decay: float = 0.999, **kwargs):
+    def __init__(self, network: keras.Model, tasks: Sequence, options: StrategyOptions | None = None, **kwargs):
+        fields = {f.name for f in dataclasses.fields(self.Options)}
+        given = {key: kwargs.pop(key) for key in list(kwargs) if key in fields}
+        if options is None:
+            options = self.Options(**given)
+        elif given:
+            options = dataclasses.replace(options, **given)
+        if not isinstance(options, self.Options):
+            raise ConfigError(f"{type(self).__name__} takes {self.Options.__name__}, not {type(options).__name__}")
         super().__init__(name=kwargs.pop("name", type(self).__name__.lower()), **kwargs)
+        self.options = options
         self.network = network
         self.tasks = list(tasks)
         self.task_names = [t.name for t in self.tasks]
+        if self.cross and len(self.tasks) < 2:
+            raise ConfigError(f"{type(self).__name__} needs at least two tasks")
         self.paths = {t.name: task_submodel(network, t.name) for t in self.tasks}
-        weights = loss_weights or {t.name: 1.0 / len(self.tasks) for t in self.tasks}
+        weights = options.loss_weights or {t.name: 1.0 / len(self.tasks) for t in self.tasks}
         unknown = set(weights) - set(self.task_names)
         if unknown:
             raise ConfigError(f"loss weights name unknown task(s): {', '.join(sorted(unknown))}")
-        self.loss_weights = {name: tf.Variable(float(weights.get(name, 0.0)), trainable=False, name=f"weight_{name}")
-                             for name in self.task_names}
+        self.loss_weights = {
+            name: tf.Variable(float(weights.get(name, 0.0)), trainable=False, name=f"weight_{name}")
+            for name in self.task_names
+        }
         self.loss_trackers = {name: keras.metrics.Mean(name=f"{name}_loss") for name in self.task_names}
         self.total_tracker = keras.metrics.Mean(name="loss")
         self.task_metrics = {t.name: t.keras_metrics() for t in self.tasks}
 
-        self.mean_teacher_tasks = tuple(mean_teacher_tasks)
+        self.mean_teacher_tasks = options.mean_teacher_tasks
         for name in self.mean_teacher_tasks:
             task = self.tasks[self.task_names.index(name)] if name in self.task_names else None
             if task is None or task.level != "frame":
                 raise ConfigError(f"mean teacher: {name} is not a frame-level task of this run")
             if weak_key(name) not in network.output:
                 raise ConfigError(f"mean teacher for {name} needs the network's {weak_key(name)} output (weak_output)")
-        self.consistency_weight = float(consistency_weight)
-        self.rampup_steps = int(rampup_steps)
-        self.cross_weight = float(cross_weight)
-        self.max_ema_decay = float(max_ema_decay)
+        self.consistency_weight = float(options.consistency_weight)
+        self.rampup_steps = int(options.rampup_steps)
+        self.cross_weight = float(getattr(options, "cross_weight", 0.0))
+        self.max_ema_decay = float(options.max_ema_decay)
         self.heads = {name: self._heads(network, name) for name in self.task_names}
         self.teacher = None
         if self.cross or self.mean_teacher_tasks:
-            if self.cross and len(self.tasks) < 2:
-                raise ConfigError(f"{type(self).__name__} needs at least two tasks")
             self.teacher = keras.models.clone_model(network)
             self.teacher.set_weights(network.get_weights())
             self.teacher.trainable = False
             self.teacher_heads = {name: self._heads(self.teacher, name) for name in self.task_names}
+
+    # -- what a run's configuration means for the strategy ---------------------------------------
+
+    @classmethod
+    def options_from(cls, config, total_steps: int, mean_teacher_tasks: Sequence[str] = ()) -> StrategyOptions:
+        """The options of a run: its loss weights and training section; ``total_steps`` optimizer
+        steps per phase (for ramp-ups), ``mean_teacher_tasks`` the tasks with semi-supervised batches."""
+        tc = config.training
+        values = dict(
+            loss_weights=config.task_loss_weights(),
+            mean_teacher_tasks=tuple(mean_teacher_tasks),
+            consistency_weight=tc.consistency_weight,
+            rampup_steps=int(round(tc.rampup_fraction * total_steps)),
+            max_ema_decay=tc.ema_decay,
+            cross_weight=tc.cross_weight,
+            order=tuple(config.order or ()),
+        )
+        fields = {f.name for f in dataclasses.fields(cls.Options)}
+        return cls.Options(**{key: value for key, value in values.items() if key in fields})
+
+    @classmethod
+    def check(cls, config, name: str) -> None:
+        """ConfigError for run settings this strategy cannot train with (``name``: as the user wrote
+        it), before any data is read."""
+        if len(config.tasks) < cls.min_tasks:
+            raise ConfigError(f"--strategy {name} needs at least two tasks")
+        if config.order and not cls.phased:
+            raise ConfigError("--order is for --strategy freeze")
+        if (config.alpha is not None or config.loss_weights) and not cls.sums_losses:
+            raise ConfigError(
+                f"loss weights (--alpha) apply to a sum of task losses: strategy {name} "
+                f"updates one task per step (use {' or '.join(SUMMING)})"
+            )
 
     def _heads(self, network, name: str) -> keras.Model:
         """The task's outputs as a dict: the task's own and, if present, its weak output."""
@@ -127,7 +217,11 @@ class MultiTaskStrategy(keras.Model):
             teacher = self.teacher_heads[task.name](features, training=False) if semi and training else None
         prediction = student[task.name]
         if not semi:
-            return task.loss(targets, prediction) + self._cross_loss(task, student, teacher, training), targets, prediction
+            return (
+                task.loss(targets, prediction) + self._cross_loss(task, student, teacher, training),
+                targets,
+                prediction,
+            )
         loss, strong_targets, strong_predictions = self._semi_supervised_loss(task, targets, student, teacher, training)
         return loss + self._cross_loss(task, student, teacher, training), strong_targets, strong_predictions
 
@@ -146,10 +240,14 @@ class MultiTaskStrategy(keras.Model):
         strong_targets = tf.boolean_mask(targets["strong"], strong_rows)
         strong_predictions = tf.boolean_mask(student[task.name], strong_rows)
         loss = bce(strong_targets, strong_predictions)
-        loss += bce(tf.boolean_mask(targets["weak"], weak_rows), tf.boolean_mask(student[weak_key(task.name)], weak_rows))
+        loss += bce(
+            tf.boolean_mask(targets["weak"], weak_rows), tf.boolean_mask(student[weak_key(task.name)], weak_rows)
+        )
         if training and teacher is not None:
             consistency = tf.reduce_mean(tf.square(student[task.name] - tf.stop_gradient(teacher[task.name])))
-            consistency += tf.reduce_mean(tf.square(student[weak_key(task.name)] - tf.stop_gradient(teacher[weak_key(task.name)])))
+            consistency += tf.reduce_mean(
+                tf.square(student[weak_key(task.name)] - tf.stop_gradient(teacher[weak_key(task.name)]))
+            )
             loss += self.consistency_weight * sigmoid_rampup(self.optimizer.iterations, self.rampup_steps) * consistency
         return loss, strong_targets, strong_predictions
 
@@ -182,13 +280,17 @@ class MultiTaskStrategy(keras.Model):
         if self.teacher is None:
             return
         decay = ema_decay(self.optimizer.iterations - 1, self.max_ema_decay)
-        pairs = [(t, s) for t, s in zip(self.teacher.weights, self.network.weights) if t.dtype.is_floating]  # not counters
+        pairs = [
+            (t, s) for t, s in zip(self.teacher.weights, self.network.weights) if t.dtype.is_floating
+        ]  # not counters
 
         def update(distribution, decay):
             for teacher_weight, student_weight in pairs:
                 distribution.extended.update(
-                    teacher_weight, lambda t, s, d: t.assign(d * t + (1.0 - d) * tf.cast(s, t.dtype)),
-                    args=(student_weight, decay))
+                    teacher_weight,
+                    lambda t, s, d: t.assign(d * t + (1.0 - d) * tf.cast(s, t.dtype)),
+                    args=(student_weight, decay),
+                )
 
         tf.distribute.get_replica_context().merge_call(update, args=(decay,))
 
@@ -224,6 +326,8 @@ class MultiTaskStrategy(keras.Model):
 class SoftMTL(MultiTaskStrategy):
     """All tasks trained jointly through the shared encoder; loss = weighted sum (default: mean)."""
 
+    sums_losses = True
+
     def train_step(self, data):
         with tf.GradientTape() as tape:
             losses = self.task_losses(data, training=True)
@@ -236,6 +340,8 @@ class HardMTL(MultiTaskStrategy):
     """Tasks take turns (seed 000): step s updates the shared encoder and the decoder of task
     s mod K on that task's batch only; the other decoders are not touched (no gradient, no
     optimizer update, no weight decay)."""
+
+    min_tasks = 2
 
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)
@@ -292,13 +398,16 @@ class HardMTL(MultiTaskStrategy):
 class CrossSoftMTL(SoftMTL):
     """SoftMTL + cross-task distillation from an EMA teacher of the whole model (seed 000, Fig. 5c)."""
 
+    Options = CrossOptions
     cross = True
+    min_tasks = 2
 
 
 class CrossHardMTL(HardMTL):
     """HardMTL + cross-task distillation: a turn's batch also trains the other decoders towards
     the teacher's outputs on that batch, so every variable can change on every step."""
 
+    Options = CrossOptions
     cross = True
 
     def turn_variables(self, task):
@@ -311,15 +420,30 @@ class FreezeMTL(MultiTaskStrategy):
     later decoders learn on the frozen encoder's embeddings. Frozen batch normalisation runs in
     inference mode: frozen layers stay bit-identical, moving statistics included."""
 
-    def __init__(self, network: keras.Model, tasks: Sequence, order: Sequence[str] | None = None, **kwargs):
-        super().__init__(network, tasks, **kwargs)
-        order = list(order or [])
+    Options = FreezeOptions
+    min_tasks = 2
+    phased = True
+
+    def __init__(self, network: keras.Model, tasks: Sequence, options: FreezeOptions | None = None, **kwargs):
+        super().__init__(network, tasks, options, **kwargs)
+        order = list(self.options.order)
         if sorted(order) != sorted(self.task_names):
             raise ConfigError(
                 f"freeze needs --order naming every task of the set once, e.g. --order {','.join(self.task_names)} "
-                f"(got {','.join(order) or 'none'})")
+                f"(got {','.join(order) or 'none'})"
+            )
         self.order = order
         self.active = order[0]
+
+    @classmethod
+    def check(cls, config, name: str) -> None:
+        super().check(config, name)
+        if not config.order:
+            raise ConfigError(f"--strategy freeze needs --order, e.g. --order {','.join(config.tasks)}")
+        if sorted(config.order) != sorted(config.tasks):
+            raise ConfigError(
+                f"--order {','.join(config.order)} must name each task of the set ({','.join(config.tasks)}) once"
+            )
 
     def phases(self):
         return list(self.order)
@@ -346,17 +470,14 @@ class FreezeMTL(MultiTaskStrategy):
         return {m.name: m.result() for m in self.metrics}
 
 
-def bce(y_true, y_pred):
-    """Mean binary cross-entropy; 0 for an empty selection."""
-    if y_true.shape.rank is not None and y_true.shape[0] == 0:
-        return tf.constant(0.0)
-    values = keras.losses.binary_crossentropy(y_true, y_pred)
-    return tf.math.divide_no_nan(tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32))
-
-
-STRATEGIES = {"soft": SoftMTL, "hard": HardMTL, "cross-soft": CrossSoftMTL, "cross-hard": CrossHardMTL,
-              "freeze": FreezeMTL}
-SUMMING = ("soft", "cross-soft")  # strategies whose loss is a weighted sum, where loss weights apply
+STRATEGIES = {
+    "soft": SoftMTL,
+    "hard": HardMTL,
+    "cross-soft": CrossSoftMTL,
+    "cross-hard": CrossHardMTL,
+    "freeze": FreezeMTL,
+}
+SUMMING = tuple(name for name, cls in STRATEGIES.items() if cls.sums_losses)  # where loss weights apply
 
 
 def get_strategy(name: str):

@@ -1,31 +1,59 @@
-"""TODO docstring."""
+"""The MTL-VAE's training strategy (seed 002): each head's loss on its own items of the SED task's
+semi-supervised batches, L = 2 * BCE_strong + BCE_weak + MSE_reconstruction + beta * KLD
+(the network and the loss terms' details: keras_mtl.models.vae)."""
+
 from __future__ import annotations
 
-from typing import Sequence
-
+import dataclasses
+from collections.abc import Sequence
 
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
-from keras_mtl.training.strategies import STRONG, STRONG_REAL, UNLABELED, WEAK, MultiTaskStrategy, bce
 from keras_mtl.models.vae import LATENT_LOG_VAR, LATENT_MEAN, RECONSTRUCTION, RECONSTRUCTION_TARGET, kl_divergence
+from keras_mtl.training.losses import bce
+from keras_mtl.training.strategies import STRONG, STRONG_REAL, UNLABELED, WEAK, MultiTaskStrategy, StrategyOptions
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEOptions(StrategyOptions):
+    """MTL-VAE: ``strong_weight`` of the strong BCE, ``kl_weight`` (beta) of the KL term after a linear
+    warm-up over ``kl_warmup_steps`` optimizer steps. There is no teacher: mean-teacher fields are unused."""
+
+    strong_weight: float = 2.0
+    kl_weight: float = 1.0
+    kl_warmup_steps: int = 0
 
 
 class MTLVAE(MultiTaskStrategy):
     """Trains the MTL-VAE on a frame task's semi-supervised batches (see the module docstring)."""
 
-    def __init__(self, network: keras.Model, tasks: Sequence, strong_weight: float = 2.0, kl_weight: float = 1.0,
-                 kl_warmup_steps: int = 0, **kwargs):
-        kwargs["mean_teacher_tasks"] = ()  # the batches' roles are handled here; there is no teacher
-        for key in ("cross_weight", "consistency_weight", "rampup_steps", "max_ema_decay"):
-            kwargs.pop(key, None)
-        super().__init__(network, tasks, **kwargs)
+    Options = VAEOptions
+    architecture_only = True
+
+    def __init__(self, network: keras.Model, tasks: Sequence, options: VAEOptions | None = None, **kwargs):
+        super().__init__(network, tasks, options, **kwargs)
+        # the batches' roles are handled here: no mean teacher
+        if self.mean_teacher_tasks or self.teacher is not None:
+            raise ConfigError("the mtl-vae strategy has no mean teacher")
         if len(self.tasks) != 1:
             raise ConfigError("the mtl-vae strategy trains one frame-level task")
         self.task = self.tasks[0]
-        self.strong_weight, self.kl_weight, self.kl_warmup_steps = float(strong_weight), float(kl_weight), int(kl_warmup_steps)
+        self.strong_weight = float(self.options.strong_weight)
+        self.kl_weight, self.kl_warmup_steps = float(self.options.kl_weight), int(self.options.kl_warmup_steps)
         self.variational = f"{self.task.name}_{LATENT_LOG_VAR}" in network.output
-        self.term_trackers = {name: keras.metrics.Mean(name=f"{self.task.name}_{name}")
-                              for name in ("strong_bce", "weak_bce", "reconstruction_mse", "kld")}
+        self.term_trackers = {
+            name: keras.metrics.Mean(name=f"{self.task.name}_{name}")
+            for name in ("strong_bce", "weak_bce", "reconstruction_mse", "kld")
+        }
+
+    @classmethod
+    def options_from(cls, config, total_steps: int, mean_teacher_tasks=()) -> VAEOptions:
+        tc = config.training
+        return VAEOptions(
+            loss_weights=config.task_loss_weights(),
+            kl_weight=tc.kl_weight,
+            kl_warmup_steps=int(round(tc.kl_warmup_fraction * total_steps)),
+        )
 
     @property
     def metrics(self):
@@ -50,19 +78,27 @@ class MTLVAE(MultiTaskStrategy):
             strong_targets, weak_targets = targets, tf.reduce_max(targets, axis=1)
         strong_rows = tf.logical_or(tf.equal(role, STRONG), tf.equal(role, STRONG_REAL))
         terms = {
-            "strong_bce": bce(tf.boolean_mask(strong_targets, strong_rows), tf.boolean_mask(outputs[name], strong_rows)),
-            "weak_bce": bce(tf.boolean_mask(weak_targets, tf.equal(role, WEAK)),
-                             tf.boolean_mask(outputs[f"{name}_weak"], tf.equal(role, WEAK))),
+            "strong_bce": bce(
+                tf.boolean_mask(strong_targets, strong_rows), tf.boolean_mask(outputs[name], strong_rows)
+            ),
+            "weak_bce": bce(
+                tf.boolean_mask(weak_targets, tf.equal(role, WEAK)),
+                tf.boolean_mask(outputs[f"{name}_weak"], tf.equal(role, WEAK)),
+            ),
         }
         unlabeled = tf.equal(role, UNLABELED)
         reconstruction = tf.boolean_mask(outputs[f"{name}_{RECONSTRUCTION}"], unlabeled)
         target = tf.boolean_mask(outputs[f"{name}_{RECONSTRUCTION_TARGET}"], unlabeled)
         frames = tf.minimum(tf.shape(reconstruction)[1], tf.shape(target)[1])
         squared = tf.square(reconstruction[:, :frames] - tf.stop_gradient(target[:, :frames]))
-        terms["reconstruction_mse"] = tf.math.divide_no_nan(tf.reduce_sum(squared), tf.cast(tf.size(squared), tf.float32))
+        terms["reconstruction_mse"] = tf.math.divide_no_nan(
+            tf.reduce_sum(squared), tf.cast(tf.size(squared), tf.float32)
+        )
         if self.variational:  # per latent dimension: averaged over its elements like the other terms
             mean = outputs[f"{name}_{LATENT_MEAN}"]
-            terms["kld"] = kl_divergence(mean, outputs[f"{name}_{LATENT_LOG_VAR}"]) / tf.cast(tf.shape(mean)[-1], tf.float32)
+            terms["kld"] = kl_divergence(mean, outputs[f"{name}_{LATENT_LOG_VAR}"]) / tf.cast(
+                tf.shape(mean)[-1], tf.float32
+            )
         else:
             terms["kld"] = tf.constant(0.0)
         terms["strong_rows"] = strong_rows
@@ -70,8 +106,12 @@ class MTLVAE(MultiTaskStrategy):
         return terms
 
     def total_loss(self, terms: dict):
-        return (self.strong_weight * terms["strong_bce"] + terms["weak_bce"] + terms["reconstruction_mse"]
-                + self.beta() * terms["kld"])
+        return (
+            self.strong_weight * terms["strong_bce"]
+            + terms["weak_bce"]
+            + terms["reconstruction_mse"]
+            + self.beta() * terms["kld"]
+        )
 
     def train_step(self, data):
         features, targets = data[self.task.name]
@@ -93,6 +133,10 @@ class MTLVAE(MultiTaskStrategy):
             tracker.update_state(terms[key])
         self.total_tracker.update_state(total)
         rows = terms["strong_rows"]
-        self._record_task(self.task.name, terms["strong_bce"], tf.boolean_mask(terms["strong_targets"], rows),
-                          tf.boolean_mask(outputs[self.task.name], rows))
+        self._record_task(
+            self.task.name,
+            terms["strong_bce"],
+            tf.boolean_mask(terms["strong_targets"], rows),
+            tf.boolean_mask(outputs[self.task.name], rows),
+        )
         return {m.name: m.result() for m in self.metrics}

@@ -15,6 +15,7 @@ mfl    focal-style dynamic task weighting. Nada, Imoto & Tsuchiya (2023) adapt t
 
 The weights in force are written to the epoch logs as ``weight_<task>`` (so history.csv has them).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -120,12 +121,16 @@ class FocalTaskWeighting(_StartsAtOne):
 WEIGHTINGS = {"fixed": LossWeighting, "dwa": DynamicWeightAverage, "mfl": FocalTaskWeighting}
 
 
-def check_weighting(name: str, strategy: str | None = None) -> None:
+def check_weighting(name: str, strategy: str | None = None, strategy_cls=None) -> None:
+    """ConfigError for an unknown weighting, or a dynamic one with a strategy (``strategy_cls``, named
+    ``strategy``) whose loss is no weighted sum of task losses."""
     if name not in WEIGHTINGS:
         raise ConfigError(f"unknown weighting {name!r} (known: {', '.join(WEIGHTINGS)})")
-    if name != "fixed" and strategy is not None and strategy not in SUMMING:
-        raise ConfigError(f"--weighting {name} weights a sum of task losses; strategy {strategy} updates one task "
-                          f"per step (use it with {' or '.join(SUMMING)})")
+    if name != "fixed" and strategy_cls is not None and not strategy_cls.sums_losses:
+        raise ConfigError(
+            f"--weighting {name} weights a sum of task losses; strategy {strategy} updates one task "
+            f"per step (use it with {' or '.join(SUMMING)})"
+        )
 
 
 def make_weighting(name: str, strategy) -> LossWeighting:

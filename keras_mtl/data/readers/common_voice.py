@@ -8,14 +8,15 @@ values are dropped). Age groups as in seed 001: under 30 (teens, twenties), 30-6
 fourties, fifties), over 60 (sixties and older). Rows without the needed label are dropped
 and counted in a log line. mp3 is decoded by soundfile (libsndfile >= 1.1).
 """
+
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from keras_mtl.core.errors import DataError
 from keras_mtl.data.items import AudioItem
 from keras_mtl.data.readers.tables import read_table
-from keras_mtl.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,16 @@ GENDERS = ("female", "male")
 AGE_GROUPS = ("under_30", "30_60", "over_60")
 GENDER_VALUES = {"female": "female", "female_feminine": "female", "male": "male", "male_masculine": "male"}
 AGE_VALUES = {
-    "teens": "under_30", "twenties": "under_30",
-    "thirties": "30_60", "fourties": "30_60", "forties": "30_60", "fifties": "30_60",
-    "sixties": "over_60", "seventies": "over_60", "eighties": "over_60", "nineties": "over_60",
+    "teens": "under_30",
+    "twenties": "under_30",
+    "thirties": "30_60",
+    "fourties": "30_60",
+    "forties": "30_60",
+    "fifties": "30_60",
+    "sixties": "over_60",
+    "seventies": "over_60",
+    "eighties": "over_60",
+    "nineties": "over_60",
 }
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
 LABEL_COLUMNS = {"gender": GENDER_VALUES, "age": AGE_VALUES}

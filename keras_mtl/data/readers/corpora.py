@@ -1,14 +1,15 @@
 """Where each task's corpus lives under a data root, and reading its splits."""
+
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from keras_mtl.data.readers import common_voice, desed, manifest, speech_commands, tau22, vad
-from keras_mtl.data.items import AudioItem
 from keras_mtl.core.errors import DataError
+from keras_mtl.data.items import AudioItem
+from keras_mtl.data.readers import common_voice, desed, manifest, speech_commands, tau22, vad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,19 +25,40 @@ class Corpus:
 CORPORA = {
     "tau22": Corpus("tau22", "tau22", tau22.looks_like_tau22, tau22.read_tau22, "sound"),
     "desed": Corpus("desed", "desed", desed.looks_like_desed, desed.read_desed, "sound", desed.has_split),
-    "speech_commands": Corpus("speech_commands", "speech_commands", speech_commands.looks_like_speech_commands,
-                              speech_commands.read_speech_commands, "speech"),
-    "common_voice_gender": Corpus("common_voice", "common_voice", common_voice.looks_like_common_voice,
-                                  lambda root, split, classes: common_voice.read_common_voice(root, split, "gender"),
-                                  "speech"),
-    "common_voice_age": Corpus("common_voice", "common_voice", common_voice.looks_like_common_voice,
-                               lambda root, split, classes: common_voice.read_common_voice(root, split, "age"),
-                               "speech"),
+    "speech_commands": Corpus(
+        "speech_commands",
+        "speech_commands",
+        speech_commands.looks_like_speech_commands,
+        speech_commands.read_speech_commands,
+        "speech",
+    ),
+    "common_voice_gender": Corpus(
+        "common_voice",
+        "common_voice",
+        common_voice.looks_like_common_voice,
+        lambda root, split, classes: common_voice.read_common_voice(root, split, "gender"),
+        "speech",
+    ),
+    "common_voice_age": Corpus(
+        "common_voice",
+        "common_voice",
+        common_voice.looks_like_common_voice,
+        lambda root, split, classes: common_voice.read_common_voice(root, split, "age"),
+        "speech",
+    ),
     "vad": Corpus("vad", "vad", vad.looks_like_vad, vad.read_vad, "speech"),
-    "manifest_clip": Corpus("manifest_clip", "", lambda root: root.is_file(),
-                            lambda root, split, classes: manifest.read_clip_manifest(root)[split]),
-    "manifest_frame": Corpus("manifest_frame", "", lambda root: root.is_file(),
-                             lambda root, split, classes: manifest.read_frame_manifest(root)[split]),
+    "manifest_clip": Corpus(
+        "manifest_clip",
+        "",
+        lambda root: root.is_file(),
+        lambda root, split, classes: manifest.read_clip_manifest(root)[split],
+    ),
+    "manifest_frame": Corpus(
+        "manifest_frame",
+        "",
+        lambda root: root.is_file(),
+        lambda root, split, classes: manifest.read_frame_manifest(root)[split],
+    ),
 }
 
 

@@ -1,23 +1,24 @@
 """Reader for the DESED layout of the DCASE task 4 baseline.
 
-    <root>/audio/train/synthetic21_train/soundscapes_16k/*.wav   strong, synthetic
-    <root>/metadata/train/synthetic21_train/soundscapes.tsv      filename onset offset event_label
-    <root>/audio/train/weak_16k/*.wav                            weak
-    <root>/metadata/train/weak.tsv                               filename event_labels (comma list)
-    <root>/audio/train/unlabel_in_domain_16k/*.wav               unlabelled
-    <root>/audio/train/strong_label_real_16k/*.wav               strong, real (DCASE 2022; optional)
-    <root>/metadata/train/audioset_strong.tsv                    filename onset offset event_label
-    <root>/audio/validation/validation_16k/*.wav                 strong, used as test set
-    <root>/metadata/validation/validation.tsv
-    <root>/metadata/validation/validation_durations.tsv          filename duration
+<root>/audio/train/synthetic21_train/soundscapes_16k/*.wav   strong, synthetic
+<root>/metadata/train/synthetic21_train/soundscapes.tsv      filename onset offset event_label
+<root>/audio/train/weak_16k/*.wav                            weak
+<root>/metadata/train/weak.tsv                               filename event_labels (comma list)
+<root>/audio/train/unlabel_in_domain_16k/*.wav               unlabelled
+<root>/audio/train/strong_label_real_16k/*.wav               strong, real (DCASE 2022; optional)
+<root>/metadata/train/audioset_strong.tsv                    filename onset offset event_label
+<root>/audio/validation/validation_16k/*.wav                 strong, used as test set
+<root>/metadata/validation/validation.tsv
+<root>/metadata/validation/validation_durations.tsv          filename duration
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
+from keras_mtl.core.errors import DataError
 from keras_mtl.data.items import AudioItem, Event
 from keras_mtl.data.readers.tables import iter_audio_files, parse_float, read_table
-from keras_mtl.core.errors import DataError
 
 CLASSES = (
     "Alarm_bell_ringing",

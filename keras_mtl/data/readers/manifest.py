@@ -8,6 +8,7 @@ Filenames are relative to the manifest's folder (or absolute). ``split`` is ``tr
 ``test``; without the column every clip is assigned by a hash of its filename (20% test),
 so the split is stable across runs and machines.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,10 +18,11 @@ from pathlib import Path
 
 import soundfile as sf
 
-from keras_mtl.data.readers.desed import parse_event
-from keras_mtl.data.items import AudioItem, Event
-from keras_mtl.data.readers.tables import read_table
+from keras_mtl.core import fileio
 from keras_mtl.core.errors import DataError
+from keras_mtl.data.items import AudioItem, Event
+from keras_mtl.data.readers.desed import parse_event
+from keras_mtl.data.readers.tables import iter_audio_files, read_table
 
 SPLITS = ("train", "test")
 TEST_SHARE = 0.2
@@ -77,8 +79,15 @@ def read_frame_manifest(manifest: str | Path) -> dict[str, list[AudioItem]]:
     out: dict[str, list[AudioItem]] = {s: [] for s in SPLITS}
     for filename, (path, split) in info.items():
         found = tuple(sorted(events.get(filename, []), key=lambda e: (e.onset, e.label)))
-        out[split].append(AudioItem(path=path, key=filename, events=found, tags=tuple(sorted({e.label for e in found})),
-                                    duration=audio_seconds(path)))
+        out[split].append(
+            AudioItem(
+                path=path,
+                key=filename,
+                events=found,
+                tags=tuple(sorted({e.label for e in found})),
+                duration=audio_seconds(path),
+            )
+        )
     return out
 
 
@@ -94,7 +103,9 @@ def audio_seconds(path: Path) -> float:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise DataError(f"{path}: unreadable audio ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc})") from None
+        raise DataError(
+            f"{path}: unreadable audio ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc})"
+        ) from None
     if info.frames == 0:
         raise DataError(f"{path}: empty audio file (0 samples)")
     return info.frames / info.samplerate
@@ -106,7 +117,9 @@ def clip_seconds_for(items: dict[str, list[AudioItem]]) -> float:
     return min(MAX_CLIP_SECONDS, math.ceil(longest * 10 - 1e-6) / 10)
 
 
-def build_clip_manifest(folder: str | Path, out: str | Path, label_pattern: str, test_pattern: str | None = None) -> int:
+def build_clip_manifest(
+    folder: str | Path, out: str | Path, label_pattern: str, test_pattern: str | None = None
+) -> int:
     """Write a clip manifest for every audio file under ``folder``.
 
     ``label_pattern``: a regular expression whose first group, searched in the file's path
@@ -118,9 +131,6 @@ def build_clip_manifest(folder: str | Path, out: str | Path, label_pattern: str,
     import io
     import os
     import re
-
-    from keras_mtl.core import fileio
-    from keras_mtl.data.readers.tables import iter_audio_files
 
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():

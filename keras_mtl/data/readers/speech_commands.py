@@ -7,18 +7,50 @@
 
 Train is every clip of a known word listed in neither file.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from keras_mtl.data.items import AudioItem
 from keras_mtl.core.errors import DataError
+from keras_mtl.data.items import AudioItem
 
 WORDS = (
-    "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward",
-    "four", "go", "happy", "house", "learn", "left", "marvin", "nine", "no", "off",
-    "on", "one", "right", "seven", "sheila", "six", "stop", "three", "tree", "two",
-    "up", "visual", "wow", "yes", "zero",
+    "backward",
+    "bed",
+    "bird",
+    "cat",
+    "dog",
+    "down",
+    "eight",
+    "five",
+    "follow",
+    "forward",
+    "four",
+    "go",
+    "happy",
+    "house",
+    "learn",
+    "left",
+    "marvin",
+    "nine",
+    "no",
+    "off",
+    "on",
+    "one",
+    "right",
+    "seven",
+    "sheila",
+    "six",
+    "stop",
+    "three",
+    "tree",
+    "two",
+    "up",
+    "visual",
+    "wow",
+    "yes",
+    "zero",
 )
 SPLIT_LISTS = {"validation": "validation_list.txt", "test": "testing_list.txt"}
 

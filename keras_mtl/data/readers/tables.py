@@ -1,11 +1,12 @@
 """Reading the tab/comma separated metadata files of the DCASE corpora, with line-numbered errors."""
+
 from __future__ import annotations
 
 import csv
 import dataclasses
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from keras_mtl.core.errors import DataError
 
@@ -40,9 +41,7 @@ def read_table(path: str | os.PathLike, required: Sequence[str], delimiter: str 
     header = [h.strip() for h in next(reader)]
     missing = [c for c in required if c not in header]
     if missing:
-        raise DataError(
-            f"{path}:1: missing column(s) {', '.join(missing)} (header has: {', '.join(header)})"
-        )
+        raise DataError(f"{path}:1: missing column(s) {', '.join(missing)} (header has: {', '.join(header)})")
     rows = []
     for line_no, values in enumerate(reader, start=2):
         if not values or all(not v.strip() for v in values):

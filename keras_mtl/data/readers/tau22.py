@@ -1,17 +1,18 @@
 """Reader for the TAU Urban Acoustic Scenes 2022 Mobile development layout.
 
-    <root>/meta.csv                          filename, scene_label, identifier, source_label (tab)
-    <root>/audio/<scene>-<city>-<loc>-<segment>-<device>.wav
-    <root>/evaluation_setup/fold1_train.csv  filename, scene_label (tab)
-    <root>/evaluation_setup/fold1_evaluate.csv
+<root>/meta.csv                          filename, scene_label, identifier, source_label (tab)
+<root>/audio/<scene>-<city>-<loc>-<segment>-<device>.wav
+<root>/evaluation_setup/fold1_train.csv  filename, scene_label (tab)
+<root>/evaluation_setup/fold1_evaluate.csv
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
+from keras_mtl.core.errors import DataError
 from keras_mtl.data.items import AudioItem
 from keras_mtl.data.readers.tables import read_table
-from keras_mtl.core.errors import DataError
 
 SCENES = (
     "airport",

@@ -1,14 +1,13 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-
-from keras_mtl.data.readers.desed import read_strong_tsv
-from keras_mtl.data.items import AudioItem
-from keras_mtl.data.readers.tables import parse_float, read_table
 from keras_mtl.core.errors import DataError
-
+from keras_mtl.data.items import AudioItem
+from keras_mtl.data.readers.desed import read_strong_tsv
+from keras_mtl.data.readers.tables import parse_float, read_table
 
 CLASSES = ("speech",)
 
@@ -29,16 +28,25 @@ def read_vad(root: str | Path, split: str, classes=CLASSES) -> list[AudioItem]:
     tsv = root / "metadata" / f"{split}.tsv"
     events = read_strong_tsv(tsv, classes)
     durations_path = root / "metadata" / f"{split}_durations.tsv"
-    durations = {r.get("filename"): parse_float(r, "duration", durations_path)
-                 for r in read_table(durations_path, required=("filename", "duration"))}
+    durations = {
+        r.get("filename"): parse_float(r, "duration", durations_path)
+        for r in read_table(durations_path, required=("filename", "duration"))
+    }
     items = []
     for name in sorted(set(events) | set(durations)):
         path = root / "audio" / split / name
         if not path.is_file():
             raise DataError(f"{tsv}: audio file {path} not found")
         found = tuple(sorted(events.get(name, []), key=lambda e: e.onset))
-        items.append(AudioItem(path=path, key=name, events=found, tags=tuple(sorted({e.label for e in found})),
-                               duration=durations.get(name)))
+        items.append(
+            AudioItem(
+                path=path,
+                key=name,
+                events=found,
+                tags=tuple(sorted({e.label for e in found})),
+                duration=durations.get(name),
+            )
+        )
     if not items:
         raise DataError(f"{tsv}: no clips")
     return items

@@ -5,6 +5,7 @@ downloaded. The sounds are parametric caricatures with the spectral and temporal
 real classes (tonal alarms, harmonic voices, broadband motors, water-like noise, ...), chosen so
 that some classes are confusable (motors with motors, voices with voices, noises with noises).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,7 +66,9 @@ def harmonic(rng, f0: np.ndarray, sr: int, n_harmonics: int, rolloff: float, for
 
 def damped_partials(rng, n: int, sr: int, freqs, decay_s: float) -> np.ndarray:
     t = np.arange(n) / sr
-    out = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6.28)) * np.exp(-t / decay_s) / (i + 1) for i, f in enumerate(freqs))
+    out = sum(
+        np.sin(2 * np.pi * f * t + rng.uniform(0, 6.28)) * np.exp(-t / decay_s) / (i + 1) for i, f in enumerate(freqs)
+    )
     return np.asarray(out, dtype=np.float32)
 
 
@@ -128,7 +131,9 @@ def dog(rng, n, sr):
     for i in range(barks):
         f0 = np.linspace(rng.uniform(350, 650), rng.uniform(200, 350), bark_len)
         formants = [(rng.uniform(500, 900), 300.0), (rng.uniform(1200, 2000), 500.0)]
-        bark = harmonic(rng, f0, sr, 20, rolloff=0.5, formants=formants) + 0.5 * band_noise(rng, bark_len, sr, 300, 3000)
+        bark = harmonic(rng, f0, sr, 20, rolloff=0.5, formants=formants) + 0.5 * band_noise(
+            rng, bark_len, sr, 300, 3000
+        )
         bark *= np.exp(-np.linspace(0, rng.uniform(2, 5), bark_len))
         start = int(i * n / barks + rng.uniform(0, 0.3) * n / barks)
         place(out, fade(bark.astype(np.float32), sr, 0.005), min(start, max(0, n - bark_len)))
@@ -216,16 +221,41 @@ def render_event(rng, label: str, seconds: float, sr: int) -> np.ndarray:
 # Spectral envelope (dB at BAND_CENTERS_HZ) and texture of each TAU scene. Related scenes
 # (bus/tram/metro, park/public_square, street_*) are deliberately close.
 SCENE_SPECS = {
-    "airport": dict(gains=[-6, -3, 0, 0, -3, -8, -14, -22], mod=(0.3, 0.2), hum=[(120, 0.1)], babble=0.35, clicks=0.5, chirps=0.0),
-    "bus": dict(gains=[6, 6, 2, -3, -8, -14, -20, -28], mod=(0.5, 0.3), hum=[(85, 0.35)], babble=0.15, clicks=0.3, chirps=0.0),
-    "metro": dict(gains=[4, 5, 3, -1, -4, -6, -12, -20], mod=(0.8, 0.4), hum=[(1900, 0.12)], babble=0.1, clicks=2.0, chirps=0.0),
-    "metro_station": dict(gains=[0, 2, 2, 0, -3, -7, -12, -20], mod=(0.2, 0.5), hum=[(400, 0.08)], babble=0.25, clicks=1.0, chirps=0.0),
-    "park": dict(gains=[-10, -8, -6, -6, -6, -4, -6, -16], mod=(0.15, 0.3), hum=[], babble=0.05, clicks=0.2, chirps=3.0),
-    "public_square": dict(gains=[-6, -5, -3, -3, -4, -6, -9, -18], mod=(0.2, 0.3), hum=[], babble=0.3, clicks=0.6, chirps=1.0),
-    "shopping_mall": dict(gains=[-6, -3, -1, 0, -2, -7, -13, -22], mod=(0.2, 0.15), hum=[(220, 0.1)], babble=0.6, clicks=0.8, chirps=0.0),
-    "street_pedestrian": dict(gains=[-3, -2, -2, -2, -3, -6, -10, -18], mod=(0.3, 0.3), hum=[], babble=0.35, clicks=2.0, chirps=0.3),
-    "street_traffic": dict(gains=[4, 3, 1, -1, -3, -6, -10, -17], mod=(0.12, 0.7), hum=[], babble=0.05, clicks=0.2, chirps=0.0),
-    "tram": dict(gains=[3, 4, 2, -2, -6, -10, -16, -24], mod=(0.6, 0.3), hum=[(60, 0.2), (1200, 0.06)], babble=0.2, clicks=0.5, chirps=0.0),
+    "airport": dict(
+        gains=[-6, -3, 0, 0, -3, -8, -14, -22], mod=(0.3, 0.2), hum=[(120, 0.1)], babble=0.35, clicks=0.5, chirps=0.0
+    ),
+    "bus": dict(
+        gains=[6, 6, 2, -3, -8, -14, -20, -28], mod=(0.5, 0.3), hum=[(85, 0.35)], babble=0.15, clicks=0.3, chirps=0.0
+    ),
+    "metro": dict(
+        gains=[4, 5, 3, -1, -4, -6, -12, -20], mod=(0.8, 0.4), hum=[(1900, 0.12)], babble=0.1, clicks=2.0, chirps=0.0
+    ),
+    "metro_station": dict(
+        gains=[0, 2, 2, 0, -3, -7, -12, -20], mod=(0.2, 0.5), hum=[(400, 0.08)], babble=0.25, clicks=1.0, chirps=0.0
+    ),
+    "park": dict(
+        gains=[-10, -8, -6, -6, -6, -4, -6, -16], mod=(0.15, 0.3), hum=[], babble=0.05, clicks=0.2, chirps=3.0
+    ),
+    "public_square": dict(
+        gains=[-6, -5, -3, -3, -4, -6, -9, -18], mod=(0.2, 0.3), hum=[], babble=0.3, clicks=0.6, chirps=1.0
+    ),
+    "shopping_mall": dict(
+        gains=[-6, -3, -1, 0, -2, -7, -13, -22], mod=(0.2, 0.15), hum=[(220, 0.1)], babble=0.6, clicks=0.8, chirps=0.0
+    ),
+    "street_pedestrian": dict(
+        gains=[-3, -2, -2, -2, -3, -6, -10, -18], mod=(0.3, 0.3), hum=[], babble=0.35, clicks=2.0, chirps=0.3
+    ),
+    "street_traffic": dict(
+        gains=[4, 3, 1, -1, -3, -6, -10, -17], mod=(0.12, 0.7), hum=[], babble=0.05, clicks=0.2, chirps=0.0
+    ),
+    "tram": dict(
+        gains=[3, 4, 2, -2, -6, -10, -16, -24],
+        mod=(0.6, 0.3),
+        hum=[(60, 0.2), (1200, 0.06)],
+        babble=0.2,
+        clicks=0.5,
+        chirps=0.0,
+    ),
 }
 
 # Events typical of each scene (relative weights over the DESED classes).

@@ -10,6 +10,7 @@ the variant's declared gender. Age groups are *synthetic voice profiles* (pitch,
 rate and a tremor), standing in for Common Voice's age buckets; they say nothing about how real
 voices age.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -25,25 +26,63 @@ import soxr
 from tqdm.auto import tqdm
 
 from keras_mtl.core import fileio
-from keras_mtl.data.synth import sounds
-from keras_mtl.data.readers import tau22
+from keras_mtl.core.errors import DataError
 from keras_mtl.data.audio import write_wav
+from keras_mtl.data.readers import tau22
 from keras_mtl.data.readers.common_voice import AGE_GROUPS
 from keras_mtl.data.readers.speech_commands import WORDS
-from keras_mtl.core.errors import DataError
+from keras_mtl.data.synth import sounds
+from keras_mtl.data.synth.vad_mix import VadBuildConfig, build_vad_set
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 4
-AGE_BUCKET_NAMES = {"under_30": ("teens", "twenties"), "30_60": ("thirties", "fourties", "fifties"),
-                    "over_60": ("sixties", "seventies")}
+AGE_BUCKET_NAMES = {
+    "under_30": ("teens", "twenties"),
+    "30_60": ("thirties", "fourties", "fifties"),
+    "over_60": ("sixties", "seventies"),
+}
 # espeak parameter ranges per synthetic age profile: (pitch 0-100, pitch range 0-100, words/min, tremor depth)
-AGE_PROFILES = {"under_30": ((12, 20), (70, 95), (185, 215), 0.0),
-                "30_60": ((-3, 3), (40, 60), (148, 168), 0.0),
-                "over_60": ((-20, -12), (8, 28), (108, 132), 0.2)}
+AGE_PROFILES = {
+    "under_30": ((12, 20), (70, 95), (185, 215), 0.0),
+    "30_60": ((-3, 3), (40, 60), (148, 168), 0.0),
+    "over_60": ((-20, -12), (8, 28), (108, 132), 0.2),
+}
 SENTENCE_WORDS = (
-    "the", "a", "house", "is", "near", "river", "we", "will", "go", "today", "music", "plays", "slowly",
-    "bright", "morning", "city", "train", "leaves", "early", "garden", "seven", "people", "read", "books",
-    "under", "green", "trees", "water", "runs", "quiet", "street", "after", "rain", "children", "sing",
+    "the",
+    "a",
+    "house",
+    "is",
+    "near",
+    "river",
+    "we",
+    "will",
+    "go",
+    "today",
+    "music",
+    "plays",
+    "slowly",
+    "bright",
+    "morning",
+    "city",
+    "train",
+    "leaves",
+    "early",
+    "garden",
+    "seven",
+    "people",
+    "read",
+    "books",
+    "under",
+    "green",
+    "trees",
+    "water",
+    "runs",
+    "quiet",
+    "street",
+    "after",
+    "rain",
+    "children",
+    "sing",
 )
 
 
@@ -57,7 +96,9 @@ class Espeak:
         try:
             import espeakng_loader
         except ImportError:
-            raise DataError("synthetic speech needs the espeakng-loader package (pip install -r requirements.txt)") from None
+            raise DataError(
+                "synthetic speech needs the espeakng-loader package (pip install -r requirements.txt)"
+            ) from None
         self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self._lib.espeak_Initialize.restype = ctypes.c_int
         rate = self._lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)  # 2 = synchronous
@@ -77,7 +118,7 @@ class Espeak:
         self._lib.espeak_SetSynthCallback(self._callback)
 
     @classmethod
-    def get(cls) -> "Espeak":
+    def get(cls) -> Espeak:
         if cls._instance is None:
             cls._instance = Espeak()
         return cls._instance
@@ -101,11 +142,19 @@ class Espeak:
             self._lib.espeak_SetParameter(param, int(value), 0)
         self._chunks.clear()
         data = text.encode()
-        self._lib.espeak_Synth(ctypes.c_char_p(data), ctypes.c_size_t(len(data) + 1), ctypes.c_uint(0), ctypes.c_int(1),
-                               ctypes.c_uint(0), ctypes.c_uint(0), None, None)
+        self._lib.espeak_Synth(
+            ctypes.c_char_p(data),
+            ctypes.c_size_t(len(data) + 1),
+            ctypes.c_uint(0),
+            ctypes.c_int(1),
+            ctypes.c_uint(0),
+            ctypes.c_uint(0),
+            None,
+            None,
+        )
         if not self._chunks:
             return np.zeros(0, np.float32)
-        return (np.concatenate(self._chunks).astype(np.float32) / 32768.0)
+        return np.concatenate(self._chunks).astype(np.float32) / 32768.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,25 +195,36 @@ def make_speakers(config: SpeechSynthConfig, variants: dict[str, str]) -> list[S
     for index in range(config.speakers):
         rng = np.random.default_rng([config.seed, 11, index])
         gender = "female" if index % 2 == 0 else "male"
-        variant = (females if gender == "female" else males)[int(rng.integers(len(females if gender == "female" else males)))]
+        variant = (females if gender == "female" else males)[
+            int(rng.integers(len(females if gender == "female" else males)))
+        ]
         age_group = AGE_GROUPS[(index // 2) % len(AGE_GROUPS)]
         (p_lo, p_hi), (r_lo, r_hi), (w_lo, w_hi), tremor = AGE_PROFILES[age_group]
         spread = config.difficulty  # wider jitter -> profiles overlap more
         base = (54 if gender == "female" else 44) + rng.normal(0, 4)  # overlapping pitch
-        speakers.append(Speaker(
-            ident=hashlib.sha1(f"{config.seed}-{index}".encode()).hexdigest()[:8],
-            variant=variant, gender=gender, age_group=age_group,
-            pitch=int(np.clip(base + rng.uniform(p_lo, p_hi) * spread + rng.normal(0, 3), 0, 100)),
-            pitch_range=int(np.clip(rng.uniform(r_lo, r_hi) + rng.normal(0, 8 * spread), 0, 100)),
-            rate=int(rng.uniform(w_lo, w_hi) + rng.normal(0, 10 * spread)),
-            tremor=tremor,
-        ))
+        speakers.append(
+            Speaker(
+                ident=hashlib.sha1(f"{config.seed}-{index}".encode()).hexdigest()[:8],
+                variant=variant,
+                gender=gender,
+                age_group=age_group,
+                pitch=int(np.clip(base + rng.uniform(p_lo, p_hi) * spread + rng.normal(0, 3), 0, 100)),
+                pitch_range=int(np.clip(rng.uniform(r_lo, r_hi) + rng.normal(0, 8 * spread), 0, 100)),
+                rate=int(rng.uniform(w_lo, w_hi) + rng.normal(0, 10 * spread)),
+                tremor=tremor,
+            )
+        )
     return speakers
 
 
 def _render_speech(engine: Espeak, speaker: Speaker, text: str, rng, sample_rate: int) -> np.ndarray:
-    audio = engine.say(text, speaker.variant, speaker.pitch + int(rng.integers(-3, 4)),
-                       speaker.pitch_range, speaker.rate + int(rng.integers(-8, 9)))
+    audio = engine.say(
+        text,
+        speaker.variant,
+        speaker.pitch + int(rng.integers(-3, 4)),
+        speaker.pitch_range,
+        speaker.rate + int(rng.integers(-8, 9)),
+    )
     audio = soxr.resample(audio, engine.sample_rate, sample_rate).astype(np.float32)
     if speaker.tremor:
         t = np.arange(len(audio)) / sample_rate
@@ -246,7 +306,9 @@ def generate_speech(root: str | Path, config: SpeechSynthConfig) -> Path:
     for index in tqdm(range(config.cv_utterances), desc="common voice", unit="clip", disable=None):
         rng = np.random.default_rng([config.seed, 31, index])  # metadata stream
         speaker = speakers[int(rng.integers(len(speakers)))]
-        sentence = " ".join(SENTENCE_WORDS[int(i)] for i in rng.integers(0, len(SENTENCE_WORDS), size=int(rng.integers(3, 7))))
+        sentence = " ".join(
+            SENTENCE_WORDS[int(i)] for i in rng.integers(0, len(SENTENCE_WORDS), size=int(rng.integers(3, 7)))
+        )
         gender, age = speaker.gender, str(rng.choice(AGE_BUCKET_NAMES[speaker.age_group]))
         if rng.random() < 0.05:  # like Common Voice: some rows lack a label
             gender = ""
@@ -260,20 +322,24 @@ def generate_speech(root: str | Path, config: SpeechSynthConfig) -> Path:
             audio = _mix(spoken, _noise(audio_rng, len(spoken), sr), audio_rng.uniform(snr_low - 8, snr_high - 4))
             with fileio.atomic_path(path) as tmp:
                 sf.write(str(tmp), audio, sr, format=fmt)
-        rows[_split_of(speaker)].append(
-            "\t".join([speaker.ident, name, sentence, "2", "0", age, gender, "", "en", ""]))
+        rows[_split_of(speaker)].append("\t".join([speaker.ident, name, sentence, "2", "0", age, gender, "", "en", ""]))
     header = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccents\tlocale\tsegment"
     for split, file in (("train", "train.tsv"), ("validation", "dev.tsv"), ("test", "test.tsv")):
         fileio.write_text(cv / file, "\n".join([header, *rows[split]]) + "\n")
 
-    from keras_mtl.data.synth.vad_mix import VadBuildConfig, build_vad_set
-
     utterances = sorted((cv / "clips").glob(f"*.{ext}"))
-    build_vad_set(root / "vad", utterances, sorted(noise_dir.glob("*.wav")),
-                  VadBuildConfig(clip_seconds=config.vad_clip_seconds, train_clips=config.vad_train,
-                                 snr_db=(-12.0 - 4 * config.difficulty, 12.0 - 4 * config.difficulty),
-                                 test_clips=config.vad_test, seed=config.seed, sample_rate=sr))
+    build_vad_set(
+        root / "vad",
+        utterances,
+        sorted(noise_dir.glob("*.wav")),
+        VadBuildConfig(
+            clip_seconds=config.vad_clip_seconds,
+            train_clips=config.vad_train,
+            snr_db=(-12.0 - 4 * config.difficulty, 12.0 - 4 * config.difficulty),
+            test_clips=config.vad_test,
+            seed=config.seed,
+            sample_rate=sr,
+        ),
+    )
     fileio.write_json(root / "complete.json", {"format": FORMAT_VERSION, **dataclasses.asdict(config)})
     return root
-
-

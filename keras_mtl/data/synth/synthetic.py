@@ -5,6 +5,7 @@ Generation is deterministic from a seed: every clip has its own random stream de
 planned first (labels, events, scene parameters: cheap), then rendered; a rerun after an
 interruption renders only the missing files, and the metadata is written last, atomically.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -20,9 +21,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from keras_mtl.core import fileio
+from keras_mtl.data.audio import write_wav
 from keras_mtl.data.readers import desed, tau22
 from keras_mtl.data.synth import sounds
-from keras_mtl.data.audio import write_wav
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,15 @@ FORMAT_VERSION = 3
 CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague", "stockholm", "vienna")
 TRAIN_DEVICES = ("a", "a", "a", "b", "c", "s1", "s2", "s3")
 TEST_DEVICES = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")
-SPLIT_IDS = {"asc_train": 1, "asc_test": 2, "synthetic_train": 3, "weak": 4, "unlabeled": 5, "validation": 6,
-             "strong_real": 7}
+SPLIT_IDS = {
+    "asc_train": 1,
+    "asc_test": 2,
+    "synthetic_train": 3,
+    "weak": 4,
+    "unlabeled": 5,
+    "validation": 6,
+    "strong_real": 7,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +133,10 @@ def _clip_spec(config: SyntheticConfig, rng, base: dict, device: str | None) -> 
         gains = gains + np.asarray(_device_eq(config, device))
     spec = {
         "gains": [float(g) for g in gains],
-        "mod": [float((1 - w) * base["mod"][0] + w * other["mod"][0]), float((1 - w) * base["mod"][1] + w * other["mod"][1])],
+        "mod": [
+            float((1 - w) * base["mod"][0] + w * other["mod"][0]),
+            float((1 - w) * base["mod"][1] + w * other["mod"][1]),
+        ],
         "hum": [list(h) for h in (base["hum"] if rng.random() > w else other["hum"])],
     }
     for key in ("babble", "clicks", "chirps"):
@@ -162,8 +173,16 @@ def _plan_asc(config: SyntheticConfig, split: str, per_scene: int) -> list[dict]
             identifier = f"{city}-{location}"
             filename = f"audio/{scene}-{identifier}-{k % 10 * 10}-{device}.wav"
             plans.append(
-                dict(file=filename, scene=scene, identifier=identifier, device=device, spec=spec, events=events,
-                     seconds=config.asc_clip_seconds, seed=[config.seed, SPLIT_IDS[split], index, 1])
+                dict(
+                    file=filename,
+                    scene=scene,
+                    identifier=identifier,
+                    device=device,
+                    spec=spec,
+                    events=events,
+                    seconds=config.asc_clip_seconds,
+                    seed=[config.seed, SPLIT_IDS[split], index, 1],
+                )
             )
             index += 1
     return plans
@@ -186,24 +205,47 @@ def _plan_sed(config: SyntheticConfig, split: str, count: int) -> list[dict]:
             for _attempt in range(5):
                 onset = float(rng.uniform(0, length - 0.3))
                 offset = float(min(length, onset + dur))
-                clash = any(e["label"] == label and onset < e["offset"] + 0.3 and e["onset"] < offset + 0.3 for e in events)
+                clash = any(
+                    e["label"] == label and onset < e["offset"] + 0.3 and e["onset"] < offset + 0.3 for e in events
+                )
                 if not clash:
-                    events.append({"label": label, "onset": round(onset, 3), "offset": round(offset, 3),
-                                   "snr": float(rng.uniform(snr_low, snr_high))})
+                    events.append(
+                        {
+                            "label": label,
+                            "onset": round(onset, 3),
+                            "offset": round(offset, 3),
+                            "snr": float(rng.uniform(snr_low, snr_high)),
+                        }
+                    )
                     break
         events.sort(key=lambda e: e["onset"])
-        plans.append(dict(file=f"{split}_{index:05d}.wav", scene=scene, spec=spec, events=events, seconds=length,
-                          seed=[config.seed, SPLIT_IDS[split], index, 1]))
+        plans.append(
+            dict(
+                file=f"{split}_{index:05d}.wav",
+                scene=scene,
+                spec=spec,
+                events=events,
+                seconds=length,
+                seed=[config.seed, SPLIT_IDS[split], index, 1],
+            )
+        )
     return plans
 
 
 def plan_all(config: SyntheticConfig) -> dict:
     asc_train = _plan_asc(config, "asc_train", config.asc_train_per_scene)
     asc_test = _plan_asc(config, "asc_test", config.asc_test_per_scene)
-    sed = {split: _plan_sed(config, split, count) for split, count in (
-        ("synthetic_train", config.sed_train), ("weak", config.sed_weak),
-        ("unlabeled", config.sed_unlabeled), ("validation", config.sed_validation),
-        ("strong_real", config.sed_strong_real)) if count or split != "strong_real"}
+    sed = {
+        split: _plan_sed(config, split, count)
+        for split, count in (
+            ("synthetic_train", config.sed_train),
+            ("weak", config.sed_weak),
+            ("unlabeled", config.sed_unlabeled),
+            ("validation", config.sed_validation),
+            ("strong_real", config.sed_strong_real),
+        )
+        if count or split != "strong_real"
+    }
     audio = [(Path("tau22") / p["file"], p) for p in asc_train + asc_test]
     for split, plans in sed.items():
         folder = Path("desed") / desed.LAYOUT[split][1]
@@ -254,18 +296,30 @@ def _render_all(jobs, sample_rate: int, workers: int | None) -> None:
 def _write_metadata(root: Path, plans: dict) -> None:
     tau = root / "tau22"
     meta = ["filename\tscene_label\tidentifier\tsource_label"]
-    meta += [f"{p['file']}\t{p['scene']}\t{p['identifier']}\t{p['device']}" for p in plans["asc_train"] + plans["asc_test"]]
+    meta += [
+        f"{p['file']}\t{p['scene']}\t{p['identifier']}\t{p['device']}" for p in plans["asc_train"] + plans["asc_test"]
+    ]
     fileio.write_text(tau / "meta.csv", "\n".join(meta) + "\n")
     setup = tau / "evaluation_setup"
-    fileio.write_text(setup / "fold1_train.csv", _lines("filename\tscene_label", [f"{p['file']}\t{p['scene']}" for p in plans["asc_train"]]))
-    fileio.write_text(setup / "fold1_evaluate.csv", _lines("filename\tscene_label", [f"{p['file']}\t{p['scene']}" for p in plans["asc_test"]]))
+    fileio.write_text(
+        setup / "fold1_train.csv",
+        _lines("filename\tscene_label", [f"{p['file']}\t{p['scene']}" for p in plans["asc_train"]]),
+    )
+    fileio.write_text(
+        setup / "fold1_evaluate.csv",
+        _lines("filename\tscene_label", [f"{p['file']}\t{p['scene']}" for p in plans["asc_test"]]),
+    )
     fileio.write_text(setup / "fold1_test.csv", _lines("filename", [p["file"] for p in plans["asc_test"]]))
 
     d = root / "desed"
     for split in ("synthetic_train", "validation", "strong_real"):
         if split not in plans["sed"]:
             continue
-        rows = [f"{p['file']}\t{e['onset']:.3f}\t{e['offset']:.3f}\t{e['label']}" for p in plans["sed"][split] for e in p["events"]]
+        rows = [
+            f"{p['file']}\t{e['onset']:.3f}\t{e['offset']:.3f}\t{e['label']}"
+            for p in plans["sed"][split]
+            for e in p["events"]
+        ]
         fileio.write_text(d / desed.LAYOUT[split][2], _lines("filename\tonset\toffset\tevent_label", rows))
     durations = [f"{p['file']}\t{p['seconds']:.3f}" for p in plans["sed"]["validation"]]
     fileio.write_text(d / desed.LAYOUT["validation"][3], _lines("filename\tduration", durations))

@@ -1,4 +1,5 @@
 """TODO docstring."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,10 +10,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from keras_mtl.core import fileio
-from keras_mtl.data.audio import load_audio, write_wav
 from keras_mtl.core.errors import DataError
+from keras_mtl.data.audio import load_audio, write_wav
 from keras_mtl.data.readers.vad import SPLITS
-
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,10 @@ def build_vad_set(root: str | Path, speech: list[Path], noises: list[Path], conf
             else:
                 rows.append(f"{name}\t\t\t")
             durations.append(f"{name}\t{config.clip_seconds:.3f}")
-        fileio.write_text(root / "metadata" / f"{split}.tsv", "filename\tonset\toffset\tevent_label\n" + "\n".join(rows) + "\n")
-        fileio.write_text(root / "metadata" / f"{split}_durations.tsv", "filename\tduration\n" + "\n".join(durations) + "\n")
+        fileio.write_text(
+            root / "metadata" / f"{split}.tsv", "filename\tonset\toffset\tevent_label\n" + "\n".join(rows) + "\n"
+        )
+        fileio.write_text(
+            root / "metadata" / f"{split}_durations.tsv", "filename\tduration\n" + "\n".join(durations) + "\n"
+        )
     return root
