@@ -1,9 +1,12 @@
-"""Shared fixtures: a tiny synthetic corpus generated once per test session."""
+"""Shared fixtures: a tiny synthetic corpus and one tiny trained run, each made once per test session."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +46,46 @@ def isolated_dirs(tmp_path, monkeypatch):
 
 def small_config(**changes) -> SyntheticConfig:
     return dataclasses.replace(TINY, **changes)
+
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_RUN_ARGS = ("--preset", "tiny", "--task-set", "asc,sed", "--deterministic", "--seed", "3")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    path: Path  # the run folder: read it, or copy it before changing it
+    env: dict  # environment with the session's data and feature-cache folders
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def tiny_env(tmp_path_factory) -> dict:
+    """Environment whose synthetic data and feature cache are shared by the session's CLI runs."""
+    root = tmp_path_factory.mktemp("shared")
+    return dict(os.environ, KERAS_MTL_DATA_DIR=str(root / "data"), KERAS_MTL_CACHE_DIR=str(root / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_env) -> TrainedRun:
+    """One tiny ASC+SED run, trained once per pytest run through ``scripts/train.py`` (TINY_RUN_ARGS)
+    and shared by the CLI tests (train, evaluate, export, firmware, compress)."""
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), *TINY_RUN_ARGS, "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        env=tiny_env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return TrainedRun(out, tiny_env, result.stdout, result.stderr)
+
+
+def keras_mtl_command() -> list[str]:
+    """The installed ``keras-mtl`` console command of this interpreter's environment."""
+    return [str(Path(sys.executable).parent / "keras-mtl")]
 
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

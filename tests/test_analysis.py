@@ -76,6 +76,7 @@ def test_pair_table_rows_are_ordered_pairs_with_ratios():
     assert rows[("a", "b")].ratio_clips == pytest.approx(0.5) and rows[("b", "a")].aux_snr_db == 5.0
 
 
+@pytest.mark.slow
 def test_analyze_tasks_cli_end_to_end(tmp_path):
     env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
     out = tmp_path / "analysis"

@@ -77,6 +77,7 @@ def _checkpoint_values(run: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["soft", "cross-soft", "hard"])
 def test_two_workers_hold_identical_student_and_teacher(tmp_path, strategy):
     out = _two_workers(tmp_path, "--strategy", strategy)

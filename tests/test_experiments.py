@@ -49,6 +49,7 @@ def test_unknown_experiment_and_row():
         experiments.select_rows(experiments.get_experiment("weighting"), ["fixed", "uncertainty"])
 
 
+@pytest.mark.slow
 def test_weighting_experiment_end_to_end_and_resume(tmp_path):
     env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
     out = tmp_path / "exp"

@@ -152,30 +152,20 @@ def test_c_array_round_trip(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny ASC+SED run trained by scripts/train.py and exported."""
-    root = tmp_path_factory.mktemp("export")
-    env = dict(os.environ, KERAS_MTL_DATA_DIR=str(root / "data"), KERAS_MTL_CACHE_DIR=str(root / "cache"))
-    run = root / "run"
+def exported(tiny_run):
+    """The shared tiny ASC+SED run (conftest), exported by scripts/export.py into its export/ folder."""
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "train.py"), "--preset", "tiny", "--output-dir", str(run)],
+        [sys.executable, str(REPO / "scripts" / "export.py"), str(tiny_run.path), "--calibration-clips", "4"],
         capture_output=True,
         text=True,
-        env=env,
+        env=tiny_run.env,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "export.py"), str(run), "--calibration-clips", "4"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run / "export"
+    return tiny_run.path / "export"
 
 
+@pytest.mark.slow
 def test_export_report_tflm_agrees_with_litert(exported):
     report = json.loads((exported / "export_report.json").read_text())
     assert set(report["models"]) == {"encoder", "asc_head", "sed_step"}
@@ -195,6 +185,7 @@ def test_export_report_tflm_agrees_with_litert(exported):
         assert result["macs_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_fully_connected_weights_have_one_scale(exported):
     """The pinned firmware tree's CMSIS-NN FULLY_CONNECTED uses one scale per layer."""
     from tensorflow.lite.tools import flatbuffer_utils
@@ -208,11 +199,13 @@ def test_fully_connected_weights_have_one_scale(exported):
                 assert len(subgraph.tensors[op.inputs[1]].quantization.scale) == 1, tflite.name
 
 
+@pytest.mark.slow
 def test_generated_c_arrays_parse_back_to_the_tflite_bytes(exported):
     for tflite in exported.glob("*.tflite"):
         assert c_arrays.read_model_array(exported / "c" / f"{tflite.stem}_model_data.cc") == tflite.read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("g++") is None, reason="no host C compiler")
 def test_generated_sources_compile_and_c_front_end_matches_python(exported, tmp_path):
     c_dir = exported / "c"
@@ -289,6 +282,7 @@ def test_generated_sources_compile_and_c_front_end_matches_python(exported, tmp_
             assert np.abs(c_features - python_features).max() <= 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="no gcc-arm-none-eabi (Debian package)")
 def test_generated_sources_and_front_end_compile_for_cortex_m4(exported, tmp_path):
     flags = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-O2", "-Wall", "-Werror"]
@@ -439,6 +433,7 @@ def test_firmware_comparison_accepts_only_what_one_output_step_explains():
 TFLM_SOURCE = os.environ.get("KERAS_MTL_TFLM_SOURCE")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not TFLM_SOURCE
     or shutil.which("qemu-system-arm") is None
@@ -447,10 +442,10 @@ TFLM_SOURCE = os.environ.get("KERAS_MTL_TFLM_SOURCE")
     reason="needs KERAS_MTL_TFLM_SOURCE (a tflite-micro-arduino-examples checkout), cmake, "
     "gcc-arm-none-eabi and qemu-system-arm",
 )
-def test_firmware_in_qemu_prints_what_the_host_int8_pipeline_finds(exported, tmp_path):
+def test_firmware_in_qemu_prints_what_the_host_int8_pipeline_finds(exported, tmp_path, tiny_run):
     from keras_mtl.deploy import firmware
 
-    wav = sorted((exported.parent.parent / "data").glob("*/desed/audio/validation/*/*.wav"))[0]
+    wav = sorted(Path(tiny_run.env["KERAS_MTL_DATA_DIR"]).glob("*/desed/audio/validation/*/*.wav"))[0]
     elf = firmware.build(exported, wav, tmp_path / "build", TFLM_SOURCE)
     output = firmware.run_qemu(elf)
     device = firmware.parse_listener_output(output)
@@ -475,12 +470,9 @@ def test_qat_wrapping_keeps_and_returns_the_weights():
     np.testing.assert_allclose(network.get_layer("asc/classifier").get_weights()[0], before + 1.0, rtol=1e-6)
 
 
-def test_export_with_qat_reports_ptq_and_qat(exported, tmp_path):
-    env = dict(
-        os.environ,
-        KERAS_MTL_DATA_DIR=str(exported.parent.parent / "data"),
-        KERAS_MTL_CACHE_DIR=str(exported.parent.parent / "cache"),
-    )
+@pytest.mark.slow
+def test_export_with_qat_reports_ptq_and_qat(exported, tmp_path, tiny_run):
+    env = tiny_run.env
     out = tmp_path / "qat"
     result = subprocess.run(
         [

@@ -34,6 +34,7 @@ def test_odd_rate_short_clips_resample_and_featurise():
         assert features.shape == (101, 128) and np.isfinite(features).all()
 
 
+@pytest.mark.slow
 def test_train_on_a_tau22_layout_of_real_backgrounds(tmp_path):
     from tests.test_train_cli import run_train
 
@@ -60,6 +61,7 @@ def test_train_on_a_tau22_layout_of_real_backgrounds(tmp_path):
     assert metrics["tasks"]["asc"]["metrics"]["n_clips"] == len(rows["test"])
 
 
+@pytest.mark.slow
 def test_fsdd_manifest_with_the_datasets_own_split(tmp_path):
     """Three digits of FSDD (takes 0-4 test, 5-49 train) through make_manifest.py and train.py."""
     import subprocess

@@ -35,6 +35,7 @@ def _final_artifacts_are_whole(run: Path):
         assert (folder / "state.index").stat().st_size > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "strategy", [["--strategy", "cross-soft", "--weighting", "dwa"], ["--strategy", "freeze", "--order", "sed,asc"]]
 )

@@ -132,6 +132,7 @@ def test_model_from_a_tree_shares_exactly_what_the_tree_says():
     assert isinstance(model, keras.Model)
 
 
+@pytest.mark.slow
 def test_synergy_pipeline_end_to_end_with_shards_and_merge(tmp_path):
     """Reduced: the tiny preset's 2-layer template, three speech tasks, depths 1 and 2, one epoch."""
     import json

@@ -15,14 +15,17 @@ import pytest
 import soundfile as sf
 import yaml
 
+from tests.conftest import TINY_RUN_ARGS
+
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "scripts" / "train.py"
 
 
-def run_train(*args, env_dirs: Path, timeout=600):
-    env = dict(os.environ)
-    env["KERAS_MTL_DATA_DIR"] = str(env_dirs / "data")
-    env["KERAS_MTL_CACHE_DIR"] = str(env_dirs / "cache")
+def run_train(*args, env_dirs: Path | None = None, env: dict | None = None, timeout=600):
+    if env is None:
+        env = dict(os.environ)
+        env["KERAS_MTL_DATA_DIR"] = str(env_dirs / "data")
+        env["KERAS_MTL_CACHE_DIR"] = str(env_dirs / "cache")
     return subprocess.run([sys.executable, str(TRAIN), *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -35,10 +38,9 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-def test_train_end_to_end_on_tiny_preset(tmp_path):
-    out = tmp_path / "run"
-    result = run_train("--preset", "tiny", "--task-set", "asc,sed", "--output-dir", str(out), env_dirs=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+@pytest.mark.slow
+def test_train_end_to_end_on_tiny_preset(tmp_path, tiny_run):
+    out, result = tiny_run.path, tiny_run
     for name in (
         "config.yaml",
         "model_summary.txt",
@@ -71,9 +73,7 @@ def test_train_end_to_end_on_tiny_preset(tmp_path):
     assert metrics["mean_teacher"] == ["sed"]
 
     # The rerun reuses the generated data and the feature cache.
-    again = run_train(
-        "--preset", "tiny", "--task-set", "asc", "--output-dir", str(tmp_path / "run2"), env_dirs=tmp_path
-    )
+    again = run_train("--preset", "tiny", "--task-set", "asc", "--output-dir", str(tmp_path / "run2"), env=tiny_run.env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 features computed" in again.stderr
     assert set(json.loads((tmp_path / "run2" / "metrics.json").read_text())["tasks"]) == {"asc"}
@@ -161,6 +161,7 @@ def test_bad_batch_size_and_config_key(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_speech_tasks_end_to_end_on_synthetic_speech(tmp_path):
     out = tmp_path / "run"
     result = run_train("--preset", "tiny", "--task-set", "gc,ac,scr,vad", "--output-dir", str(out), env_dirs=tmp_path)
@@ -182,6 +183,7 @@ def test_unknown_architecture_and_unsupported_task(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_cross_soft_with_dwa_end_to_end(tmp_path):
     out = tmp_path / "run"
     result = run_train(
@@ -208,6 +210,7 @@ def test_cross_soft_with_dwa_end_to_end(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_freeze_end_to_end_trains_in_two_phases(tmp_path):
     out = tmp_path / "run"
     result = run_train(
@@ -258,15 +261,11 @@ def _without_timings(value):
     return value
 
 
-def test_deterministic_reruns_give_identical_metrics(tmp_path):
-    runs = []
-    for name in ("first", "second"):
-        out = tmp_path / name
-        result = run_train(
-            "--preset", "tiny", "--deterministic", "--seed", "3", "--output-dir", str(out), env_dirs=tmp_path
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs.append(out)
+@pytest.mark.slow
+def test_deterministic_reruns_give_identical_metrics(tmp_path, tiny_run):
+    runs = [tiny_run.path, tmp_path / "second"]  # the shared run is trained with --deterministic --seed 3
+    result = run_train(*TINY_RUN_ARGS, "--output-dir", str(runs[1]), env=tiny_run.env)
+    assert result.returncode == 0, result.stderr[-3000:]
     first, second = (json.loads((run / "metrics.json").read_text()) for run in runs)
     assert _without_timings(first) == _without_timings(second)
     histories = [

@@ -103,6 +103,7 @@ def test_each_head_loss_sees_only_its_items():
     assert float(strategy.loss_terms(outputs, no_unlabeled)["reconstruction_mse"]) == 0.0
 
 
+@pytest.mark.slow
 def test_train_cli_mtl_vae_with_four_data_types_reduces_the_loss(tmp_path):
     env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
     config = tmp_path / "vae.yaml"

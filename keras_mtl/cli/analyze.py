@@ -49,4 +49,3 @@ def main(argv=None) -> int:
         print((out / "report.md").read_text())
         print(f"report folder: {out}")
     return 0
-

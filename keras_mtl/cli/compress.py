@@ -80,4 +80,3 @@ def main(argv=None) -> int:
         )
     print(f"run folder: {metrics['output_dir']}")
     return 0
-

@@ -42,4 +42,3 @@ def main(argv=None) -> int:
     target = download_corpus(load_descriptor(path), args.to, keep_archives=not args.delete_archives)
     log.info("done: %s", target)
     return 0
-

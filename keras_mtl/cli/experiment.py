@@ -60,4 +60,3 @@ def main(argv=None) -> int:
         print((out / "table.md").read_text())
         print(f"experiment folder: {out}")
     return 0
-

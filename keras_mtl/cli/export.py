@@ -69,4 +69,3 @@ def main(argv=None) -> int:
         )
     print(f"export folder: {report['output_dir']}")
     return 0
-

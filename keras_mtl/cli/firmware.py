@@ -78,4 +78,3 @@ def main(argv=None) -> int:
         "(up to one output step where CMSIS-NN and the reference kernels round differently)"
     )
     return 0
-

@@ -33,7 +33,8 @@ def parser() -> argparse.ArgumentParser:
         prog="keras-mtl",
         description="Compact multi-task audio models for microcontrollers.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="verbs:\n" + "\n".join(f"  {verb:<14} {line}" for verb, (_, line) in VERBS.items())
+        epilog="verbs:\n"
+        + "\n".join(f"  {verb:<14} {line}" for verb, (_, line) in VERBS.items())
         + "\n\n'keras-mtl VERB --help' lists a verb's options.",
     )
     p.add_argument("verb", choices=list(VERBS), metavar="VERB", help="one of the verbs below")

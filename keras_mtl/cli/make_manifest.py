@@ -28,4 +28,3 @@ def main(argv=None) -> int:
     rows = build_clip_manifest(args.folder, args.out, args.label, args.test)
     log.info("wrote %s (%d clips)", args.out, rows)
     return 0
-

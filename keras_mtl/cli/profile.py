@@ -65,4 +65,3 @@ def main(argv=None) -> int:
     for name, part in summary["task_paths"].items():
         print(f"{name} path: {part['params']:,} params, {part['macs_per_second']:,} MACs")
     return 0
-

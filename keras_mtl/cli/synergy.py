@@ -87,4 +87,3 @@ def main(argv=None) -> int:
         print((out / "tables.md").read_text())
         print(f"synergy folder: {out}")
     return 0
-

@@ -188,4 +188,3 @@ def main(argv=None) -> int:
     print(reporting.results_table(metrics))
     print(f"\nrun folder: {metrics['output_dir']}  ({metrics['seconds']['total']:.0f} s)")
     return 0
-
