@@ -304,7 +304,7 @@ def _training_loss_before_and_after(strategy, tasks, train_data, plain_data, cal
     "name", ["cross-soft", "cross-hard", "freeze", "soft+dwa", "soft+mfl", "soft+mean-teacher", "hard+mean-teacher"]
 )
 def test_every_strategy_and_weighting_reduces_the_training_loss(name):
-    from keras_mtl.training.strategies import get_strategy
+    from keras_mtl.training.registry import get_strategy
     from keras_mtl.training.weighting import make_weighting
 
     keras.utils.set_random_seed(5)

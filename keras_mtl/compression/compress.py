@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from keras_mtl.core.reporting import pyplot, save_figure
 from keras_mtl.data.pipeline import feature_statistics
 from keras_mtl.deploy.export import export_run, load_run
 from keras_mtl.deploy.qat import qat_finetune
-from keras_mtl.runs.folder import CONFIG, METRICS, describe_run, open_run, read_config
+from keras_mtl.runs.folder import CONFIG, METRICS, describe_run, open_run, read_config, read_metrics
 from keras_mtl.runs.inputs import prepare_data
 from keras_mtl.runs.network import build_network
 from keras_mtl.training.callbacks import HistoryWriter
@@ -209,7 +208,7 @@ def _compress_qat(run_dir, config, tasks, settings: CompressionSettings, out, ex
         }
         for task, r in qat["tasks"].items()
     }
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = read_metrics(out)
     metrics["compression"]["int8"] = comparison
     fileio.write_json(out / "metrics.json", metrics)
     return metrics

@@ -9,7 +9,7 @@ from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
 from keras_mtl.data.pipeline import make_dataset
 from keras_mtl.models import mtl as models
-from keras_mtl.training.strategies import STRATEGIES, make_optimizer
+from keras_mtl.training.strategies import SoftMTL, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def qat_finetune(
     quantized = quantization_aware(tuned)
     tc = config.training
     steps = tc.steps_per_epoch or max(math.ceil(len(data.train[t.name]) / tc.batch_for(t.name)) for t in tasks)
-    strategy = STRATEGIES["soft"](quantized, tasks, loss_weights=config.task_loss_weights())
+    strategy = SoftMTL(quantized, tasks, loss_weights=config.task_loss_weights())
     strategy.compile(
         optimizer=make_optimizer(
             tc.learning_rate * learning_rate_scale, steps * epochs, tc.weight_decay, tc.warmup_fraction

@@ -58,12 +58,18 @@ class Run:
 
     def metrics(self) -> dict:
         """metrics.json; ConfigError if the run has none."""
-        try:
-            return json.loads((self.path / METRICS).read_text())
-        except OSError:
-            raise ConfigError(f"{self.path}: no {METRICS} (the run has not finished)") from None
-        except ValueError as error:
-            raise ConfigError(f"{self.path / METRICS}: not valid JSON ({error})") from None
+        return read_metrics(self.path)
+
+
+def read_metrics(path: str | Path) -> dict:
+    """A finished run folder's metrics.json; ConfigError if it is missing or damaged."""
+    folder = Path(path)
+    try:
+        return json.loads((folder / METRICS).read_text())
+    except OSError:
+        raise ConfigError(f"{folder}: no {METRICS} (the run has not finished)") from None
+    except ValueError as error:
+        raise ConfigError(f"{folder / METRICS}: not valid JSON ({error})") from None
 
 
 def read_config(path: str | Path, **override) -> RunConfig:

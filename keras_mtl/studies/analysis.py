@@ -43,7 +43,7 @@ from keras_mtl.deploy.export import calibration_samples
 from keras_mtl.deploy.streaming import fit_frames, plan_streaming
 from keras_mtl.deploy.tflite import Int8Model, convert_int8
 from keras_mtl.models import architectures, profiling
-from keras_mtl.runs import config as run_config
+from keras_mtl.runs.folder import read_config, read_metrics
 from keras_mtl.runs.inputs import prepare_data
 from keras_mtl.runs.network import time_resolution
 from keras_mtl.studies import synergy
@@ -195,7 +195,7 @@ def learning_curve_features(run_dir: Path) -> dict:
         losses = [float(r["loss"]) for r in rows]
     else:
         rows = list(csv.DictReader((run_dir / "history.csv").open()))
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = read_metrics(run_dir)
         steps = [float(r["epoch"]) * metrics["steps_per_epoch"] for r in rows]
         losses = [float(r["loss"]) for r in rows]
     features = curve_gradients(losses)
@@ -310,7 +310,7 @@ def int8_latency_per_second(network, tasks, config, train: dict, repeats: int = 
     clip head once per clip: its share of one second). Networks without one (whole-clip models such
     as the Georgiev DNN): the whole network, every task's output, on one second of frames."""
     factor, _ = time_resolution(config)
-    plan = plan_streaming(network, tasks, config.frontend, factor)
+    plan = plan_streaming(network, tasks, config.frontend, factor, config.architecture)
     rng = np.random.default_rng(0)
     if plan.branches:
         calibration = calibration_samples(plan, tasks, train, 4, rng)
@@ -436,7 +436,6 @@ def overlap_rows(relation: EventRelation, metrics: dict, clips: int, left_out: i
 def matching_run(job, config, reuse: Path | None) -> Path | None:
     """A finished synergy run of the same tasks with every layer shared and the same settings (its
     single-task runs, pair-<a>-<b>-k<depth> and flat-k<depth>)."""
-    import yaml
 
     if reuse is None:
         return None
@@ -448,7 +447,7 @@ def matching_run(job, config, reuse: Path | None) -> Path | None:
         if not (folder / "metrics.json").exists():
             continue
         try:  # built, so that fields added since the run take their defaults
-            found = run_config.build(yaml.safe_load((folder / "config.yaml").read_text())).to_dict()
+            found = read_config(folder).to_dict()
         except ConfigError:
             continue
         model = dict(found.get("model") or {})
@@ -492,7 +491,7 @@ def run_analysis(
     todo = [job for job in jobs if not (folders[job.name] / "metrics.json").exists()]
     log.info("%d runs to train, %d reused or done before", len(todo), len(jobs) - len(todo))
     synergy.run_jobs(todo, base, out)
-    metrics = {name: json.loads((folder / "metrics.json").read_text()) for name, folder in folders.items()}
+    metrics = {name: read_metrics(folder) for name, folder in folders.items()}
 
     all_config = synergy.job_config(base, next(job for job in jobs if job.name == "all"), out)
     resolved = resolve_tasks(tasks, all_config.custom_tasks)

@@ -27,7 +27,7 @@ from keras_mtl.core import fileio
 from keras_mtl.core.errors import ConfigError
 from keras_mtl.core.reporting import human, pyplot, save_figure
 from keras_mtl.runs import config as run_config
-from keras_mtl.training.fit import check_strategy_options, train
+from keras_mtl.studies.runner import run_all
 
 log = logging.getLogger(__name__)
 
@@ -200,20 +200,12 @@ def run_experiment(
     """Train every (row, seed) not yet finished, then write the table, JSON and plots."""
 
     rows = rows or list(experiment.rows)
-    jobs = [(row, seed) for row in rows for seed in seeds]
-    for row, seed in jobs:  # every row's settings are checked before any training
-        check_strategy_options(row_config(base, row, seed, out))
-    for index, (row, seed) in enumerate(jobs, start=1):
-        folder = out / "rows" / row.name / f"seed{seed}"
-        config = row_config(base, row, seed, folder)
-        if dry_run:
-            log.info("[%d/%d] %s seed %d -> %s", index, len(jobs), row.label, seed, folder)
-            continue
-        if (folder / "metrics.json").exists():
-            log.info("[%d/%d] %s seed %d: done before, skipped", index, len(jobs), row.label, seed)
-            continue
-        log.info("[%d/%d] %s seed %d", index, len(jobs), row.label, seed)
-        train(config)
+    jobs = [
+        (f"{row.label} seed {seed}", row_config(base, row, seed, out / "rows" / row.name / f"seed{seed}"))
+        for row in rows
+        for seed in seeds
+    ]
+    run_all(jobs, dry_run=dry_run)
     if dry_run:
         return {}
     return summarize(experiment, out, rows, seeds)

@@ -16,7 +16,7 @@ from keras_mtl.core.errors import ConfigError
 from keras_mtl.core.reporting import pyplot, save_figure
 from keras_mtl.models.trees import describe
 from keras_mtl.runs import config as run_config
-from keras_mtl.training.fit import train
+from keras_mtl.studies.runner import run_all
 
 log = logging.getLogger(__name__)
 
@@ -176,16 +176,8 @@ def job_config(base: dict, job: Job, out: Path):
 
 
 def run_jobs(jobs: list[Job], base: dict, out: Path) -> None:
-    """Trains every job without a metrics.json, in order, with a progress line each."""
-
-    for job in jobs:
-        job_config(base, job, out)  # every job's configuration is checked before any training
-    for index, job in enumerate(jobs, start=1):
-        if (out / "runs" / job.name / "metrics.json").exists():
-            log.info("[%d/%d] %s: done before, skipped", index, len(jobs), job.name)
-            continue
-        log.info("[%d/%d] %s", index, len(jobs), job.name)
-        train(job_config(base, job, out))
+    """Trains every job without a metrics.json, in order (keras_mtl.studies.runner)."""
+    run_all([(job.name, job_config(base, job, out)) for job in jobs])
 
 
 def job_metrics(out: Path, job: Job) -> dict | None:

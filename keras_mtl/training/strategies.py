@@ -480,12 +480,6 @@ STRATEGIES = {
 SUMMING = tuple(name for name, cls in STRATEGIES.items() if cls.sums_losses)  # where loss weights apply
 
 
-def get_strategy(name: str):
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
-    return STRATEGIES[name]
-
-
 @keras.utils.register_keras_serializable(package="keras_mtl")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up over the first ``warmup_fraction`` of steps, then cosine decay to 0 (seed 000)."""
