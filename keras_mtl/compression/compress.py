@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""A finished run compressed into a new run folder: LTH or LT4REC pruning, or QAT fine-tuning and export."""
 
 from __future__ import annotations
 

@@ -1,4 +1,20 @@
-"""TODO docstring."""
+"""Pruning with tensorflow-model-optimization: Lottery Ticket (LTH) and sparse sharing (LT4REC).
+
+Lottery Ticket Hypothesis (LTH; Frankle & Carbin 2019): iterative magnitude pruning of a multi-task
+network. Train; prune ``rate`` of each layer's surviving weights by magnitude; rewind the survivors
+to their initial values (or those after ``rewind_epoch`` epochs); train again with a fresh optimizer;
+repeat until the non-zero parameters reach the target. Pruned weights are held at zero by tfmot's
+``prune_low_magnitude`` wrappers, whose masks we set (``FixedMasks``: tfmot never recomputes them);
+``KeepPruned`` re-applies the masks after every optimizer step, so they are exactly zero throughout.
+
+LT4REC (Xiao et al. 2020; sparse sharing): a winning-ticket mask per task, found by single-task IMP
+from the same initial weights; then one set of weights trained jointly, tasks taking turns, task t's
+forward pass and update using W * M_t. Weights in several masks are shared, the others belong to one
+task; each task is evaluated through its own mask.
+
+Pruned weights: convolution and dense kernels and GRU kernels. Biases, batch normalisation, the
+attention scores and the input normalisation are kept (a few percent of the parameters).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""One command: a run folder -> an export folder of streaming int8 TFLite models, verified on the host
+(TFLite-Micro vs LiteRT per operator, float vs int8 metrics, arenas), with C arrays and settings headers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,15 @@
-"""TODO docstring."""
+"""Quantisation-aware training (QAT) with tensorflow-model-optimization.
+
+The convolutions and dense layers are wrapped by tfmot's default
+8-bit scheme (fake-quantised weights and activations, batch norm folded in the forward pass where a
+convolution feeds it); for layers tfmot does not cover, our configs: GRU (8-bit kernels, fake-quantised
+gate activations) and temporal attention pooling (8-bit scores and output); the input normalisation
+and pooling stay float. The wrapped network is fine-tuned with SoftMTL on the strong training data, and the
+tuned weights are copied back into a float network of the original structure. The export then
+calibrates and converts that network like any other (keras_mtl.deploy.export): its streaming pieces are rebuilt
+from the network, so tfmot's learned ranges are not carried over, only the weights that learned to
+live with 8-bit rounding.
+"""
 
 from __future__ import annotations
 

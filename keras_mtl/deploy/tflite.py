@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""int8 TFLite: full-integer conversion, the LiteRT and TFLite-Micro interpreters with inputs and outputs
+by name, and the smallest TFLite-Micro arena a model runs with."""
 
 from __future__ import annotations
 

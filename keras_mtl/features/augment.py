@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""SpecAugment-style masking of log-mel training batches (time and mel bands, filled with the clip mean)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The on-disk feature cache: log-mel features per audio file and front-end configuration, as float16 .npy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Log-mel front end (tf.signal): one FrontEndConfig for training, evaluation and the firmware headers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Task trees of hierarchical MTL (seed 001): ``{"tasks", "shared", "children"}`` dicts, checked and
+turned into the owner of each conv block on a task's path (``shared``, ``gc-ac``, ``vad``)."""
 
 from __future__ import annotations
 

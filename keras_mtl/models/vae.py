@@ -1,4 +1,24 @@
-"""TODO docstring."""
+"""Multi-task VAE for sound event detection (seed 002): a recurrent variational encoder with one
+posterior shared by every data type, decoders with shared weights, and three heads.
+
+    mel -> input norm -> conv blocks -> encoder GRU -> mean, log variance -> z (sampled in training,
+    the mean at inference) -> decoder GRU -> strong head (frame sigmoid), weak head (attention-pooled
+    clip scores), reconstruction head (the normalised log-mel, averaged over each output frame)
+
+Training (``MTLVAE``, the strategy in keras_mtl.training.vae) takes the semi-supervised batches of the SED task: synthetic
+strongly labelled clips (role 0), weakly labelled clips (1), unlabelled clips (2) and strongly
+labelled real clips (3). Each head's loss sees only its own items:
+
+    L = 2 * BCE_strong (roles 0, 3) + BCE_weak (role 1) + MSE_reconstruction (role 2) + beta * KLD
+
+with KLD the closed-form KL(N(mean, var) || N(0, I)) averaged over latent dimensions, frames and
+items (every term is a mean over its elements; summed over the 32 latent dimensions, the KL term
+outweighs the frame-averaged BCE and the posterior collapses: at 4 epochs on the built-in data the
+strong head then predicted no event at all), and beta ramped linearly from 0 over ``kl_warmup_fraction`` of the steps
+(0: beta = 1 from the start). ``variational=False`` gives the deterministic encoder of seed 002's
+Fig. 3 (z = mean, no KL term). Which data types take part is set by the batch sizes
+(training.strong_batch_size, weak_batch_size, unlabeled_batch_size, strong_real_batch_size).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""A run's inputs: the corpus folder of each task (generating the synthetic sets when none is given),
+its splits read and checked, and their features cached; every input error surfaces here, before training."""
 from __future__ import annotations
 
 import dataclasses

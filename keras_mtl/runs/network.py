@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The network a run configures: the architecture's options, its time resolution, and the built model."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,25 @@
-"""TODO docstring."""
+"""Hierarchical multi-task learning by task synergy (seed 001): from pairwise AR values to a tree.
+
+AR(i, j, k): the largest relative drop (%) of task i's or task j's metric, in the two-task model
+whose first k encoder layers are shared, against each task's single-task model.
+
+Synthesis with threshold Q:
+  1. edge weight w(i, j) = the largest k whose AR(i, j, k) <= Q (0 when there is none);
+  2. for the current set of tasks, the smallest edge weight L inside it becomes L shared layers of
+     the set's node; the weights inside the set drop by L;
+  3. the set is split in two non-empty parts maximising the smallest edge weight inside each part
+     (a single task is unconstrained); ties go to the most balanced split, then to the split whose
+     part holding the set's first task (in the given order) comes first lexicographically by task
+     position;
+  4. each part is synthesised the same way and hangs below the node; a single task gets the layers
+     left to the template's depth. A node that would share no layer (L = 0, not the root) is
+     dissolved into its parent, which then has more than two children.
+
+The tree is a plain dict (YAML/JSON): {"tasks": [...], "shared": L, "children": [...]}; the root's
+layers are the model's ``shared/`` blocks, an inner node's are named by its tasks (``gc+ac/conv7``),
+a task's own by the task (``vad/conv8``); TensorFlow scope names allow no "+", so
+parts are joined with "-".
+"""
 
 from __future__ import annotations
 

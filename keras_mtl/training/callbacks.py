@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Callbacks of a training run: held-out validation per epoch, history and batch-loss CSVs, epoch checkpoints."""
 
 from __future__ import annotations
 

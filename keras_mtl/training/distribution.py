@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""tf.distribute set-up: MirroredStrategy or MultiWorkerMirroredStrategy (cluster from TF_CONFIG)."""
 
 from __future__ import annotations
 

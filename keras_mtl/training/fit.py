@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""One training run: data -> features -> network -> strategy -> DCASE metrics -> run folder
+(keras_mtl.runs.folder), with per-epoch checkpoints for --resume."""
 
 from __future__ import annotations
 

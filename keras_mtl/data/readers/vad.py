@@ -1,4 +1,12 @@
-"""TODO docstring."""
+"""Voice activity detection data read from strong labels with a ``speech`` class.
+
+Layout (written by keras_mtl.data.synth.vad_mix.build_vad_set; users with real annotations write
+the same files):
+
+    <root>/audio/train/*.wav, <root>/audio/test/*.wav
+    <root>/metadata/train.tsv, test.tsv                   filename onset offset event_label (speech)
+    <root>/metadata/train_durations.tsv, test_durations.tsv   filename duration
+"""
 
 from __future__ import annotations
 

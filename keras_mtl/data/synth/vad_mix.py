@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The built-in VAD set: speech utterances placed into noise at random SNR, with exact frame labels,
+written in the layout keras_mtl.data.readers.vad reads."""
 
 from __future__ import annotations
 
