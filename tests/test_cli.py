@@ -55,6 +55,7 @@ def test_every_script_is_a_shim_of_a_verb():
         assert cli_main.VERBS[verb][0] in modules
 
 
+@pytest.mark.slow
 def test_train_dry_run_prints_the_same_through_the_command_and_the_script(tmp_path, tiny_env):
     args = ["train", "--task-set", "asc,sed", "--dry-run"]
     command = subprocess.run([*keras_mtl_command(), *args], capture_output=True, text=True, env=tiny_env, timeout=300)

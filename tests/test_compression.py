@@ -71,6 +71,7 @@ def test_magnitude_pruning_drops_the_smallest_survivors():
         prune_by_magnitude(weights, masks, 1.0)
 
 
+@pytest.mark.slow
 def test_lottery_ticket_rounds_zeros_and_rewinding(setup):
     config, tasks, data, _ = setup
     network = _network(config, tasks, data)

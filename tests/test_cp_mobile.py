@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from keras_mtl.features.logmel import FrontEndConfig
 from keras_mtl.models import profiling
@@ -68,6 +69,7 @@ def test_cp_mobile_with_grn_runs_and_counts_its_parameters():
     assert model.count_params() - build_cp_mobile(10).count_params() == sum(2 * l.gamma.shape[0] for l in grn)
 
 
+@pytest.mark.slow
 def test_profile_script_prints_the_baseline_totals():
     import subprocess
     import sys

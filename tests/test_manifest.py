@@ -84,6 +84,7 @@ def test_frame_manifest(tmp_path):
         read_frame_manifest(tsv)
 
 
+@pytest.mark.slow
 def test_train_with_a_manifest_task(tone_folder, tmp_path):
     manifest = tmp_path / "m.csv"
     build_clip_manifest(tone_folder, manifest, r"^(\w+)/", r"_[0-1]\.wav$")

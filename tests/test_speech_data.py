@@ -10,7 +10,7 @@ import soundfile as sf
 
 from keras_mtl.core.errors import DataError
 from keras_mtl.data.readers import common_voice, speech_commands, vad
-from keras_mtl.data.synth import speech_synth
+from keras_mtl.data.synth import speech_synth, vad_mix
 
 
 def _wav(path, seconds=1.0, rate=16000, freq=300.0, fmt=None):
@@ -85,11 +85,11 @@ def test_vad_builder_labels_match_the_audio(tmp_path):
         speech.append(path)
     noise = tmp_path / "noise.wav"
     sf.write(noise, 0.05 * np.random.default_rng(0).standard_normal(48000), 16000)
-    root = vad.build_vad_set(
+    root = vad_mix.build_vad_set(
         tmp_path / "vad",
         speech,
         [noise],
-        vad.VadBuildConfig(clip_seconds=3.0, train_clips=6, test_clips=3, snr_db=(10.0, 10.0)),
+        vad_mix.VadBuildConfig(clip_seconds=3.0, train_clips=6, test_clips=3, snr_db=(10.0, 10.0)),
     )
     items = vad.read_vad(root, "train")
     assert len(items) == 6 and len(vad.read_vad(root, "test")) == 3
@@ -101,6 +101,7 @@ def test_vad_builder_labels_match_the_audio(tmp_path):
             assert np.sqrt(np.mean(inside**2)) > 3 * 0.03  # speech is there, 10 dB over the noise
 
 
+@pytest.mark.slow
 def test_synthetic_speech_is_deterministic_and_in_layout(tmp_path):
     config = speech_synth.SpeechSynthConfig(speakers=10, cv_utterances=12, vad_train=4, vad_test=2)
     a = speech_synth.generate_speech(tmp_path / "a", config)

@@ -108,6 +108,7 @@ def test_dwa_callback_assigns_weights_after_two_epochs():
     assert float(strategy.loss_weights["asc"].numpy()) == pytest.approx(1.0749, abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy_cls", [SoftMTL, HardMTL])
 def test_strategies_reduce_the_training_loss(strategy_cls):
     keras.utils.set_random_seed(1)
@@ -300,6 +301,7 @@ def _training_loss_before_and_after(strategy, tasks, train_data, plain_data, cal
     return before, total()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["cross-soft", "cross-hard", "freeze", "soft+dwa", "soft+mfl", "soft+mean-teacher", "hard+mean-teacher"]
 )

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from keras_mtl.core.errors import ConfigError
+from keras_mtl.models import trees
 from keras_mtl.studies import synergy
 
 # seed 001, Table 3: AR (%) of two-task models with k = 4..8 shared layers (our own copy)
@@ -37,8 +38,8 @@ def test_seed001_worked_example():
     assert tree["shared"] == 6
     parts = [(child["tasks"], child["shared"]) for child in tree["children"]]
     assert parts == [(["gc", "ac"], 2), (["scr", "vad"], 2)]
-    synergy.validate_tree(tree, 8)
-    owners = synergy.block_owners(tree)
+    trees.validate_tree(tree, 8)
+    owners = trees.block_owners(tree)
     assert owners["gc"] == ["shared"] * 6 + ["gc-ac"] * 2 and owners["vad"] == ["shared"] * 6 + ["scr-vad"] * 2
 
 
@@ -66,7 +67,7 @@ def test_a_task_that_shares_nothing():
     tree = synergy.synthesize(["a", "b", "c"], _weights({"a-b": 8, "a-c": 0, "b-c": 0}), depth=8)
     assert tree["shared"] == 0
     assert [(child["tasks"], child["shared"]) for child in tree["children"]] == [(["a", "b"], 8), (["c"], 8)]
-    synergy.validate_tree(tree, 8)
+    trees.validate_tree(tree, 8)
 
 
 @pytest.mark.parametrize("threshold", [-1.0, math.nan, "2", None])
@@ -79,7 +80,7 @@ def test_missing_pairs_and_bad_trees():
     with pytest.raises(ConfigError, match="no edge weight for the pair gc, vad"):
         synergy.synthesize(["gc", "vad"], {}, depth=8)
     with pytest.raises(ConfigError, match="the template has 8"):
-        synergy.validate_tree(
+        trees.validate_tree(
             {
                 "tasks": ["a", "b"],
                 "shared": 3,
@@ -91,7 +92,7 @@ def test_missing_pairs_and_bad_trees():
             8,
         )
     with pytest.raises(ConfigError, match="split"):
-        synergy.validate_tree({"tasks": ["a", "b"], "shared": 8, "children": [{"tasks": ["a"], "shared": 0}]}, 8)
+        trees.validate_tree({"tasks": ["a", "b"], "shared": 8, "children": [{"tasks": ["a"], "shared": 0}]}, 8)
 
 
 def test_model_from_a_tree_shares_exactly_what_the_tree_says():
@@ -167,8 +168,8 @@ def test_synergy_pipeline_end_to_end_with_shards_and_merge(tmp_path):
     result = subprocess.run([*common, "--merge"], capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "results.json").read_text())
-    synergy.validate_tree(summary["tree"], 2)
-    assert sorted(synergy.block_owners(summary["tree"])) == ["ac", "gc", "vad"]
+    trees.validate_tree(summary["tree"], 2)
+    assert sorted(trees.block_owners(summary["tree"])) == ["ac", "gc", "vad"]
     assert set(summary["ar"]) == {"gc-ac", "gc-vad", "ac-vad"} and all(
         set(v) == {"1", "2"} for v in summary["ar"].values()
     )

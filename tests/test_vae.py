@@ -183,7 +183,7 @@ def test_mtl_vae_streams_its_mean_path_as_one_step_with_both_states():
     keras.utils.set_random_seed(0)
     config = vae.VAEConfig(**TINY)
     network = vae.build_mtl_vae(_sed(), config, feature_mean=np.full(128, -5.0, np.float32))
-    plan = streaming.plan_streaming(network, _sed(), FrontEndConfig(), config.time_pool_factor)
+    plan = streaming.plan_streaming(network, _sed(), FrontEndConfig(), config.time_pool_factor, "mtl-vae")
     assert [p.name for p in plan.pieces] == ["encoder", "sed_step"]
     step = plan.piece("sed_step")
     layer_names = {layer.name for layer in step.model.layers}

@@ -19,6 +19,7 @@ attention scores and the input normalisation are kept (a few percent of the para
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -29,7 +30,7 @@ from keras_mtl.core.errors import ConfigError
 from keras_mtl.runs.network import build_network
 from keras_mtl.training.evaluate import evaluate_task
 from keras_mtl.training.fit import fit_network
-from keras_mtl.training.strategies import HardMTL
+from keras_mtl.training.strategies import HardMTL, StrategyOptions
 
 log = logging.getLogger(__name__)
 
@@ -298,13 +299,23 @@ def union_masks(task_masks: dict, keys) -> dict:
     return union
 
 
+@dataclasses.dataclass(frozen=True)
+class SparseSharingOptions(StrategyOptions):
+    """LT4REC: ``task_masks``, {task: {weight key: 0/1 mask}} (keys as in ``prunable_weights``)."""
+
+    task_masks: dict | None = None
+
+
 class SparseSharingMTL(HardMTL):
     """LT4REC joint training: tasks take turns; on task t's turn the network's pruned weights are
     W * M_t for the forward pass, and only entries inside M_t are updated (gradient masked, the
     optimizer's momentum and decay kept off the rest)."""
 
-    def __init__(self, network: keras.Model, tasks: Sequence, task_masks: dict, **kwargs):
-        super().__init__(network, tasks, **kwargs)
+    Options = SparseSharingOptions
+
+    def __init__(self, network: keras.Model, tasks: Sequence, options: SparseSharingOptions | None = None, **kwargs):
+        super().__init__(network, tasks, options, **kwargs)
+        task_masks = self.options.task_masks or {}
         variables = prunable_weights(network)
         self.task_masks = {}
         for name in self.task_names:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from keras_mtl.core import reporting
 from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError
 from keras_mtl.data.pipeline import feature_statistics, make_dataset, make_semi_supervised_dataset
 from keras_mtl.runs.config import RunConfig
 from keras_mtl.runs.folder import default_output_dir, describe_run, latest_checkpoint, save_network, write_metrics
@@ -33,6 +34,8 @@ def check_strategy_options(config: RunConfig):
     any data is read (the strategy and the weighting check their own)."""
     name, cls = strategy_of(config)
     weighting.check_weighting(config.weighting, name, cls)
+    if (config.alpha is not None or config.loss_weights) and config.weighting != "fixed":
+        raise ConfigError(f"--alpha (loss_weights) fixes the task weights; --weighting {config.weighting} changes them")
     return name, cls
 
 
