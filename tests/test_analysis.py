@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,8 +76,8 @@ def test_pair_table_rows_are_ordered_pairs_with_ratios():
 
 
 @pytest.mark.slow
-def test_analyze_tasks_cli_end_to_end(tmp_path):
-    env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
+def test_analyze_tasks_cli_end_to_end(tmp_path, tiny_env):
+    env = tiny_env  # the session's synthetic data and feature cache
     out = tmp_path / "analysis"
     result = subprocess.run(
         [

@@ -26,7 +26,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_workers(tmp_path: Path, *args: str) -> Path:
+def _two_workers(tmp_path: Path, data_dir: str, *args: str) -> Path:
     ports = [_free_port(), _free_port()]
     out = tmp_path / "run"
     processes = []
@@ -35,7 +35,7 @@ def _two_workers(tmp_path: Path, *args: str) -> Path:
         env = dict(
             os.environ,
             TF_CONFIG=json.dumps(config),
-            KERAS_MTL_DATA_DIR=str(tmp_path / f"data{index}"),
+            KERAS_MTL_DATA_DIR=data_dir,  # generated before by the session's tiny run: read only
             KERAS_MTL_CACHE_DIR=str(tmp_path / f"cache{index}"),
         )
         # different seeds: equal weights at the end need the initial broadcast and synchronised steps
@@ -78,9 +78,9 @@ def _checkpoint_values(run: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["soft", "cross-soft", "hard"])
-def test_two_workers_hold_identical_student_and_teacher(tmp_path, strategy):
-    out = _two_workers(tmp_path, "--strategy", strategy)
+@pytest.mark.parametrize("strategy", ["cross-soft", "hard"])  # cross-soft is SoftMTL plus the EMA teacher
+def test_two_workers_hold_identical_student_and_teacher(tmp_path, strategy, tiny_run):
+    out = _two_workers(tmp_path, tiny_run.env["KERAS_MTL_DATA_DIR"], "--strategy", strategy)
     chief, worker = _checkpoint_values(out), _checkpoint_values(out / "worker-1")
     assert any("teacher" in name for name in chief), "the mean teacher of SED is part of the run"
     assert set(chief) == set(worker) and len(chief) > 10

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,8 +49,8 @@ def test_unknown_experiment_and_row():
 
 
 @pytest.mark.slow
-def test_weighting_experiment_end_to_end_and_resume(tmp_path):
-    env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
+def test_weighting_experiment_end_to_end_and_resume(tmp_path, tiny_env):
+    env = tiny_env  # the session's synthetic data and feature cache
     out = tmp_path / "exp"
     command = [
         sys.executable,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,8 +16,10 @@ REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "scripts" / "train.py"
 
 
-def _env(tmp_path):
-    return dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
+@pytest.fixture()
+def env(tiny_env):
+    """The session's synthetic data and feature cache."""
+    return tiny_env
 
 
 def _final_artifacts_are_whole(run: Path):
@@ -39,9 +40,8 @@ def _final_artifacts_are_whole(run: Path):
 @pytest.mark.parametrize(
     "strategy", [["--strategy", "cross-soft", "--weighting", "dwa"], ["--strategy", "freeze", "--order", "sed,asc"]]
 )
-def test_killed_run_resumes_and_finishes(tmp_path, strategy):
+def test_killed_run_resumes_and_finishes(tmp_path, strategy, env):
     args = ["--preset", "tiny", "--epochs", "6", "--deterministic", *strategy]
-    env = _env(tmp_path)
     reference = tmp_path / "reference"
     done = subprocess.run(
         [sys.executable, str(TRAIN), *args, "--output-dir", str(reference)],

@@ -134,16 +134,15 @@ def test_model_from_a_tree_shares_exactly_what_the_tree_says():
 
 
 @pytest.mark.slow
-def test_synergy_pipeline_end_to_end_with_shards_and_merge(tmp_path):
+def test_synergy_pipeline_end_to_end_with_shards_and_merge(tmp_path, tiny_env):
     """Reduced: the tiny preset's 2-layer template, three speech tasks, depths 1 and 2, one epoch."""
     import json
-    import os
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "synergy.py"
-    env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
+    env = tiny_env  # the session's synthetic data and feature cache
     out = tmp_path / "synergy"
     common = [
         sys.executable,

@@ -162,9 +162,9 @@ def test_bad_batch_size_and_config_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_speech_tasks_end_to_end_on_synthetic_speech(tmp_path):
+def test_speech_tasks_end_to_end_on_synthetic_speech(tmp_path, tiny_env):
     out = tmp_path / "run"
-    result = run_train("--preset", "tiny", "--task-set", "gc,ac,scr,vad", "--output-dir", str(out), env_dirs=tmp_path)
+    result = run_train("--preset", "tiny", "--task-set", "gc,ac,scr,vad", "--output-dir", str(out), env=tiny_env)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())["tasks"]
     assert set(metrics) == {"gc", "ac", "scr", "vad"}
@@ -184,7 +184,7 @@ def test_unknown_architecture_and_unsupported_task(tmp_path):
 
 
 @pytest.mark.slow
-def test_cross_soft_with_dwa_end_to_end(tmp_path):
+def test_cross_soft_with_dwa_end_to_end(tmp_path, tiny_env):
     out = tmp_path / "run"
     result = run_train(
         "--preset",
@@ -197,7 +197,7 @@ def test_cross_soft_with_dwa_end_to_end(tmp_path):
         "3",
         "--output-dir",
         str(out),
-        env_dirs=tmp_path,
+        env=tiny_env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader((out / "history.csv").open()))
@@ -205,13 +205,11 @@ def test_cross_soft_with_dwa_end_to_end(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["weighting"] == "dwa" and metrics["strategy"] == "cross-soft"
     assert metrics["mean_teacher"] == ["sed"]  # the synthetic DESED set has weak and unlabelled clips
-    assert_one_line_error(
-        run_train("--weighting", "magic", "--dry-run", env_dirs=tmp_path), "unknown weighting 'magic'"
-    )
+    assert_one_line_error(run_train("--weighting", "magic", "--dry-run", env=tiny_env), "unknown weighting 'magic'")
 
 
 @pytest.mark.slow
-def test_freeze_end_to_end_trains_in_two_phases(tmp_path):
+def test_freeze_end_to_end_trains_in_two_phases(tmp_path, tiny_env):
     out = tmp_path / "run"
     result = run_train(
         "--preset",
@@ -224,7 +222,7 @@ def test_freeze_end_to_end_trains_in_two_phases(tmp_path):
         "off",
         "--output-dir",
         str(out),
-        env_dirs=tmp_path,
+        env=tiny_env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader((out / "history.csv").open()))

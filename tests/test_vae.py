@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,8 +103,8 @@ def test_each_head_loss_sees_only_its_items():
 
 
 @pytest.mark.slow
-def test_train_cli_mtl_vae_with_four_data_types_reduces_the_loss(tmp_path):
-    env = dict(os.environ, KERAS_MTL_DATA_DIR=str(tmp_path / "data"), KERAS_MTL_CACHE_DIR=str(tmp_path / "cache"))
+def test_train_cli_mtl_vae_with_four_data_types_reduces_the_loss(tmp_path, tiny_env):
+    env = tiny_env  # the session's synthetic data and feature cache
     config = tmp_path / "vae.yaml"
     config.write_text(
         "synthetic: {sed_strong_real: 3}\n"
