@@ -60,11 +60,25 @@ class TrainedRun:
     stderr: str
 
 
-@pytest.fixture(scope="session")
-def tiny_env(tmp_path_factory) -> dict:
-    """Environment whose synthetic data and feature cache are shared by the session's CLI runs."""
+@pytest.fixture(scope="session", autouse=True)
+def session_dirs(tmp_path_factory):
+    """Synthetic data and the feature cache of this pytest process (each xdist worker has its own, so
+    no two processes generate data into one folder), shared by its tests; never the checkout's."""
     root = tmp_path_factory.mktemp("shared")
-    return dict(os.environ, KERAS_MTL_DATA_DIR=str(root / "data"), KERAS_MTL_CACHE_DIR=str(root / "cache"))
+    saved = {key: os.environ.get(key) for key in ("KERAS_MTL_DATA_DIR", "KERAS_MTL_CACHE_DIR")}
+    os.environ["KERAS_MTL_DATA_DIR"], os.environ["KERAS_MTL_CACHE_DIR"] = str(root / "data"), str(root / "cache")
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_env(session_dirs) -> dict:
+    """Environment whose synthetic data and feature cache are the session's (session_dirs)."""
+    return dict(os.environ)
 
 
 @pytest.fixture(scope="session")

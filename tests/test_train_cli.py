@@ -169,7 +169,7 @@ def test_speech_tasks_end_to_end_on_synthetic_speech(tmp_path, tiny_env):
     metrics = json.loads((out / "metrics.json").read_text())["tasks"]
     assert set(metrics) == {"gc", "ac", "scr", "vad"}
     assert metrics["vad"]["headline"]["name"] == "frame_roc_auc"
-    speech_root = next((tmp_path / "data").glob("speech-*"))
+    speech_root = next(Path(tiny_env["KERAS_MTL_DATA_DIR"]).glob("speech-*"))
     assert {p.name for p in speech_root.iterdir()} >= {"speech_commands", "common_voice", "vad", "complete.json"}
 
 
