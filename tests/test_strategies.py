@@ -330,3 +330,37 @@ def test_every_strategy_and_weighting_reduces_the_training_loss(name):
     assert after < 0.8 * before
     if callbacks:
         assert any(abs(float(w.numpy()) - 1.0) > 1e-6 for w in strategy.loss_weights.values())
+
+
+def test_strategies_declare_their_options_and_the_trainer_names_none():
+    """Each strategy builds its own options from a run's configuration and checks the run's settings;
+    the fit loop asks the strategy and never branches on a strategy's name."""
+    import dataclasses
+    from pathlib import Path
+
+    from keras_mtl.cli import common
+    from keras_mtl.core.errors import ConfigError
+    from keras_mtl.runs import config as run_config
+    from keras_mtl.training import fit
+    from keras_mtl.training.registry import STRATEGIES, get_strategy
+
+    def configured(**changes):
+        return run_config.build(run_config.merge(common.base_config("tiny"), {"tasks": ["asc", "sed"], **changes}))
+
+    freeze = configured(strategy="freeze", order=["sed", "asc"])
+    for name, cls in STRATEGIES.items():
+        assert dataclasses.is_dataclass(cls.Options), name
+        options = cls.options_from(freeze, 120, () if cls.architecture_only else ("sed",))
+        assert isinstance(options, cls.Options), name
+    assert get_strategy("freeze").options_from(freeze, 120).order == ("sed", "asc")
+    cross = get_strategy("cross-soft").options_from(configured(), 120, ("sed",))
+    assert cross.cross_weight == configured().training.cross_weight and cross.mean_teacher_tasks == ("sed",)
+    assert cross.rampup_steps == round(configured().training.rampup_fraction * 120)
+    get_strategy("freeze").check(freeze, "freeze")
+    with pytest.raises(ConfigError, match="needs --order"):
+        get_strategy("freeze").check(configured(strategy="freeze"), "freeze")
+    with pytest.raises(ConfigError, match="strategy hard"):
+        get_strategy("hard").check(configured(strategy="hard", alpha=0.6), "hard")
+    source = Path(fit.__file__).read_text()
+    assert not [name for name in STRATEGIES if f'"{name}"' in source]
+    assert "__name__ ==" not in source and "config.strategy ==" not in source
