@@ -21,9 +21,9 @@ from keras_mtl.core.backend import keras
 from keras_mtl.core.errors import ConfigError
 from keras_mtl.core.reporting import pyplot, save_figure
 from keras_mtl.data.pipeline import feature_statistics
-from keras_mtl.deploy.export import export_run, load_run
+from keras_mtl.deploy.export import export_run
 from keras_mtl.deploy.qat import qat_finetune
-from keras_mtl.runs.folder import CONFIG, METRICS, describe_run, open_run, read_config, read_metrics
+from keras_mtl.runs.folder import CONFIG, METRICS, describe_run, open_run, read_metrics
 from keras_mtl.runs.inputs import prepare_data
 from keras_mtl.runs.network import build_network
 from keras_mtl.training.callbacks import HistoryWriter
@@ -61,9 +61,9 @@ def compress_run(run_dir, settings: CompressionSettings, out_dir=None, **export_
     start from the run's configuration with fresh initial weights (the run's seed); QAT fine-tunes
     the run's trained network and exports it (int8 beside the run's post-training quantisation)."""
     run_dir = Path(run_dir)
-    tasks = open_run(run_dir, needs=(CONFIG, METRICS)).tasks
+    run = open_run(run_dir, needs=(CONFIG, METRICS))
     out = Path(out_dir) if out_dir else run_dir / f"compress-{settings.method}"
-    config = read_config(run_dir, output_dir=str(out))
+    config, tasks = dataclasses.replace(run.config, output_dir=str(out)), run.tasks
     if config.architecture != "mtl":
         raise ConfigError(f"{run_dir}: compression works on the mtl architecture, not {config.architecture}")
     if settings.method == "qat":
@@ -170,7 +170,7 @@ def _compress_qat(run_dir, config, tasks, settings: CompressionSettings, out, ex
     """QAT fine-tuning of the trained run into ``out`` (a run folder), then the int8 export of both
     (``export_options``: those of keras_mtl.deploy.export.export_run)."""
     epochs = settings.epochs or 2
-    _, _, network, _ = load_run(run_dir)
+    network = open_run(run_dir).network()
     data = prepare_data(config, tasks)
     tuned = qat_finetune(network, config, tasks, data, epochs)
     out.mkdir(parents=True, exist_ok=True)

@@ -202,7 +202,6 @@ def _tolerance(total: int) -> int:
 
 def _evaluate_tasks(strategy, tasks, data, config) -> dict:
     """Each task's test metrics through the strategy's path for it."""
-
     return {task.name: evaluate_task(strategy.paths[task.name], task, data, config.training) for task in tasks}
 
 

@@ -43,7 +43,6 @@ def default_output_dir(config: RunConfig) -> Path:
 @dataclasses.dataclass
 class Run:
     """A run folder that holds at least its configuration: its path, configuration and tasks."""
-
     path: Path
     config: RunConfig
     tasks: list

@@ -436,7 +436,6 @@ def overlap_rows(relation: EventRelation, metrics: dict, clips: int, left_out: i
 def matching_run(job, config, reuse: Path | None) -> Path | None:
     """A finished synergy run of the same tasks with every layer shared and the same settings (its
     single-task runs, pair-<a>-<b>-k<depth> and flat-k<depth>)."""
-
     if reuse is None:
         return None
     depth = len(config.model.channels)

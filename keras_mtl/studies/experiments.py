@@ -198,7 +198,6 @@ def run_experiment(
     dry_run: bool = False,
 ) -> dict:
     """Train every (row, seed) not yet finished, then write the table, JSON and plots."""
-
     rows = rows or list(experiment.rows)
     jobs = [
         (f"{row.label} seed {seed}", row_config(base, row, seed, out / "rows" / row.name / f"seed{seed}"))

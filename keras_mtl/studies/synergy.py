@@ -280,7 +280,6 @@ def check_compression(methods: Sequence[str]) -> None:
 def run_compression(out: Path, finals: list[Job], methods: Sequence[str], rate: float = 0.2) -> None:
     """The seed 001 Table 4 baselines: the largest flat model (fewest shared layers) pruned by each
     method down to the synthesised tree's parameters, into runs/<method>; a finished one is kept."""
-
     check_compression(methods)
     if not methods:
         return
