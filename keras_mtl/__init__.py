@@ -7,3 +7,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+from keras_mtl.core import moved  # noqa: E402  (the old module paths, deprecated)
+
+moved.install()

@@ -11,3 +11,7 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """An unknown name or an invalid value in the configuration or on the command line."""
+
+
+class EvaluationError(UserError):
+    """Evaluation of a trained run failed; the run folder keeps the trained network and history."""

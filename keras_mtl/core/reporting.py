@@ -71,6 +71,19 @@ def results_table(metrics: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "-" * len(lines[0]))
+    for name, result in metrics["tasks"].items():
+        m = result["metrics"]
+        if m.get("classes_never_detected"):
+            lines.append(
+                f"{name}: never detected (F1 0 in the macro averages): {', '.join(m['classes_never_detected'])}"
+            )
+        if m.get("classes_without_reference"):
+            lines.append(
+                f"{name}: no reference events (left out of the macro averages): "
+                f"{', '.join(m['classes_without_reference'])}"
+            )
+        if m.get("psds1_note"):
+            lines.append(f"{name}: {m['psds1_note']}")
     return "\n".join(lines)
 
 

@@ -28,3 +28,20 @@ class AudioItem:
     events: tuple[Event, ...] | None = None
     tags: tuple[str, ...] | None = None
     duration: float | None = None
+
+
+def merge_overlapping(events) -> tuple[Event, ...]:
+    """Events sorted by (onset, label), same-class events that overlap or touch merged into one.
+
+    sed_scores_eval (PSDS) rejects overlapping or connected events of one class in one clip, and
+    they mean the same frame targets; DESED validation files of some releases contain them.
+    """
+    merged: dict[str, list[Event]] = {}
+    for event in sorted(events, key=lambda e: (e.label, e.onset, e.offset)):
+        runs = merged.setdefault(event.label, [])
+        if runs and event.onset <= runs[-1].offset:
+            last = runs[-1]
+            runs[-1] = Event(last.onset, max(last.offset, event.offset), last.label)
+        else:
+            runs.append(event)
+    return tuple(sorted((e for runs in merged.values() for e in runs), key=lambda e: (e.onset, e.label)))

@@ -6,7 +6,8 @@
     model.keras          the trained functional network (tf_keras format)
     history.csv          per-epoch training and validation losses/metrics
     batch_loss.csv       the training losses after every batch (running mean within each epoch)
-    metrics.json         per task: DCASE metrics, params, MACs / 1 s; plus run facts
+    training.json        the run facts (strategy, loss weights, epochs, seconds), written before evaluation
+    metrics.json         per task: DCASE metrics, params, MACs / 1 s; plus the run facts
     training_curves.png  loss and headline metric per epoch
     checkpoint/          the last epoch's checkpoint; ``latest`` names it
 
@@ -32,6 +33,7 @@ from keras_mtl.runs.config import RunConfig
 from keras_mtl.tasks.registry import resolve_tasks
 
 CONFIG, NETWORK, METRICS, HISTORY = "config.yaml", "model.keras", "metrics.json", "history.csv"
+TRAINING = "training.json"
 
 
 def default_output_dir(config: RunConfig) -> Path:
@@ -125,6 +127,19 @@ def save_network(output_dir: Path, network: keras.Model) -> None:
 def write_metrics(output_dir: Path, metrics: dict) -> None:
     """metrics.json, atomically; its presence marks the run finished."""
     fileio.write_json(output_dir / METRICS, metrics)
+
+
+def write_training_facts(output_dir: Path, facts: dict) -> None:
+    """training.json, atomically: the run facts, saved before evaluation so a failed one loses nothing."""
+    fileio.write_json(output_dir / TRAINING, facts)
+
+
+def read_training_facts(path: str | Path) -> dict:
+    """A run folder's training.json ({} for runs made before it existed or a damaged file)."""
+    try:
+        return json.loads((Path(path) / TRAINING).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def task_result(task, split: str, task_metrics: dict, path_profile: dict, **extra) -> dict:

@@ -4,6 +4,8 @@ SED follows the DCASE task 4 conventions: a median filter over output frames, a 
 threshold, event-based F1 (sed_eval, 200 ms onset collar, offset collar max(200 ms, 20% of
 the event length), class-wise macro average), segment-based F1 with 1 s segments, and PSDS1
 (sed_scores_eval: DTC = GTC = 0.7, no cross-trigger cost, alpha_st = 1, max eFPR 100/h).
+Macro averages count a class with reference events and no detections as 0, so they equal the
+mean of the per-class figures (sed_eval's own average, which drops such classes, is kept beside).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from scipy.ndimage import median_filter
 
 from keras_mtl.core.backend import keras, tf
+from keras_mtl.data.items import merge_overlapping
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,14 @@ def sed_metrics(
     threshold: float = 0.5,
     psds: bool = True,
 ) -> dict:
-    """DCASE metrics of frame scores ``predictions[i]`` (n_frames, n_classes) against ``items[i].events``."""
+    """DCASE metrics of frame scores ``predictions[i]`` (n_frames, n_classes) against ``items[i].events``.
+
+    Macro averages (``event_f1_macro``, ``segment_f1_macro``) are the mean of the per-class F1 over
+    every class with reference events; a class with reference events and no detections counts 0
+    (sed_eval leaves its undefined F1 out of its own mean, kept as ``*_macro_sed_eval``). Classes
+    without reference events are listed in ``classes_without_reference`` and have F1 None.
+    Same-class overlapping reference events are merged first (sed_scores_eval rejects them).
+    """
     import sed_eval
 
     classes = list(classes)
@@ -111,19 +121,27 @@ def sed_metrics(
         estimated = frames_to_events(
             postprocess(scores, median_filter_frames, threshold), classes, frame_seconds, duration
         )
-        ref = _event_list(item.key, [(e.onset, e.offset, e.label) for e in item.events or ()])
+        ref = _event_list(item.key, [(e.onset, e.offset, e.label) for e in merge_overlapping(item.events or ())])
         est = _event_list(item.key, estimated)
         event_metric.evaluate(reference_event_list=ref, estimated_event_list=est)
         segment_metric.evaluate(reference_event_list=ref, estimated_event_list=est, evaluated_length_seconds=duration)
     events = event_metric.results()
     segments = segment_metric.results()
+    class_event, class_segment = _class_f1(events, classes), _class_f1(segments, classes)
     result = {
-        "event_f1_macro": _num(events["class_wise_average"]["f_measure"]["f_measure"]),
+        "event_f1_macro": _macro(class_event),
         "event_f1_micro": _num(events["overall"]["f_measure"]["f_measure"]),
-        "segment_f1_macro": _num(segments["class_wise_average"]["f_measure"]["f_measure"]),
+        "segment_f1_macro": _macro(class_segment),
         "segment_f1_micro": _num(segments["overall"]["f_measure"]["f_measure"]),
         "event_error_rate": _num(events["overall"]["error_rate"]["error_rate"]),
-        "class_event_f1": {c: _num(events["class_wise"][c]["f_measure"]["f_measure"]) for c in classes},
+        "class_event_f1": class_event,
+        "class_segment_f1": class_segment,
+        "classes_without_reference": [c for c in classes if class_event[c] is None],
+        "classes_never_detected": [
+            c for c in classes if class_event[c] is not None and not events["class_wise"][c]["count"]["Nsys"]
+        ],
+        "event_f1_macro_sed_eval": _num(events["class_wise_average"]["f_measure"]["f_measure"]),
+        "segment_f1_macro_sed_eval": _num(segments["class_wise_average"]["f_measure"]["f_measure"]),
         "n_clips": len(items),
         "postprocessing": {
             "median_filter_frames": median_filter_frames,
@@ -133,8 +151,43 @@ def sed_metrics(
     }
     result["frame_roc_auc"] = frame_roc_auc(predictions, items, classes, frame_seconds)
     if psds:
-        result["psds1"] = psds1(predictions, items, classes, frame_seconds, clip_seconds)
+        result["psds1"], result["class_psds1"] = psds1(predictions, items, classes, frame_seconds, clip_seconds)
+        result["psds1_note"] = psds1_note(result["psds1"], result["class_psds1"])
     return result
+
+
+def _class_f1(results: dict, classes: list[str]) -> dict[str, float | None]:
+    """Per-class F1 from sed_eval's counts: 2 TP / (Nref + Nsys); 0 for a class with references and no
+    detections; None for a class without reference events."""
+    out = {}
+    for c in classes:
+        count = results["class_wise"][c]["count"]
+        if not count["Nref"]:
+            out[c] = None
+            continue
+        value = results["class_wise"][c]["f_measure"]["f_measure"]
+        out[c] = _num(value)
+    return out
+
+
+def _macro(per_class: dict[str, float | None]) -> float:
+    values = [v for v in per_class.values() if v is not None]
+    return float(np.mean(values)) if values else 0.0
+
+
+def psds1_note(value: float, per_class: dict[str, float]) -> str:
+    """One sentence on why PSDS1 is low, when the per-class figures explain it ("" otherwise)."""
+    if not per_class or value >= 0.05:
+        return ""
+    zeros = [c for c, v in per_class.items() if v < 1e-6]
+    mean = float(np.mean(list(per_class.values())))
+    if zeros and mean > value:
+        return (
+            f"PSDS1 {value:.3f}: the mean per-class PSDS is {mean:.3f}, but scenario 1 subtracts the spread "
+            f"across classes (alpha_st=1) and {len(zeros)} class(es) score 0 ({', '.join(zeros)}); "
+            "see class_psds1"
+        )
+    return ""
 
 
 def frame_roc_auc(predictions, items, classes, frame_seconds: float) -> float | None:
@@ -152,14 +205,17 @@ def frame_roc_auc(predictions, items, classes, frame_seconds: float) -> float | 
     return float(roc_auc_score(y, s))
 
 
-def psds1(predictions, items, classes, frame_seconds: float, clip_seconds: float) -> float:
-    """PSDS scenario 1 of the raw (unfiltered) frame scores."""
+def psds1(predictions, items, classes, frame_seconds: float, clip_seconds: float) -> tuple[float, dict[str, float]]:
+    """PSDS scenario 1 of the raw (unfiltered) frame scores, and each class's own PSDS (no spread penalty).
+
+    Over the classes with reference events (sed_scores_eval needs each); overlapping same-class
+    reference events are merged first."""
     from sed_scores_eval import intersection_based
     from sed_scores_eval.base_modules.scores import create_score_dataframe
 
     present = sorted({e.label for item in items for e in item.events or ()}, key=list(classes).index)
     if not present:
-        return 0.0
+        return 0.0, {}
     if len(present) < len(classes):
         log.warning(
             "PSDS1 over the %d classes with reference events (missing: %s)",
@@ -174,10 +230,12 @@ def psds1(predictions, items, classes, frame_seconds: float, clip_seconds: float
         timestamps = np.minimum(np.arange(n + 1) * frame_seconds, duration)
         values = np.asarray(frame_scores[:n], dtype=np.float64)[:, columns]
         scores[item.key] = create_score_dataframe(values, timestamps, present)
-        ground_truth[item.key] = [(e.onset, e.offset, e.label) for e in item.events or ()]
+        ground_truth[item.key] = [(e.onset, e.offset, e.label) for e in merge_overlapping(item.events or ())]
         durations[item.key] = duration
-    value, *_ = intersection_based.psds(scores=scores, ground_truth=ground_truth, audio_durations=durations, **PSDS1)
-    return float(value)
+    value, per_class, *_ = intersection_based.psds(
+        scores=scores, ground_truth=ground_truth, audio_durations=durations, **PSDS1
+    )
+    return float(value), {c: float(per_class[c]) for c in present}
 
 
 def _event_list(key: str, events):

@@ -9,7 +9,7 @@ import numpy as np
 
 from keras_mtl.data.pipeline import TaskSplit, make_dataset
 from keras_mtl.models.mtl import task_submodel
-from keras_mtl.runs.folder import METRICS, describe_run, open_run, task_result, write_metrics
+from keras_mtl.runs.folder import METRICS, describe_run, open_run, read_training_facts, task_result, write_metrics
 from keras_mtl.runs.inputs import PreparedData, prepare_data
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,9 @@ def evaluate_tasks(paths: dict, tasks, data: PreparedData, tc, profile: dict) ->
 
 
 def evaluate_run(run_dir: str | Path) -> dict:
-    """Re-evaluate a finished run folder's network on its test splits and rewrite the ``tasks``
-    section of its metrics.json (the other run facts are kept); returns the new metrics.
+    """Re-evaluate a run folder's network on its test splits and rewrite the ``tasks`` section of its
+    metrics.json (the other run facts are kept, or taken from training.json when an earlier
+    evaluation failed); returns the new metrics.
     ConfigError if the folder holds no finished run."""
     run = open_run(run_dir)
     data = prepare_data(run.config, run.tasks)
@@ -55,7 +56,7 @@ def evaluate_run(run_dir: str | Path) -> dict:
     info = describe_run(network, run.tasks, run.config, output_dir=None)
     paths = {task.name: task_submodel(network, task.name) for task in run.tasks}
     results = evaluate_tasks(paths, run.tasks, data, run.config.training, info["profile"])
-    metrics = run.metrics() if run.finished else {}
+    metrics = run.metrics() if run.finished else read_training_facts(run.path)
     metrics["tasks"] = results
     metrics.setdefault("model", info["profile"]["total"])
     metrics.setdefault("output_dir", str(run.path))

@@ -12,10 +12,17 @@ from pathlib import Path
 
 from keras_mtl.core import reporting
 from keras_mtl.core.backend import keras, tf
-from keras_mtl.core.errors import ConfigError
+from keras_mtl.core.errors import ConfigError, EvaluationError
 from keras_mtl.data.pipeline import feature_statistics, make_dataset, make_semi_supervised_dataset
 from keras_mtl.runs.config import RunConfig
-from keras_mtl.runs.folder import default_output_dir, describe_run, latest_checkpoint, save_network, write_metrics
+from keras_mtl.runs.folder import (
+    default_output_dir,
+    describe_run,
+    latest_checkpoint,
+    save_network,
+    write_metrics,
+    write_training_facts,
+)
 from keras_mtl.runs.inputs import PreparedData, prepare_data
 from keras_mtl.runs.network import build_network
 from keras_mtl.tasks.registry import resolve_tasks
@@ -190,10 +197,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
         )
     fit_seconds = time.monotonic() - fit_started
 
-    save_network(out, network)
-    results = evaluate_tasks(strategy.paths, tasks, data, tc, info["profile"])
-    metrics = {
-        "tasks": results,
+    facts = {
         "model": info["profile"]["total"],
         "shared": info["profile"]["parts"]["shared"],
         "strategy": strategy_name,
@@ -203,16 +207,26 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
         "phases": [p for p in phases if p is not None],
         "epochs": tc.epochs * len(phases),
         "steps_per_epoch": steps,
-        "seconds": {
-            "data": round(prep_seconds, 1),
-            "training": round(fit_seconds, 1),
-            "total": round(time.monotonic() - started, 1),
-        },
+        "seconds": {"data": round(prep_seconds, 1), "training": round(fit_seconds, 1)},
         "data_roots": {k: str(v) for k, v in data.roots.items()},
         "output_dir": str(out),
     }
-    write_metrics(out, metrics)
+    # everything training made is on disk before evaluation, which can fail on labels a metric rejects
+    save_network(out, network)
+    write_training_facts(out, facts)
     reporting.plot_history(history_writer.rows, tasks, out / "training_curves.png")
+    try:
+        results = evaluate_tasks(strategy.paths, tasks, data, tc, info["profile"])
+    except Exception as exc:
+        log.debug("evaluation failed", exc_info=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise EvaluationError(
+            f"{out}: training finished and the network is saved, but evaluation failed "
+            f"({type(exc).__name__}: {first}); fix the cause, then run: keras-mtl evaluate {out}"
+        ) from exc
+    facts["seconds"]["total"] = round(time.monotonic() - started, 1)
+    metrics = {"tasks": results, **facts}
+    write_metrics(out, metrics)
     return metrics
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from keras_mtl.core.errors import DataError
 from keras_mtl.data.items import AudioItem
-from keras_mtl.data.readers.tables import read_table
+from keras_mtl.data.readers import tables
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def read_common_voice(root: str | Path, split: str, column: str) -> list[AudioIt
     tsv = root / SPLIT_FILES[split]
     mapping = LABEL_COLUMNS[column]
     items, dropped = [], 0
-    for row in read_table(tsv, required=("path", column), delimiter="\t"):
+    for row in tables.read_table(tsv, required=("path", column), fmt=tables.COMMON_VOICE):
         label = mapping.get(row.get(column).lower())
         if label is None:
             dropped += 1

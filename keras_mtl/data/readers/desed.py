@@ -14,11 +14,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from keras_mtl.core.errors import DataError
-from keras_mtl.data.items import AudioItem, Event
-from keras_mtl.data.readers.tables import iter_audio_files, parse_float, read_table
+from keras_mtl.data.items import AudioItem, Event, merge_overlapping
+from keras_mtl.data.readers.tables import DCASE, TableFormat, iter_audio_files, parse_float, read_table
+
+log = logging.getLogger(__name__)
 
 CLASSES = (
     "Alarm_bell_ringing",
@@ -85,10 +88,11 @@ def read_desed(root: str | Path, split: str, classes=CLASSES) -> list[AudioItem]
     return items
 
 
-def read_strong_tsv(path: Path, classes=CLASSES) -> dict[str, list[Event]]:
-    """filename -> events; a row with an empty onset/offset/label lists a clip with no event."""
+def read_strong_tsv(path: Path, classes=CLASSES, fmt: TableFormat = DCASE) -> dict[str, tuple[Event, ...]]:
+    """filename -> events (sorted; same-class overlaps merged, counted in a log line); a row with an
+    empty onset/offset/label lists a clip with no event. ``classes`` None: any label."""
     events: dict[str, list[Event]] = {}
-    for row in read_table(path, required=("filename", "onset", "offset", "event_label")):
+    for row in read_table(path, required=("filename", "onset", "offset", "event_label"), fmt=fmt):
         filename = row.get("filename")
         if not filename:
             raise DataError(f"{path}:{row.line}: empty filename")
@@ -96,7 +100,18 @@ def read_strong_tsv(path: Path, classes=CLASSES) -> dict[str, list[Event]]:
         events.setdefault(filename, [])
         if event is not None:
             events[filename].append(event)
-    return dict(events)
+    return merge_strong_labels(events, path)
+
+
+def merge_strong_labels(events: dict[str, list[Event]], path: Path) -> dict[str, tuple[Event, ...]]:
+    """Every clip's events with same-class overlaps merged (``merge_overlapping``), counted in one log line."""
+    out, merged = {}, 0
+    for name, found in events.items():
+        out[name] = merge_overlapping(found)
+        merged += len(found) - len(out[name])
+    if merged:
+        log.warning("%s: merged %d overlapping same-class event(s) into their neighbours", path, merged)
+    return out
 
 
 def parse_event(row, path: Path, classes=None) -> Event | None:
@@ -131,7 +146,7 @@ def _read_strong(tsv: Path, audio_dir: Path, classes, durations: dict[str, float
             AudioItem(
                 path=path,
                 key=name,
-                events=tuple(sorted(events.get(name, []), key=lambda e: (e.onset, e.label))),
+                events=events.get(name, ()),
                 tags=tuple(sorted({e.label for e in events.get(name, [])})),
                 duration=durations.get(name) if durations else None,
             )

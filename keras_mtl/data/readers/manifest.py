@@ -21,8 +21,8 @@ import soundfile as sf
 from keras_mtl.core import fileio
 from keras_mtl.core.errors import DataError
 from keras_mtl.data.items import AudioItem, Event
-from keras_mtl.data.readers.desed import parse_event
-from keras_mtl.data.readers.tables import iter_audio_files, read_table
+from keras_mtl.data.readers.desed import merge_strong_labels, parse_event
+from keras_mtl.data.readers.tables import MANIFEST, iter_audio_files, read_table
 
 SPLITS = ("train", "test")
 TEST_SHARE = 0.2
@@ -55,7 +55,7 @@ def read_clip_manifest(manifest: str | Path) -> dict[str, list[AudioItem]]:
     """split -> items of a clip-level manifest."""
     manifest = Path(manifest)
     out: dict[str, list[AudioItem]] = {s: [] for s in SPLITS}
-    for row in read_table(manifest, required=("filename", "label")):
+    for row in read_table(manifest, required=("filename", "label"), fmt=MANIFEST):
         filename, label = row.get("filename"), row.get("label")
         if not label:
             raise DataError(f"{manifest}:{row.line}: empty label")
@@ -65,20 +65,22 @@ def read_clip_manifest(manifest: str | Path) -> dict[str, list[AudioItem]]:
 
 
 def read_frame_manifest(manifest: str | Path) -> dict[str, list[AudioItem]]:
-    """split -> strongly labelled items of a frame-level manifest (durations read from the files)."""
+    """split -> strongly labelled items of a frame-level manifest (durations read from the files;
+    same-class overlapping events merged)."""
     manifest = Path(manifest)
     events: dict[str, list[Event]] = defaultdict(list)
     info: dict[str, tuple[Path, str]] = {}
-    for row in read_table(manifest, required=("filename", "onset", "offset", "event_label")):
+    for row in read_table(manifest, required=("filename", "onset", "offset", "event_label"), fmt=MANIFEST):
         filename = row.get("filename")
         if filename not in info:
             info[filename] = (_audio_path(manifest, row, filename), _split_of(row, manifest, filename))
         event = parse_event(row, manifest)
         if event is not None:
             events[filename].append(event)
+    merged = merge_strong_labels(events, manifest)
     out: dict[str, list[AudioItem]] = {s: [] for s in SPLITS}
     for filename, (path, split) in info.items():
-        found = tuple(sorted(events.get(filename, []), key=lambda e: (e.onset, e.label)))
+        found = merged.get(filename, ())
         out[split].append(
             AudioItem(
                 path=path,

@@ -49,7 +49,7 @@ def read_tau22(root: str | Path, split: str, classes=SCENES) -> list[AudioItem]:
     setup = root / SPLIT_FILES[split]
     known = set(classes)
     items = []
-    for row in read_table(setup, required=("filename", "scene_label"), delimiter="\t"):
+    for row in read_table(setup, required=("filename", "scene_label")):
         filename, label = row.get("filename"), row.get("scene_label")
         if not filename:
             raise DataError(f"{setup}:{row.line}: empty filename")

@@ -45,7 +45,7 @@ def read_vad(root: str | Path, split: str, classes=CLASSES) -> list[AudioItem]:
         path = root / "audio" / split / name
         if not path.is_file():
             raise DataError(f"{tsv}: audio file {path} not found")
-        found = tuple(sorted(events.get(name, []), key=lambda e: e.onset))
+        found = events.get(name, ())
         items.append(
             AudioItem(
                 path=path,
