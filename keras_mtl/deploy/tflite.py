@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.backend import keras, tf, tracing_for_tflite
 from keras_mtl.deploy import agreement
 from keras_mtl.deploy.streaming import Piece
 
@@ -30,7 +30,8 @@ def convert_int8(model: keras.Model, representative: Callable[[], Iterable[dict[
     # TFLite-Micro tree (2023) applies the first channel's scale to every channel of a per-channel FC
     # and computes wrong outputs (measured: up to 9 LSB); convolutions keep per-channel scales
     converter._experimental_disable_per_channel_quantization_for_dense_layers = True
-    return converter.convert()
+    with tracing_for_tflite():
+        return converter.convert()
 
 
 def operators(flatbuffer: bytes) -> list[str]:

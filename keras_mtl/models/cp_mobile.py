@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.backend import in_tflite_trace, keras, onednn_enabled, tf
 from keras_mtl.core.errors import ConfigError
 
 
@@ -59,9 +59,45 @@ class GlobalResponseNorm(keras.layers.Layer):
         return x + self.gamma * (x * scaled) + self.beta
 
 
+@keras.utils.register_keras_serializable(package="keras_mtl")
+class AnyStrideDepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """DepthwiseConv2D whose (time, freq) strides may differ, on every CPU.
+
+    TensorFlow's own CPU kernel (used when oneDNN is off: TF_ENABLE_ONEDNN_OPTS=0, or by default on
+    AVX2-only CPUs) takes equal strides only. There the layer convolves with stride 1 and keeps the
+    rows and columns the strided convolution centres on: the same outputs, more work. With oneDNN, and
+    when traced for TFLite (whose DEPTHWISE_CONV_2D takes any strides), it is the strided op itself.
+    Input and output: (batch, time, freq, channels).
+    """
+
+    def call(self, inputs):
+        stride_t, stride_f = self.strides
+        if stride_t == stride_f or onednn_enabled() or in_tflite_trace():
+            return super().call(inputs)
+        y = tf.nn.depthwise_conv2d(
+            inputs, self.depthwise_kernel, (1, 1, 1, 1), self.padding.upper(), dilations=self.dilation_rate
+        )
+        if self.use_bias:
+            y = tf.nn.bias_add(y, self.bias)
+        for axis, (stride, kernel) in enumerate(zip(self.strides, self.kernel_size), start=1):
+            if stride == 1:
+                continue
+            size = inputs.shape[axis] if inputs.shape[axis] is not None else tf.shape(inputs)[axis]
+            if self.padding == "same":
+                out = (size + stride - 1) // stride
+                pad_before = tf.maximum((out - 1) * stride + kernel - size, 0) // 2
+                offset = (kernel - 1) // 2 - pad_before
+            else:
+                out, offset = (size - kernel) // stride + 1, 0
+            index = [slice(None)] * 4
+            index[axis] = slice(offset, offset + (out - 1) * stride + 1, stride)
+            y = y[tuple(index)]
+        return self.activation(y) if self.activation is not None else y
+
+
 def _conv_bn(x, name: str, filters: int | None, kernel: int, stride=(1, 1), depthwise=False, relu=True):
     if depthwise:
-        x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}/conv")(x)
+        x = AnyStrideDepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}/conv")(x)
     else:
         x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}/conv")(x)
     x = keras.layers.BatchNormalization(name=f"{name}/bn")(x)
