@@ -112,3 +112,27 @@ def test_onednn_is_on_by_default_on_x86_and_the_users_setting_wins():
     assert off.stdout.strip() == "False"
     if platform.machine().lower() in ("x86_64", "amd64"):
         assert default.stdout.strip() == "True"
+
+
+EXPORT = """
+import numpy as np
+from keras_mtl.core.backend import keras
+from keras_mtl.deploy.tflite import convert_int8, operators
+from keras_mtl.models import architectures
+from keras_mtl.tasks.registry import parse_task_set
+keras.utils.set_random_seed(0)
+model = architectures.build("cp_mobile", parse_task_set("asc"), base_channels=8)
+mel = keras.Input((101, 128), batch_size=1, name="mel")
+static = keras.Model(mel, model(mel))
+rng = np.random.default_rng(0)
+flatbuffer = convert_int8(static, lambda: ({"mel": rng.standard_normal((1, 101, 128))} for _ in range(4)))
+print(" ".join(sorted(set(operators(flatbuffer)))))
+"""
+
+
+@pytest.mark.slow
+def test_cp_mobile_exports_its_strided_depthwise_convolutions_with_onednn_off():
+    result = run([sys.executable, "-c", EXPORT], "0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    ops = result.stdout.split()
+    assert "DEPTHWISE_CONV_2D" in ops and "STRIDED_SLICE" not in ops, ops
