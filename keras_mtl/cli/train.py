@@ -98,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def resolve_config(args):
     from keras_mtl.runs import config as run_config
-    from keras_mtl.tasks.registry import parse_task_set
+    from keras_mtl.tasks.registry import parse_task_set, safe_name
 
     data = run_config.load_preset(args.preset)
     if args.config:
@@ -116,7 +116,7 @@ def resolve_config(args):
         override["custom_tasks"] = custom
     training = {}
     if args.order:
-        override["order"] = [name.strip().lower() for name in args.order.split(",") if name.strip()]
+        override["order"] = [safe_name(name) for name in args.order.split(",") if name.strip()]
     if args.alpha is not None:
         override["alpha"] = args.alpha
     if args.mean_teacher:
@@ -127,7 +127,9 @@ def resolve_config(args):
         training["learning_rate"] = args.learning_rate
     if args.batch_size:
         sizes = cli.parse_task_values(args.batch_size, "--batch-size", int)
-        training["batch_size"] = sizes if isinstance(sizes, dict) else {t: sizes for t in tasks}
+        training["batch_size"] = (
+            {safe_name(t): n for t, n in sizes.items()} if isinstance(sizes, dict) else {t: sizes for t in tasks}
+        )
     if training:
         override["training"] = training
     if args.data_root:
@@ -160,7 +162,7 @@ def parse_task_definition(text: str):
             seconds = float(tail.split("=", 1)[1])
         except ValueError:
             raise ConfigError(f"--task {text!r}: seconds must be a number") from None
-    return name.strip().lower(), {"level": level.strip().lower(), "manifest": manifest, "seconds": seconds}
+    return name.strip(), {"level": level.strip().lower(), "manifest": manifest, "seconds": seconds}
 
 
 def main(argv=None) -> int:

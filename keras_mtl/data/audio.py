@@ -36,6 +36,19 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
 PAD_MODES = ("zeros", "repeat")
 
 
+def audio_seconds(path: str | os.PathLike) -> float:
+    """The length of an audio file in seconds, from its header; DataError if unreadable or empty."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise DataError(
+            f"{path}: unreadable audio ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc})"
+        ) from None
+    if info.frames == 0:
+        raise DataError(f"{path}: empty audio file (0 samples)")
+    return info.frames / info.samplerate
+
+
 def fix_length(signal: np.ndarray, n_samples: int, pad: str = "zeros") -> np.ndarray:
     """Crop the end, or pad at the end, so the signal has exactly ``n_samples`` samples.
 

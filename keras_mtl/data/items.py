@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 
@@ -19,7 +20,8 @@ class AudioItem:
 
     ``label``: the clip's single class (clip tasks). ``events``: strong labels (frame tasks);
     None when the clip is not strongly labelled. ``tags``: weak (clip-level) labels.
-    ``duration``: the annotated duration in seconds, when the metadata gives it.
+    ``duration``: the annotated duration in seconds, when the metadata gives it. ``offset``: where in
+    the file the item starts, in seconds (a window of a longer recording, see ``windows_of``).
     """
 
     path: Path
@@ -28,6 +30,7 @@ class AudioItem:
     events: tuple[Event, ...] | None = None
     tags: tuple[str, ...] | None = None
     duration: float | None = None
+    offset: float = 0.0
 
 
 def merge_overlapping(events) -> tuple[Event, ...]:
@@ -45,3 +48,35 @@ def merge_overlapping(events) -> tuple[Event, ...]:
         else:
             runs.append(event)
     return tuple(sorted((e for runs in merged.values() for e in runs), key=lambda e: (e.onset, e.label)))
+
+
+def windows_of(item: AudioItem, seconds: float, duration: float) -> list[AudioItem]:
+    """A strongly labelled recording of ``duration`` seconds as consecutive windows of ``seconds``
+    (the last one shorter, padded when its features are computed), each with the events inside it
+    shifted to the window's start and cut at its edges. One window (the item itself, with its
+    duration) when the recording is no longer than ``seconds`` (+ 10 ms)."""
+    if duration <= seconds + 0.01:
+        return [dataclasses.replace(item, duration=item.duration or duration)]
+    windows = []
+    count = math.ceil((duration - 0.01) / seconds)
+    for index in range(count):
+        start = index * seconds
+        length = min(seconds, duration - start)
+        inside = tuple(
+            Event(max(e.onset - start, 0.0), min(e.offset - start, length), e.label)
+            for e in item.events or ()
+            if e.offset > start
+            and e.onset < start + length
+            and min(e.offset - start, length) > max(e.onset - start, 0.0)
+        )
+        windows.append(
+            dataclasses.replace(
+                item,
+                key=f"{item.key}@{start:g}s",
+                events=inside if item.events is not None else None,
+                tags=tuple(sorted({e.label for e in inside})) if item.events is not None else item.tags,
+                duration=length,
+                offset=item.offset + start,
+            )
+        )
+    return windows

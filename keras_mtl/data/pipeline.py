@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from keras_mtl.core.backend import tf
 from keras_mtl.core.errors import ConfigError, DataError
-from keras_mtl.data.audio import fix_length, load_audio
-from keras_mtl.data.items import AudioItem
+from keras_mtl.data.audio import audio_seconds, fix_length, load_audio
+from keras_mtl.data.items import AudioItem, windows_of
 from keras_mtl.features.augment import AugmentConfig, spec_augment
 from keras_mtl.features.cache import FeatureCache
 from keras_mtl.features.logmel import FrontEndConfig, LogMel
@@ -37,12 +37,31 @@ class TaskSplit:
     input_frames: int
     output_frames: int
     frame_seconds: float  # duration of one output frame
+    # frame tasks with recordings longer than the task's clip: ``items`` are their windows
+    # (keras_mtl.data.items.windows_of), ``recordings[recording_index[i]]`` the recording of item i
+    recordings: list[AudioItem] | None = None
+    recording_index: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def load_features(self, index: int) -> np.ndarray:
         return np.load(self.feature_paths[index])
+
+    def whole_recordings(self, predictions: list[np.ndarray]) -> tuple[list[np.ndarray], list[AudioItem]]:
+        """Per-item predictions (output_frames, classes) -> one prediction per whole recording (its
+        windows' frames in order, cut to its duration) and the recording items; as given without windows."""
+        if self.recordings is None:
+            return predictions, self.items
+        per_window = max(1, int(round(self.task.clip_seconds / self.frame_seconds)))
+        parts: list[list[np.ndarray]] = [[] for _ in self.recordings]
+        for index, prediction in zip(self.recording_index, predictions):
+            parts[index].append(np.asarray(prediction)[:per_window])
+        stitched = []
+        for recording, windows in zip(self.recordings, parts):
+            frames = int(np.ceil(float(recording.duration) / self.frame_seconds - 1e-6))
+            stitched.append(np.concatenate(windows, axis=0)[:frames])
+        return stitched, self.recordings
 
 
 class FeatureExtractor:
@@ -62,44 +81,84 @@ class FeatureExtractor:
         input_frames = self.frontend.n_frames(n_samples)
         output_frames = -(-input_frames // time_pool_factor) if ceil_frames else input_frames // time_pool_factor
         frame_seconds = self.frontend.frame_seconds * time_pool_factor
+        recordings = recording_index = None
+        if task.level == "frame" and all(item.events is not None for item in items):
+            # strongly labelled recordings longer than the clip become windows: trained on and scored whole
+            recordings = [
+                dataclasses.replace(item, duration=item.duration or audio_seconds(item.path)) for item in items
+            ]
+            windows = [windows_of(item, task.clip_seconds, item.duration) for item in recordings]
+            if any(len(w) > 1 for w in windows):
+                items = [window for group in windows for window in group]
+                recording_index = [r for r, group in enumerate(windows) for _ in group]
+                log.info(
+                    "%s/%s: %d recordings longer than %.1f s split into %d windows of %.1f s (scored whole)",
+                    task.display,
+                    split,
+                    sum(len(w) > 1 for w in windows),
+                    task.clip_seconds,
+                    len(items),
+                    task.clip_seconds,
+                )
+            else:
+                items, recordings = recordings, None
         paths = []
         computed = padded = cut = 0
-        bar = tqdm(items, desc=f"features {task.name}/{split}", unit="clip", disable=None, leave=False)
+        audio, audio_path = None, None
+        bar = tqdm(items, desc=f"features {task.display}/{split}", unit="clip", disable=None, leave=False)
         for item in bar:
+            start = int(round(item.offset * self.frontend.sample_rate))
             try:
-                path = self.cache.path_for(item.path, n_samples, task.pad_mode)
+                path = self.cache.path_for(item.path, n_samples, task.pad_mode, start)
             except FileNotFoundError:
                 raise DataError(f"{item.path}: audio file not found") from None
             if not path.exists():
-                audio = load_audio(item.path, self.frontend.sample_rate)
-                padded += len(audio) < n_samples
-                cut += len(audio) > n_samples
+                if audio_path != item.path:  # the windows of one recording load it once
+                    audio, audio_path = load_audio(item.path, self.frontend.sample_rate), item.path
+                piece = audio[start:]
+                padded += len(piece) < n_samples
+                cut += len(piece) > n_samples and recordings is None
                 self.cache.store(
-                    item.path, n_samples, self._logmel(fix_length(audio, n_samples, task.pad_mode)), task.pad_mode
+                    item.path,
+                    n_samples,
+                    self._logmel(fix_length(piece, n_samples, task.pad_mode)),
+                    task.pad_mode,
+                    start,
                 )
                 computed += 1
             paths.append(path)
         bar.close()
         log.info(
             "%s/%s: %d clips (%d features computed, %d from cache)",
-            task.name,
+            task.display,
             split,
             len(items),
             computed,
             len(items) - computed,
         )
-        if padded or cut:
+        if padded:
             log.info(
-                "%s/%s: %d clips shorter than %.2f s padded (%s), %d longer ones cut",
-                task.name,
+                "%s/%s: %d clips shorter than %.2f s padded (%s)",
+                task.display,
                 split,
                 padded,
                 task.clip_seconds,
                 task.pad_mode,
+            )
+        if cut:  # clip tasks: one label per clip; the first clip_seconds of a longer file stand for it
+            log.info(
+                "%s/%s: %d clips longer than %.2f s: their first %.2f s are used (the clip-task policy; "
+                "a manifest task's length is set with :seconds=S)",
+                task.display,
+                split,
                 cut,
+                task.clip_seconds,
+                task.clip_seconds,
             )
         targets = [task.target(item, output_frames, frame_seconds) for item in items]
-        return TaskSplit(task, split, items, paths, targets, input_frames, output_frames, frame_seconds)
+        return TaskSplit(
+            task, split, items, paths, targets, input_frames, output_frames, frame_seconds, recordings, recording_index
+        )
 
 
 def feature_statistics(splits: list[TaskSplit], max_clips: int = 2000) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +269,7 @@ def make_semi_supervised_dataset(
         dataset = _feature_dataset(split, targets, signature)
         parts.append(_training_batches(dataset, len(split), size, augment, seed + role))
     if not parts:
-        raise ConfigError(f"task {task.name}: every part of its semi-supervised batches is empty")
+        raise ConfigError(f"task {task.display}: every part of its semi-supervised batches is empty")
     if len(parts) == 1:
         return parts[0].prefetch(tf.data.AUTOTUNE)
 

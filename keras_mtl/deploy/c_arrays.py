@@ -13,7 +13,24 @@ from keras_mtl.core.errors import DataError
 
 
 def c_identifier(name: str) -> str:
-    return re.sub(r"\W", "_", name)
+    """A C identifier for ``name`` (every character outside [A-Za-z0-9_] becomes ``_``; ASCII only)."""
+    ident = re.sub(r"[^0-9A-Za-z_]", "_", name)
+    return f"_{ident}" if not ident or ident[0].isdigit() else ident
+
+
+def c_string(text: str) -> str:
+    """A C string literal holding ``text``'s UTF-8 bytes: printable ASCII as is, ``"``, ``\\`` and ``?``
+    escaped, every other byte as a three-digit octal escape (so any label a user writes is kept)."""
+    out = []
+    for byte in text.encode("utf-8"):
+        char = chr(byte)
+        if char in '"\\?':
+            out.append("\\" + char)
+        elif 32 <= byte < 127:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
 
 
 def write_model_array(directory: Path, name: str, flatbuffer: bytes) -> tuple[Path, Path]:
@@ -150,7 +167,7 @@ def settings_header(
                 lines.append(f"#define {prefix}_{direction}_{tag}_ZERO_POINT {zero}")
         if piece.task:
             task = by_name[piece.task]
-            labels = ", ".join(f'"{c}"' for c in task.classes)
+            labels = ", ".join(c_string(c) for c in task.classes)
             lines.append(f"#define {prefix}_CLASS_COUNT {task.n_classes}")
             lines.append(
                 f"static const char* const k{c_identifier(piece.name).title().replace('_', '')}Labels"

@@ -221,7 +221,8 @@ def _export_network(
                 predictions[key].append(runner.predict(pieces[0], features))
         scores = {key: task.evaluate(value, items, split.frame_seconds) for key, value in predictions.items()}
         headline = task.headline
-        report["tasks"][task.name] = {
+        report["tasks"][task.display] = {
+            "name": task.name,
             "split": split.split,
             "clips": count,
             "headline": headline,

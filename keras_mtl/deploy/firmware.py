@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 FIRMWARE_DIR = REPO_ROOT / "microcontroller"
 TFLM_COMMIT = "7948b85e020470a30a83bf00e10fc43b486bfcba"  # as pinned in microcontroller/CMakeLists.txt
 
-_SCENE = re.compile(r"^(\w+): (\d+)\.(\d{3})-(\d+)\.(\d{3}) s (\S+) (-?\d+)%$")
-_EVENT = re.compile(r"^(\w+): (\S+) (onset|offset) (\d+)\.(\d{3}) s$")
+# a label may be any text, spaces included (the task is its safe name)
+_SCENE = re.compile(r"^(\w+): (\d+)\.(\d{3})-(\d+)\.(\d{3}) s (.+) (-?\d+)%$")
+_EVENT = re.compile(r"^(\w+): (.+) (onset|offset) (\d+)\.(\d{3}) s$")
 
 
 @dataclasses.dataclass

@@ -31,15 +31,17 @@ class FeatureCache:
         if not info.exists():
             fileio.write_json(info, dataclasses.asdict(config))
 
-    def path_for(self, audio_path: str | os.PathLike, n_samples: int, pad: str = "zeros") -> Path:
+    def path_for(self, audio_path: str | os.PathLike, n_samples: int, pad: str = "zeros", offset: int = 0) -> Path:
+        """Where the features of ``n_samples`` samples from sample ``offset`` of the file (padded by ``pad``) live."""
         audio_path = Path(audio_path).resolve()
         stat = audio_path.stat()
         key = f"{audio_path}|{stat.st_size}|{stat.st_mtime_ns}|{n_samples}" + ("" if pad == "zeros" else f"|{pad}")
+        key += f"|@{offset}" if offset else ""
         digest = hashlib.sha1(key.encode()).hexdigest()
         return self.root / digest[:2] / f"{digest[2:]}.npy"
 
-    def load(self, audio_path, n_samples: int, pad: str = "zeros") -> np.ndarray | None:
-        path = self.path_for(audio_path, n_samples, pad)
+    def load(self, audio_path, n_samples: int, pad: str = "zeros", offset: int = 0) -> np.ndarray | None:
+        path = self.path_for(audio_path, n_samples, pad, offset)
         if not path.exists():
             return None
         try:
@@ -48,8 +50,8 @@ class FeatureCache:
             log.warning("feature cache entry %s is unreadable; recomputing", path)
             return None
 
-    def store(self, audio_path, n_samples: int, features: np.ndarray, pad: str = "zeros") -> None:
-        path = self.path_for(audio_path, n_samples, pad)
+    def store(self, audio_path, n_samples: int, features: np.ndarray, pad: str = "zeros", offset: int = 0) -> None:
+        path = self.path_for(audio_path, n_samples, pad, offset)
         path.parent.mkdir(parents=True, exist_ok=True)
         with fileio.atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:

@@ -143,10 +143,22 @@ def read_training_facts(path: str | Path) -> dict:
 
 
 def task_result(task, split: str, task_metrics: dict, path_profile: dict, **extra) -> dict:
-    """One task's entry of metrics.json: split, metrics, headline, params and MACs / 1 s of its path."""
-    return {"split": split, "metrics": task_metrics,
+    """One task's entry of metrics.json (keyed by the task's name as the user wrote it): its safe name,
+    split, metrics, headline, params and MACs / 1 s of its path."""
+    return {"name": task.name, "split": split, "metrics": task_metrics,
             "headline": {"name": task.headline, "value": task_metrics.get(task.headline)},
             "params": path_profile["params"], "macs_per_second": path_profile["macs_per_second"], **extra}
+
+
+def task_entry(metrics: dict, name: str) -> dict:
+    """A task's entry of a metrics dict by its name as written or its safe name; KeyError if absent."""
+    tasks = metrics["tasks"]
+    if name in tasks:
+        return tasks[name]
+    for entry in tasks.values():
+        if isinstance(entry, dict) and entry.get("name") == name:
+            return entry
+    raise KeyError(name)
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:

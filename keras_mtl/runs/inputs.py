@@ -71,7 +71,7 @@ def mean_teacher_splits(config: RunConfig, tasks, roots: dict[str, Path]) -> dic
         if any(splits):
             found[task.name] = splits
         elif mode == "on":
-            raise ConfigError(f"training.mean_teacher is on, but task {task.name} has no weakly labelled or "
+            raise ConfigError(f"training.mean_teacher is on, but task {task.display} has no weakly labelled or "
                               f"unlabelled clips in {roots[task.name]}")
     if mode == "on" and not any(task.level == "frame" for task in tasks):
         raise ConfigError("training.mean_teacher is on, but no task of the set is frame-level")
@@ -97,7 +97,7 @@ def prepare_data(config: RunConfig, tasks) -> PreparedData:
         train_items = corpora.read_split(task, roots[task.name], task.train_split)
         if task.name in excluded:
             train_items = exclude_items(train_items, roots[task.name], Path(excluded[task.name]))
-            log.info("%s/%s: %d clips after leaving out those listed in %s", task.name, task.train_split,
+            log.info("%s/%s: %d clips after leaving out those listed in %s", task.display, task.train_split,
                      len(train_items), excluded[task.name])
         items[task.name] = (train_items, corpora.read_split(task, roots[task.name], task.test_split))
         if task.name in semi_splits:

@@ -27,6 +27,7 @@ from keras_mtl.core import fileio
 from keras_mtl.core.errors import ConfigError
 from keras_mtl.core.reporting import human, pyplot, save_figure
 from keras_mtl.runs import config as run_config
+from keras_mtl.runs.folder import task_entry
 from keras_mtl.studies.runner import run_all
 
 log = logging.getLogger(__name__)
@@ -213,8 +214,9 @@ def run_experiment(
 def _headline_percent(metrics: dict, column: str) -> float | None:
     """A column's value in percent: the task's headline ("sed") or a named metric ("sed:psds1")."""
     task, _, metric = column.partition(":")
-    result = metrics["tasks"].get(task)
-    if result is None:
+    try:
+        result = task_entry(metrics, task)
+    except KeyError:
         return None
     value = result["metrics"].get(metric) if metric else result["headline"]["value"]
     return None if value is None else 100.0 * float(value)

@@ -37,6 +37,7 @@ from keras_mtl.core.errors import ConfigError
 from keras_mtl.core.reporting import pyplot, save_figure
 from keras_mtl.models.trees import describe
 from keras_mtl.runs import config as run_config
+from keras_mtl.runs.folder import task_entry
 from keras_mtl.studies.runner import run_all
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ def job_metrics(out: Path, job: Job) -> dict | None:
 
 
 def headline(metrics: dict, task: str) -> float:
-    value = metrics["tasks"][task]["headline"]["value"]
+    value = task_entry(metrics, task)["headline"]["value"]
     return float("nan") if value is None else float(value)
 
 
@@ -218,7 +219,8 @@ def relative_drop(single: float, multi: float) -> float:
 
 def ar_of(metrics: dict, singles: dict[str, float]) -> float:
     """AR of a multi-task run: the largest relative drop of any of its tasks (NaN if one is undefined)."""
-    drops = [relative_drop(singles[t], headline(metrics, t)) for t in metrics["tasks"]]
+    names = [entry.get("name", t) for t, entry in metrics["tasks"].items()]
+    drops = [relative_drop(singles[t], headline(metrics, t)) for t in names]
     return float("nan") if any(math.isnan(d) for d in drops) else max(drops)
 
 

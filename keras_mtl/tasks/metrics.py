@@ -10,6 +10,7 @@ mean of the per-class figures (sed_eval's own average, which drops such classes,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ import numpy as np
 from scipy.ndimage import median_filter
 
 from keras_mtl.core.backend import keras, tf
-from keras_mtl.data.items import merge_overlapping
+from keras_mtl.data.items import Event, merge_overlapping
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def sed_metrics(
     import sed_eval
 
     classes = list(classes)
+    items = scored_items(predictions, items, frame_seconds, clip_seconds)
     event_metric = sed_eval.sound_event.EventBasedMetrics(
         event_label_list=classes,
         t_collar=EVENT_T_COLLAR,
@@ -150,10 +152,35 @@ def sed_metrics(
         },
     }
     result["frame_roc_auc"] = frame_roc_auc(predictions, items, classes, frame_seconds)
+    result["seconds_scored"] = round(sum(float(item.duration) for item in items), 3)
     if psds:
         result["psds1"], result["class_psds1"] = psds1(predictions, items, classes, frame_seconds, clip_seconds)
         result["psds1_note"] = psds1_note(result["psds1"], result["class_psds1"])
     return result
+
+
+def scored_items(predictions, items, frame_seconds: float, clip_seconds: float) -> list:
+    """The items as scored: each with its duration (``clip_seconds`` when unknown) and, where its
+    prediction covers less time than that, cut to what the prediction covers (warned: a caller should
+    predict whole recordings, see keras_mtl.data.pipeline.TaskSplit.whole_recordings); same-class
+    overlapping events merged."""
+    out, short = [], 0
+    for scores, item in zip(predictions, items):
+        duration = float(item.duration or clip_seconds)
+        covered = len(scores) * frame_seconds
+        events = merge_overlapping(item.events or ())
+        if covered < duration - frame_seconds - 1e-6:
+            short += 1
+            duration = covered
+            events = tuple(Event(e.onset, min(e.offset, covered), e.label) for e in events if e.onset < covered - 1e-6)
+        out.append(dataclasses.replace(item, duration=duration, events=events))
+    if short:
+        log.warning(
+            "%d of %d clips have predictions shorter than their reference; scored over the predicted part only",
+            short,
+            len(out),
+        )
+    return out
 
 
 def _class_f1(results: dict, classes: list[str]) -> dict[str, float | None]:
@@ -213,6 +240,7 @@ def psds1(predictions, items, classes, frame_seconds: float, clip_seconds: float
     from sed_scores_eval import intersection_based
     from sed_scores_eval.base_modules.scores import create_score_dataframe
 
+    items = scored_items(predictions, items, frame_seconds, clip_seconds)
     present = sorted({e.label for item in items for e in item.events or ()}, key=list(classes).index)
     if not present:
         return 0.0, {}

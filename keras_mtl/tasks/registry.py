@@ -8,7 +8,11 @@ frame level (multi-label sigmoid per output frame; decoder: GRU). New tasks regi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
+import unicodedata
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -35,8 +39,14 @@ class Task:
     weak_split: str | None = None  # split of weakly labelled clips (frame tasks; mean teacher)
     unlabeled_split: str | None = None  # split of unlabelled clips (frame tasks; mean teacher)
     strong_real_split: str | None = None  # more strongly labelled clips of another origin (frame tasks; optional)
+    title: str = ""  # the name as the user wrote it (metrics.json, logs); ``name`` is its safe form
 
     level = "clip"
+
+    @property
+    def display(self) -> str:
+        """The user's text for the task (``title``), else its name."""
+        return self.title or self.name
 
     @property
     def n_classes(self) -> int:
@@ -125,42 +135,74 @@ def known_tasks() -> list[str]:
 
 
 def get_task(name: str) -> Task:
+    name = name.strip().lower()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown task {name!r} (known: {', '.join(known_tasks())})")
     return _REGISTRY[name]()
 
 
+def safe_name(text: str) -> str:
+    """The form of a user's task name that TensorFlow scopes, file names and C identifiers accept:
+    ASCII letters folded, lower case, every other run of characters ``_``; never empty, never starting
+    with a digit ('door knock' -> 'door_knock', '2nd mic' -> 'task_2nd_mic', 'стук' -> 'task_<hash>')."""
+    folded = unicodedata.normalize("NFKD", text.strip()).encode("ascii", "ignore").decode()
+    key = re.sub(r"[^0-9a-z_]+", "_", folded.lower()).strip("_")
+    if not key:
+        return "task_" + hashlib.sha1(text.strip().encode()).hexdigest()[:8]
+    return "task_" + key if key[0].isdigit() else key
+
+
 def parse_task_set(spec: str, custom: dict | None = None) -> list[Task]:
     """'asc,sed' -> [Task, Task]; unknown or repeated names are errors. ``custom`` as in ``resolve_tasks``."""
-    names = [part.strip().lower() for part in spec.split(",") if part.strip()]
+    names = [part.strip() for part in spec.split(",") if part.strip()]
     if not names:
         raise ConfigError("empty --task-set (give e.g. asc,sed)")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"a task is repeated in --task-set {spec!r}")
     return resolve_tasks(names, custom)
 
 
 def resolve_tasks(names, custom: dict | None = None) -> list[Task]:
-    """Tasks by name; ``custom`` maps a name to a manifest task spec
-    ``{"level": "clip"|"frame", "manifest": path, "seconds": float|None}``."""
+    """Tasks by name (built-in, or a user's name as written or in its ``safe_name`` form); ``custom``
+    maps a user's task name to a manifest task spec ``{"level": "clip"|"frame", "manifest": path,
+    "seconds": float|None}``. ConfigError, before any data is read, for unknown or repeated names and
+    for two names with one safe form."""
     custom = custom or {}
-    unused = set(custom) - set(names)
+    defined: dict[str, str] = {}
+    for text in custom:
+        key = safe_name(text)
+        if key in defined:
+            raise ConfigError(
+                f"--task names {defined[key]!r} and {text!r} both become {key!r} where TensorFlow, file "
+                "and C names are needed; rename one"
+            )
+        defined[key] = text
+    keys = [safe_name(str(name)) for name in names]
+    for key in keys:
+        if keys.count(key) > 1:
+            repeated = [str(n) for n, k in zip(names, keys) if k == key]
+            raise ConfigError(f"task {' / '.join(map(repr, repeated))} repeated in the task set")
+    unused = set(defined) - set(keys)
     if unused:
-        raise ConfigError(f"--task defines {', '.join(sorted(unused))} but --task-set does not use it")
+        raise ConfigError(
+            f"--task defines {', '.join(sorted(defined[k] for k in unused))} but --task-set does not use it"
+        )
     tasks = []
-    for name in names:
-        if name in custom:
-            spec = custom[name]
-            tasks.append(manifest_task(name, spec.get("level", "clip"), spec["manifest"], spec.get("seconds")))
+    for key in keys:
+        if key in defined:
+            spec = custom[defined[key]]
+            tasks.append(
+                manifest_task(
+                    defined[key], spec.get("level", "clip"), spec["manifest"], spec.get("seconds"), spec.get("classes")
+                )
+            )
         else:
-            tasks.append(get_task(name))
+            tasks.append(get_task(key))
     return tasks
 
 
-def manifest_task(name: str, level: str, manifest, seconds: float | None = None) -> Task:
-    """A user-defined task read from a manifest (see ``keras_mtl.data.readers.manifest``)."""
-    from pathlib import Path
-
+def manifest_task(name: str, level: str, manifest, seconds: float | None = None, classes=None) -> Task:
+    """A user-defined task read from a manifest (see ``keras_mtl.data.readers.manifest``). ``name``: the
+    user's text (kept as ``title``; ``safe_name`` of it is the task's name). ``classes``: the label set and
+    its order (default: the labels found, sorted); ConfigError for a label outside it."""
     if level not in ("clip", "frame"):
         raise ConfigError(f"task {name}: level must be clip or frame, not {level!r}")
     path = Path(manifest)
@@ -168,7 +210,17 @@ def manifest_task(name: str, level: str, manifest, seconds: float | None = None)
     for split in ("train", "test"):
         if not items[split]:
             raise ConfigError(f"task {name}: manifest {path} has no {split} clips")
-    classes = manifest_io.manifest_classes(items, level)
+    found = manifest_io.manifest_classes(items, level)
+    if classes:
+        classes = tuple(classes)
+        outside = [c for c in found if c not in classes]
+        if outside:
+            raise ConfigError(
+                f"task {name}: manifest {path} has label(s) {', '.join(map(repr, outside))} outside "
+                f"its classes ({', '.join(classes)})"
+            )
+    else:
+        classes = found
     if level == "clip" and len(classes) < 2:
         raise ConfigError(f"task {name}: manifest {path} has fewer than two labels")
     if level == "frame" and not classes:
@@ -176,7 +228,8 @@ def manifest_task(name: str, level: str, manifest, seconds: float | None = None)
     clip_seconds = float(seconds) if seconds else manifest_io.clip_seconds_for(items)
     cls = ClipClassificationTask if level == "clip" else FrameDetectionTask
     return cls(
-        name=name,
+        name=safe_name(name),
+        title=name,
         classes=classes,
         clip_seconds=clip_seconds,
         corpus=f"manifest_{level}",

@@ -26,15 +26,15 @@ def predict_split(path_model, split: TaskSplit, batch_size: int) -> list[np.ndar
 def evaluate_task(path_model, task, data: PreparedData, tc) -> dict:
     """The task's DCASE-style metrics of ``path_model`` (the task's path) on its test split."""
     split = data.test[task.name]
-    predictions = predict_split(path_model, split, tc.batch_for(task.name))
-    return task.evaluate(predictions, split.items, split.frame_seconds)
+    predictions, items = split.whole_recordings(predict_split(path_model, split, tc.batch_for(task.name)))
+    return task.evaluate(predictions, items, split.frame_seconds)
 
 
 def evaluate_tasks(paths: dict, tasks, data: PreparedData, tc, profile: dict) -> dict:
     """metrics.json's ``tasks`` section: every task's metrics on its test split, with the params and
     MACs / 1 s of its path (``profile``: keras_mtl.models.profiling.summarize) and its training clips."""
     return {
-        task.name: task_result(
+        task.display: task_result(
             task,
             data.test[task.name].split,
             evaluate_task(paths[task.name], task, data, tc),

@@ -84,7 +84,7 @@ def corpus_root(task, data_root: str | os.PathLike) -> Path:
     if sub.is_dir():
         return sub
     raise DataError(
-        f"{root}: no {corpus.name} data for task {task.name} (expected the {corpus.name} layout here or in {sub})"
+        f"{root}: no {corpus.name} data for task {task.display} (expected the {corpus.name} layout here or in {sub})"
     )
 
 

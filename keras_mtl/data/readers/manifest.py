@@ -16,10 +16,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-import soundfile as sf
-
 from keras_mtl.core import fileio
 from keras_mtl.core.errors import DataError
+from keras_mtl.data.audio import audio_seconds
 from keras_mtl.data.items import AudioItem, Event
 from keras_mtl.data.readers.desed import merge_strong_labels, parse_event
 from keras_mtl.data.readers.tables import MANIFEST, iter_audio_files, read_table
@@ -99,18 +98,6 @@ def manifest_classes(items: dict[str, list[AudioItem]], level: str) -> tuple[str
     else:
         labels = {e.label for split in items.values() for item in split for e in item.events or ()}
     return tuple(sorted(labels))
-
-
-def audio_seconds(path: Path) -> float:
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise DataError(
-            f"{path}: unreadable audio ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc})"
-        ) from None
-    if info.frames == 0:
-        raise DataError(f"{path}: empty audio file (0 samples)")
-    return info.frames / info.samplerate
 
 
 def clip_seconds_for(items: dict[str, list[AudioItem]]) -> float:
