@@ -34,9 +34,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--task",
         action="append",
         default=[],
-        metavar="NAME=LEVEL:MANIFEST[:seconds=S]",
-        help="define a task from a manifest, no code: clip level (filename,label[,split] CSV) or frame "
-        "level (DESED-style strong tsv), e.g. --task mytask=clip:data/manifest.csv; repeatable",
+        metavar="NAME=LEVEL:PATH[:seconds=S][:classes=A,B]",
+        help="define a task, no code (NAME: any text). From a manifest: clip level (filename,label[,split] "
+        "CSV) or frame level (filename,onset,offset,event_label[,split]), e.g. --task knock=clip:data/m.csv. "
+        "Over a corpus folder with its own labels: LEVEL tau22, desed or speech_commands, e.g. "
+        "--task office=desed:/data/office (weak/unlabelled splits and mean teacher kept). classes= fixes "
+        "the label set and order; repeatable",
     )
     p.add_argument(
         "--strategy",
@@ -147,22 +150,36 @@ def resolve_config(args):
 
 
 def parse_task_definition(text: str):
-    """'digits=clip:fsdd.csv:seconds=2' -> ('digits', {'level': 'clip', 'manifest': 'fsdd.csv', 'seconds': 2.0})."""
+    """'digits=clip:fsdd.csv:seconds=2' -> ('digits', {'level': 'clip', 'source': 'fsdd.csv', 'seconds': 2.0});
+    'office=desed:/data/office:classes=Door,Speech' fixes the label set and its order."""
     from keras_mtl.core.errors import ConfigError
+    from keras_mtl.tasks.registry import LAYOUTS
 
     name, sep, rest = text.partition("=")
-    level, sep2, manifest = rest.partition(":")
-    if not sep or not sep2 or not name.strip() or not manifest:
-        raise ConfigError(f"--task {text!r}: expected NAME=clip:MANIFEST or NAME=frame:MANIFEST")
+    level, sep2, source = rest.partition(":")
+    usage = f"expected NAME=clip:MANIFEST, NAME=frame:MANIFEST or NAME=LAYOUT:DIR ({', '.join(LAYOUTS)})"
+    if not sep or not sep2 or not name.strip() or not source:
+        raise ConfigError(f"--task {text!r}: {usage}")
+    level = level.strip().lower()
+    if level not in ("clip", "frame", *LAYOUTS):
+        raise ConfigError(f"--task {text!r}: unknown level or layout {level!r}; {usage}")
+    options = {}
+    while True:  # trailing :seconds=S and :classes=A,B,C (a path may hold ':' itself)
+        head, colon, tail = source.rpartition(":")
+        key = tail.split("=", 1)[0]
+        if not colon or "=" not in tail or key not in ("seconds", "classes"):
+            break
+        options[key], source = tail.split("=", 1)[1], head
     seconds = None
-    head, colon, tail = manifest.rpartition(":")
-    if colon and tail.startswith("seconds="):
-        manifest = head
+    if "seconds" in options:
         try:
-            seconds = float(tail.split("=", 1)[1])
+            seconds = float(options["seconds"])
         except ValueError:
             raise ConfigError(f"--task {text!r}: seconds must be a number") from None
-    return name.strip(), {"level": level.strip().lower(), "manifest": manifest, "seconds": seconds}
+    spec = {"level": level, "source": source, "seconds": seconds}
+    if "classes" in options:
+        spec["classes"] = [c.strip() for c in options["classes"].split(",") if c.strip()]
+    return name.strip(), spec
 
 
 def main(argv=None) -> int:

@@ -100,7 +100,7 @@ class RunConfig:
     output_dir: str | None = None
     cache_dir: str | None = None
     loss_weights: dict | None = None
-    custom_tasks: dict | None = None  # name -> {"level", "manifest", "seconds"} (user-defined tasks)
+    custom_tasks: dict | None = None  # name -> {"level", "source", "seconds", "classes"} (user-defined tasks)
     # task -> text file naming clips (paths relative to the task's data root, one a line) that are left
     # out of its training split
     exclude_train: dict | None = None

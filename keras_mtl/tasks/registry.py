@@ -162,9 +162,9 @@ def parse_task_set(spec: str, custom: dict | None = None) -> list[Task]:
 
 def resolve_tasks(names, custom: dict | None = None) -> list[Task]:
     """Tasks by name (built-in, or a user's name as written or in its ``safe_name`` form); ``custom``
-    maps a user's task name to a manifest task spec ``{"level": "clip"|"frame", "manifest": path,
-    "seconds": float|None}``. ConfigError, before any data is read, for unknown or repeated names and
-    for two names with one safe form."""
+    maps a user's task name to a task spec ``{"level": "clip"|"frame"|LAYOUT, "source": manifest or
+    folder, "seconds": float|None, "classes": [..]|None}`` (``manifest_task``, ``corpus_task``).
+    ConfigError, before any data is read, for unknown or repeated names and for two names with one safe form."""
     custom = custom or {}
     defined: dict[str, str] = {}
     for text in custom:
@@ -189,11 +189,9 @@ def resolve_tasks(names, custom: dict | None = None) -> list[Task]:
     for key in keys:
         if key in defined:
             spec = custom[defined[key]]
-            tasks.append(
-                manifest_task(
-                    defined[key], spec.get("level", "clip"), spec["manifest"], spec.get("seconds"), spec.get("classes")
-                )
-            )
+            level, source = spec.get("level", "clip"), spec.get("source", spec.get("manifest"))
+            make = corpus_task if level in LAYOUTS else manifest_task
+            tasks.append(make(defined[key], level, source, spec.get("seconds"), spec.get("classes")))
         else:
             tasks.append(get_task(key))
     return tasks
@@ -204,23 +202,16 @@ def manifest_task(name: str, level: str, manifest, seconds: float | None = None,
     user's text (kept as ``title``; ``safe_name`` of it is the task's name). ``classes``: the label set and
     its order (default: the labels found, sorted); ConfigError for a label outside it."""
     if level not in ("clip", "frame"):
-        raise ConfigError(f"task {name}: level must be clip or frame, not {level!r}")
+        raise ConfigError(
+            f"task {name}: {level!r} is neither a manifest level (clip, frame) nor a corpus layout "
+            f"({', '.join(LAYOUTS)})"
+        )
     path = Path(manifest)
     items = manifest_io.read_clip_manifest(path) if level == "clip" else manifest_io.read_frame_manifest(path)
     for split in ("train", "test"):
         if not items[split]:
             raise ConfigError(f"task {name}: manifest {path} has no {split} clips")
-    found = manifest_io.manifest_classes(items, level)
-    if classes:
-        classes = tuple(classes)
-        outside = [c for c in found if c not in classes]
-        if outside:
-            raise ConfigError(
-                f"task {name}: manifest {path} has label(s) {', '.join(map(repr, outside))} outside "
-                f"its classes ({', '.join(classes)})"
-            )
-    else:
-        classes = found
+    classes = _label_set(name, path, manifest_io.manifest_classes(items, level), classes)
     if level == "clip" and len(classes) < 2:
         raise ConfigError(f"task {name}: manifest {path} has fewer than two labels")
     if level == "frame" and not classes:
@@ -237,6 +228,59 @@ def manifest_task(name: str, level: str, manifest, seconds: float | None = None,
         test_split="test",
         description=f"user task from {path}",
         source=str(path),
+    )
+
+
+def _label_set(name: str, source: Path, found: tuple[str, ...], fixed) -> tuple[str, ...]:
+    """``fixed`` (the user's label set and order) if every label found is in it, else ``found``."""
+    if not fixed:
+        return found
+    fixed = tuple(fixed)
+    if len(set(fixed)) != len(fixed):
+        raise ConfigError(f"task {name}: a class is repeated in classes={','.join(fixed)}")
+    outside = [c for c in found if c not in fixed]
+    if outside:
+        raise ConfigError(
+            f"task {name}: {source} has label(s) {', '.join(map(repr, outside))} outside its classes ({', '.join(fixed)})"
+        )
+    return fixed
+
+
+# corpus layouts a user task can be defined over (--task NAME=LAYOUT:DIR): the built-in task whose
+# splits, clip length and decoder it takes, and how its label set is read from the data
+LAYOUTS = {
+    "tau22": ("asc", tau22.scene_labels),
+    "desed": ("sed", desed.event_labels),
+    "speech_commands": ("scr", speech_commands.words_in),
+}
+
+
+def corpus_task(name: str, layout: str, root, seconds: float | None = None, classes=None) -> Task:
+    """A task over a folder in a published corpus layout whose labels are the data's own (another
+    scene set, another event set or edition, Speech Commands v1): everything of the layout is kept
+    (weak and unlabelled splits, mean teacher, durations, folds); ``classes`` fixes the set and order
+    (default: the labels found, sorted). ConfigError for an unknown layout or a folder without labels."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"task {name}: unknown corpus layout {layout!r} (known: {', '.join(LAYOUTS)})")
+    builtin, labels_of = LAYOUTS[layout]
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"task {name}: {root} is not a folder (a {layout} layout is a folder)")
+    found = labels_of(root)
+    if not found:
+        raise ConfigError(f"task {name}: no labels found in {root} ({layout} layout)")
+    classes = _label_set(name, root, found, classes)
+    if builtin != "sed" and len(classes) < 2:
+        raise ConfigError(f"task {name}: {root} has fewer than two labels")
+    template = get_task(builtin)
+    return dataclasses.replace(
+        template,
+        name=safe_name(name),
+        title=name,
+        classes=classes,
+        clip_seconds=float(seconds) if seconds else template.clip_seconds,
+        description=f"{template.description.split(' (')[0]} over {root} ({len(classes)} classes from the data)",
+        source=str(root),
     )
 
 

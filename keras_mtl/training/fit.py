@@ -143,7 +143,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
     log.info(
         "training %s on %s: %d epochs x %d steps%s",
         strategy_name,
-        "+".join(config.tasks),
+        "+".join(t.display for t in tasks),
         tc.epochs,
         steps,
         f"; semi-supervised batches for {', '.join(data.semi)}" if data.semi else "",

@@ -65,8 +65,25 @@ def has_split(root: Path, split: str) -> bool:
     return split in LAYOUT and (Path(root) / LAYOUT[split][1]).is_dir()
 
 
+def event_labels(root: str | Path) -> tuple[str, ...]:
+    """The event labels of a DESED-layout folder's strong and weak metadata, sorted (another domain's
+    event set, or a later DCASE task 4 edition)."""
+    root = Path(root)
+    labels = set()
+    for kind, audio_dir, tsv, _ in LAYOUT.values():
+        if tsv is None or not (root / audio_dir).is_dir() or not (root / tsv).is_file():
+            continue
+        if kind == "weak":
+            for row in read_table(root / tsv, required=("filename", "event_labels")):
+                labels.update(t.strip() for t in row.get("event_labels").split(",") if t.strip())
+        else:
+            labels.update(e.label for events in read_strong_tsv(root / tsv, None).values() for e in events)
+    return tuple(sorted(labels))
+
+
 def read_desed(root: str | Path, split: str, classes=CLASSES) -> list[AudioItem]:
-    """Items of one split: 'synthetic_train', 'weak', 'unlabeled', 'strong_real' or 'validation'."""
+    """Items of one split: 'synthetic_train', 'weak', 'unlabeled', 'strong_real' or 'validation';
+    ``classes`` None: any label."""
     root = Path(root)
     if split not in LAYOUT:
         raise DataError(f"DESED has no split {split!r} (known: {', '.join(LAYOUT)})")
@@ -121,7 +138,10 @@ def parse_event(row, path: Path, classes=None) -> Event | None:
     if not label and not row.get("onset") and not row.get("offset"):
         return None
     if classes is not None and label not in classes:
-        raise DataError(f"{path}:{row.line}: unknown event label {label!r} (known: {', '.join(classes)})")
+        raise DataError(
+            f"{path}:{row.line}: unknown event label {label!r} (known: {', '.join(classes)}); to train on these "
+            "labels, define a task over the folder: --task NAME=desed:DIR (a frame manifest: NAME=frame:FILE)"
+        )
     if not label:
         raise DataError(f"{path}:{row.line}: empty event_label")
     onset, offset = parse_float(row, "onset", path), parse_float(row, "offset", path)
@@ -159,14 +179,17 @@ def _read_strong(tsv: Path, audio_dir: Path, classes, durations: dict[str, float
 
 
 def _read_weak(tsv: Path, audio_dir: Path, classes) -> list[AudioItem]:
-    known = set(classes)
+    known = set(classes) if classes is not None else None
     items = []
     for row in read_table(tsv, required=("filename", "event_labels")):
         name = row.get("filename")
         tags = tuple(t.strip() for t in row.get("event_labels").split(",") if t.strip())
         for tag in tags:
-            if tag not in known:
-                raise DataError(f"{tsv}:{row.line}: unknown event label {tag!r} (known: {', '.join(classes)})")
+            if known is not None and tag not in known:
+                raise DataError(
+                    f"{tsv}:{row.line}: unknown event label {tag!r} (known: {', '.join(classes)}); to train on "
+                    "these labels, define a task over the folder: --task NAME=desed:DIR"
+                )
         path = audio_dir / name
         if not path.is_file():
             raise DataError(f"{tsv}:{row.line}: audio file {path} not found")

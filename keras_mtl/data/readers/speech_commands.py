@@ -74,6 +74,19 @@ def _read_list(root: Path, name: str) -> list[str]:
     return entries
 
 
+def words_in(root: str | Path) -> tuple[str, ...]:
+    """The words of a Speech Commands-layout folder: its subfolders holding .wav files, sorted (30 in v1,
+    35 in v2); ``_background_noise_`` is not a word."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: Speech Commands folder not found")
+    return tuple(
+        sorted(
+            p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")) and any(p.glob("*.wav"))
+        )
+    )
+
+
 def read_speech_commands(root: str | Path, split: str, classes=WORDS) -> list[AudioItem]:
     """Items of 'train', 'validation' or 'test'; words outside ``classes`` are skipped."""
     root = Path(root)
@@ -82,7 +95,7 @@ def read_speech_commands(root: str | Path, split: str, classes=WORDS) -> list[Au
     if split not in ("train", "validation", "test"):
         raise DataError(f"Speech Commands has no split {split!r} (known: train, validation, test)")
     lists = {name: _read_list(root, file) for name, file in SPLIT_LISTS.items()}
-    known = set(classes)
+    known = set(classes if classes is not None else words_in(root))
     if split in lists:
         entries = lists[split]
         for entry in entries:
