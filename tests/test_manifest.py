@@ -114,5 +114,6 @@ def test_manifest_task_errors_in_cli(tone_folder, tmp_path):
         "not found",
     )
     assert_one_line_error(
-        run_train("--task-set", "asc", "--task", "t=blob:x.csv", "--dry-run", env_dirs=tmp_path), "does not use it"
+        run_train("--task-set", "asc", "--task", "t=blob:x.csv", "--dry-run", env_dirs=tmp_path),
+        "unknown level or layout 'blob'",
     )

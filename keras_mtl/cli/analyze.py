@@ -25,7 +25,11 @@ PROG = "keras-mtl analyze"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="asc,sed,scr,gc,ac,vad", help="comma-separated tasks (default: all six)")
-    p.add_argument("--preset", default="default", help="configuration of every run (default: default)")
+    p.add_argument(
+        "--preset",
+        default="default",
+        help=f"configuration of every run: {', '.join(cli.preset_names())} (default: default)",
+    )
     p.add_argument("--config", help="YAML overriding the preset for every run")
     p.add_argument("--epochs", type=int, help="epochs per run")
     p.add_argument("--data-root", action="append", help="as in train.py: DIR, or task=DIR (repeatable)")

@@ -22,6 +22,14 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def preset_names() -> list[str]:
+    """The built-in presets (keras_mtl/runs/presets/*.yaml), read without importing TensorFlow."""
+    from importlib import resources
+
+    folder = resources.files("keras_mtl.runs") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
 def run_main(main: Callable[[], int | None]) -> None:
     """Call ``main``; a UserError becomes ``error: <message>`` on stderr and exit code 2."""
     try:

@@ -29,7 +29,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--rows", help="only these rows (comma-separated names; see --dry-run)")
-    p.add_argument("--preset", help="built-in configuration the rows start from (default: the experiment's own)")
+    p.add_argument(
+        "--preset",
+        help=f"built-in configuration the rows start from: {', '.join(cli.preset_names())} (default: the experiment's own)",
+    )
     p.add_argument("--config", help="YAML overriding the preset for every row")
     p.add_argument("--epochs", type=int, help="epochs per run (per phase for FreezeMTL)")
     p.add_argument("--data-root", action="append", help="as in train.py: DIR, or task=DIR (repeatable)")

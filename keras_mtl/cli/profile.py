@@ -22,7 +22,7 @@ def main(argv=None) -> int:
         choices=("mtl", "cp_mobile"),
         help="mtl: the multi-task builder with --preset/--task-set; cp_mobile: the DCASE 2024 baseline",
     )
-    p.add_argument("--preset", default="default")
+    p.add_argument("--preset", default="default", help=f"built-in configuration: {', '.join(cli.preset_names())}")
     p.add_argument("--task-set", default="asc,sed")
     p.add_argument("--shared-blocks", type=int, help="number of shared conv blocks (default: all)")
     p.add_argument("--seconds", type=float, default=1.0, help="audio length the MACs are counted for")

@@ -28,7 +28,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tasks", default="gc,ac,scr,vad", help="comma-separated tasks (default gc,ac,scr,vad)")
     p.add_argument("--threshold", type=float, default=2.0, help="AR threshold Q in percent (default 2.0)")
     p.add_argument("--depths", default="4,5,6,7,8", help="shared depths k of the pairwise sweep (default 4..8)")
-    p.add_argument("--preset", default="seed001", help="the template's preset (default seed001: 8 layers)")
+    p.add_argument(
+        "--preset",
+        default="seed001",
+        help=f"the template's preset: {', '.join(cli.preset_names())} (default seed001: 8 layers)",
+    )
     p.add_argument("--config", help="YAML overriding the preset for every model")
     p.add_argument("--epochs", type=int, help="epochs per model")
     p.add_argument("--data-root", action="append", help="as in train.py: DIR, or task=DIR (repeatable)")

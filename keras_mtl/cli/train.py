@@ -62,7 +62,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         dest="architecture",
         help="model family: mtl (default), cp_mobile, cp_mobile_rnn, georgiev_dnn, mtl-vae (SED)",
     )
-    p.add_argument("--preset", default="default", help="built-in configuration: default, tiny, paper")
+    p.add_argument(
+        "--preset",
+        default="default",
+        help=f"built-in configuration: {', '.join(cli.preset_names())} (default: default)",
+    )
     p.add_argument("--config", help="YAML file overriding the preset (e.g. a run folder's config.yaml)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", help="one size for all tasks, or task=N,... (e.g. asc=64,sed=16)")
