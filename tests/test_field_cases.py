@@ -286,3 +286,58 @@ def test_a_desed_layout_with_another_event_set_keeps_its_weak_and_unlabelled_spl
     assert "door knock" in task.classes and "Speech" not in task.classes
     assert (task.weak_split, task.unlabeled_split) == ("weak", "unlabeled")
     assert desed.read_desed(root, "weak", task.classes) and desed.read_desed(root, "unlabeled", task.classes)
+
+
+# ------------------------------------------------------------------ the cases through the command line
+def _train(args, env, tmp_path):
+    from tests.conftest import keras_mtl_command
+
+    return subprocess.run(
+        [*keras_mtl_command(), "train", "--preset", "tiny", "--epochs", "1", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_cli_a_task_named_with_spaces_keeps_its_text(tmp_path, tiny_env):
+    rows = ["filename,label"]
+    for k in range(12):
+        label = "door knock" if k % 2 else 'glass "break"'
+        _wav(tmp_path / f"c{k}.wav", 0.5, seed=k)
+        rows.append(f'c{k}.wav,"{label.replace(chr(34), chr(34) * 2)}"')
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    result = _train(
+        ["--task-set", "Door Knock", "--task", f"Door Knock=clip:{tmp_path / 'm.csv'}", "--output-dir", str(out)],
+        tiny_env,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads((out / "metrics.json").read_text())
+    assert list(written["tasks"]) == ["Door Knock"] and written["tasks"]["Door Knock"]["name"] == "door_knock"
+    assert set(written["tasks"]["Door Knock"]["metrics"]["class_accuracy"]) == {"door knock", 'glass "break"'}
+    assert "Door Knock" in result.stdout and "Door Knock/train: " in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_long_recordings_are_trained_and_scored_whole(tmp_path, tiny_env):
+    rows = ["filename,onset,offset,event_label,split"]
+    for k in range(6):
+        _wav(tmp_path / f"rec{k}.wav", 30.0, seed=k)
+        split = "test" if k < 2 else "train"
+        rows += [f"rec{k}.wav,{t},{t + 1.5},beep,{split}" for t in (3.0, 14.0, 26.0)]
+    (tmp_path / "strong.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    result = _train(
+        ["--task-set", "beep", "--task", f"beep=frame:{tmp_path / 'strong.csv'}", "--output-dir", str(out)],
+        tiny_env,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 recordings longer than 10.0 s split into 12 windows" in result.stderr
+    m = json.loads((out / "metrics.json").read_text())["tasks"]["beep"]["metrics"]
+    assert m["n_clips"] == 2 and m["seconds_scored"] == 60.0
