@@ -47,7 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="multi-task strategy: soft (default), hard, cross-soft, cross-hard, freeze (needs --order)",
     )
     p.add_argument("--order", help="freeze: the order tasks are trained and frozen in, e.g. sed,asc")
-    p.add_argument("--weighting", default="fixed", help="task loss weights over training: fixed (default), dwa, mfl")
+    p.add_argument(
+        "--weighting",
+        default="fixed",
+        help="task balancing: fixed (default), dwa, mfl (loss weights per epoch); uncertainty, pcgrad, cagrad (in every step, see keras_mtl.training.balancing)",
+    )
     p.add_argument(
         "--alpha", type=float, help="loss weight of the first task (soft, cross-soft); the others share 1-alpha"
     )

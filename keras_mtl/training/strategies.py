@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
 from keras_mtl.models.mtl import task_submodel
+from keras_mtl.training import balancing
+from keras_mtl.training.balancing import BALANCERS, make_balancer
 from keras_mtl.training.losses import bce
 
 STRONG, WEAK, UNLABELED, STRONG_REAL = 0, 1, 2, 3  # item roles in a semi-supervised batch
@@ -57,13 +59,15 @@ class StrategyOptions:
     ``loss_weights``: {task: weight} (default: the mean, 1/K each); ``mean_teacher_tasks``: frame tasks
     whose batches are semi-supervised (strong/weak/unlabelled; the network must have their
     ``<task>_weak`` output); ``consistency_weight`` scales their student-teacher MSE, ramped up over
-    ``rampup_steps`` optimizer steps; ``max_ema_decay`` caps the teacher's EMA decay."""
+    ``rampup_steps`` optimizer steps; ``max_ema_decay`` caps the teacher's EMA decay; ``balancing``
+    a gradient-level method of ``keras_mtl.training.balancing`` (summing strategies; None: the plain sum)."""
 
     loss_weights: dict | None = None
     mean_teacher_tasks: tuple = ()
     consistency_weight: float = 2.0
     rampup_steps: int = 0
     max_ema_decay: float = 0.999
+    balancing: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mean_teacher_tasks", tuple(self.mean_teacher_tasks or ()))
@@ -154,6 +158,20 @@ class MultiTaskStrategy(keras.Model):
             self.teacher.set_weights(network.get_weights())
             self.teacher.trainable = False
             self.teacher_heads = {name: self._heads(self.teacher, name) for name in self.task_names}
+        self.balancer = make_balancer(options.balancing, self)
+        # variables on the paths of two or more tasks: where task gradients meet (and may conflict)
+        owners: dict[int, int] = {}
+        for path in self.paths.values():
+            for variable in path.trainable_variables:
+                owners[id(variable)] = owners.get(id(variable), 0) + 1
+        self.shared_index = [i for i, v in enumerate(network.trainable_variables) if owners.get(id(v), 0) > 1]
+        self.cosine_trackers = []  # ((i, j), the epoch's mean cosine of tasks i and j on the shared variables)
+        if self.balancer is not None and self.balancer.per_task:
+            self.cosine_trackers = [
+                ((i, j), keras.metrics.Mean(name=f"cos_{self.task_names[i]}_{self.task_names[j]}"))
+                for i in range(len(self.tasks))
+                for j in range(i + 1, len(self.tasks))
+            ]
 
     # -- what a run's configuration means for the strategy ---------------------------------------
 
@@ -170,6 +188,7 @@ class MultiTaskStrategy(keras.Model):
             max_ema_decay=tc.ema_decay,
             cross_weight=tc.cross_weight,
             order=tuple(config.order or ()),
+            balancing=config.weighting if config.weighting in BALANCERS else None,
         )
         fields = {f.name for f in dataclasses.fields(cls.Options)}
         return cls.Options(**{key: value for key, value in values.items() if key in fields})
@@ -201,7 +220,7 @@ class MultiTaskStrategy(keras.Model):
         tracked = [self.total_tracker, *self.loss_trackers.values()]
         for metric_list in self.task_metrics.values():
             tracked.extend(metric_list)
-        return tracked
+        return tracked + [tracker for _, tracker in getattr(self, "cosine_trackers", [])]
 
     # -- losses ---------------------------------------------------------------------------------
 
@@ -297,13 +316,15 @@ class MultiTaskStrategy(keras.Model):
     def optimized_variables(self) -> list:
         """The variables the optimizer keeps state for, in the order it was built with (checkpoints
         match optimizer slots to variables by that order)."""
-        return self.network.trainable_variables
+        extra = self.balancer.variables if getattr(self, "balancer", None) is not None else []
+        return self.network.trainable_variables + list(extra)
 
-    def apply(self, tape, total, variables):
+    def apply(self, tape, total, variables, gradients=None):
         # under tf.distribute the replicas' gradients are summed: each replica's mean loss is divided by
         # their number, giving the gradient of the mean over the global batch
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        gradients = tape.gradient(total, variables)
+        if gradients is None:
+            gradients = tape.gradient(total, variables)
         if replicas > 1:
             gradients = [None if g is None else g / replicas for g in gradients]
         self.optimizer.apply_gradients(zip(gradients, variables))
@@ -329,10 +350,51 @@ class SoftMTL(MultiTaskStrategy):
     sums_losses = True
 
     def train_step(self, data):
+        if self.balancer is not None:
+            return self.balanced_step(data)
         with tf.GradientTape() as tape:
             losses = self.task_losses(data, training=True)
             total = self.combine(losses) + self.regularization()
         self.apply(tape, total, self.optimized_variables())
+        return self._record(total, losses)
+
+    def balanced_step(self, data):
+        """One update through ``self.balancer``: its total for every variable, and for the shared ones
+        (per-task methods) its direction from the task gradients, plus the regularisation's gradient."""
+        variables = self.optimized_variables()
+        with tf.GradientTape(persistent=True) as tape:
+            losses = self.task_losses(data, training=True)
+            task_losses = [losses[name][0] for name in self.task_names]
+            regularization = self.regularization()
+            total = self.balancer.total(task_losses) + regularization
+        gradients = tape.gradient(total, variables)
+        if self.balancer.per_task and self.shared_index:
+            shared = [variables[i] for i in self.shared_index]
+            flat = tf.stack(
+                [
+                    tf.concat(
+                        [tf.reshape(tf.zeros_like(v) if g is None else g, [-1]) for g, v in zip(per_task, shared)], 0
+                    )
+                    for per_task in (tape.gradient(loss, shared) for loss in task_losses)
+                ]
+            )
+            pairs = balancing.cosines(flat)
+            for pair, tracker in self.cosine_trackers:
+                tracker.update_state(pairs[pair])
+            direction = self.balancer.shared_direction(flat)
+            extra = tape.gradient(regularization, shared) if self.network.losses else [None] * len(shared)
+            offset = 0
+            for index, variable, regular in zip(self.shared_index, shared, extra):
+                size = variable.shape.num_elements()
+                piece = tf.reshape(direction[offset : offset + size], variable.shape)
+                gradients[index] = piece if regular is None else piece + regular
+                offset += size
+        del tape
+        weights = self.balancer.log_weights()
+        if weights is not None:
+            for name, weight in zip(self.task_names, weights):
+                self.loss_weights[name].assign(weight)
+        self.apply(None, total, variables, gradients)
         return self._record(total, losses)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from keras_mtl.core.backend import keras
 from keras_mtl.core.errors import ConfigError
+from keras_mtl.training.balancing import BALANCERS
 from keras_mtl.training.strategies import SUMMING
 
 
@@ -118,7 +119,14 @@ class FocalTaskWeighting(_StartsAtOne):
             self.strategy.loss_weights[name].assign(float(value))
 
 
-WEIGHTINGS = {"fixed": LossWeighting, "dwa": DynamicWeightAverage, "mfl": FocalTaskWeighting}
+# uncertainty, pcgrad, cagrad act inside the strategy's step (keras_mtl.training.balancing); their
+# callback logs the weights in force and the pairwise gradient cosines the strategy tracks
+WEIGHTINGS = {
+    "fixed": LossWeighting,
+    "dwa": DynamicWeightAverage,
+    "mfl": FocalTaskWeighting,
+    **{name: LossWeighting for name in BALANCERS},
+}
 
 
 def check_weighting(name: str, strategy: str | None = None, strategy_cls=None) -> None:

@@ -1,0 +1,140 @@
+"""Gradient-level task balancing for the strategies that sum task losses (SoftMTL, CrossSoftMTL).
+
+uncertainty  Kendall, Gal & Cipolla, "Multi-task learning using uncertainty to weigh losses", CVPR 2018:
+             L = sum_k 0.5 exp(-s_k) L_k + 0.5 s_k, with s_k = log sigma_k^2 learnt with the network
+             (one variable per task, starting at 0).
+pcgrad       Yu et al., "Gradient surgery for multi-task learning", NeurIPS 2020: on the shared
+             variables, each task's gradient g_i is projected off every other task's g_j it conflicts
+             with (g_i . g_j < 0): g_i <- g_i - (g_i . g_j / |g_j|^2) g_j; the projected gradients are
+             averaged. The other tasks are taken in a fixed cyclic order (the paper shuffles), so that
+             runs are reproducible and tf.distribute replicas agree.
+cagrad       Liu et al., "Conflict-averse gradient descent for multi-task learning", NeurIPS 2021: the
+             update d = (g0 + sqrt(phi) / |g_w| g_w) / (1 + c^2) with g0 the mean gradient, phi = c^2 |g0|^2
+             and g_w = sum_k w_k g_k, w on the simplex minimising g_w . g0 + sqrt(phi) |g_w| (solved on the
+             K x K Gram matrix by gradient descent on softmax logits); c = 0 gives the mean gradient.
+
+The task-specific variables get the gradient of the mean task loss; every method logs, per epoch, the
+cosine between every pair of tasks' gradients on the shared variables (``cos_<a>_<b>`` in history.csv).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from keras_mtl.core.backend import tf
+from keras_mtl.core.errors import ConfigError
+
+CAGRAD_C = 0.5
+CAGRAD_STEPS = 25
+
+
+def pcgrad(gradients: tf.Tensor) -> tf.Tensor:
+    """(K, P) per-task gradients -> (K, P) after PCGrad's projections (each against the original others)."""
+    count = int(gradients.shape[0])
+    projected = []
+    for i in range(count):
+        g = gradients[i]
+        for step in range(1, count):
+            other = gradients[(i + step) % count]
+            dot = tf.reduce_sum(g * other)
+            norm = tf.reduce_sum(other * other)
+            g = tf.where(dot < 0.0, g - dot / tf.maximum(norm, 1e-20) * other, g)
+        projected.append(g)
+    return tf.stack(projected)
+
+
+def cagrad(gradients: tf.Tensor, c: float = CAGRAD_C, steps: int = CAGRAD_STEPS) -> tf.Tensor:
+    """(K, P) per-task gradients -> the (P,) CAGrad update direction."""
+    count = int(gradients.shape[0])
+    mean = tf.reduce_mean(gradients, axis=0)
+    if c == 0.0:
+        return mean
+    gram = tf.matmul(gradients, gradients, transpose_b=True)  # (K, K)
+    towards_mean = tf.reduce_mean(gram, axis=1)  # g_k . g0
+    phi = c**2 * tf.reduce_mean(gram)  # c^2 |g0|^2
+    scale = tf.sqrt(tf.reduce_mean(tf.abs(gram)) + 1e-20)  # keeps the inner step size scale-free
+    logits = tf.zeros([count])
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            w = tf.nn.softmax(logits)
+            objective = tf.reduce_sum(w * towards_mean) + tf.sqrt(phi) * tf.sqrt(
+                tf.reduce_sum(w[:, None] * gram * w[None, :]) + 1e-20
+            )
+        logits -= 1.0 * tape.gradient(objective, logits) / (scale**2)
+    w = tf.nn.softmax(logits)
+    g_w = tf.reduce_sum(w[:, None] * gradients, axis=0)
+    norm = tf.sqrt(tf.reduce_sum(g_w * g_w) + 1e-20)
+    return (mean + tf.sqrt(phi) / norm * g_w) / (1.0 + c**2)
+
+
+def uncertainty_loss(losses, log_variances) -> tf.Tensor:
+    """sum_k 0.5 exp(-s_k) L_k + 0.5 s_k (Kendall et al. 2018)."""
+    return tf.add_n([0.5 * tf.exp(-s) * loss + 0.5 * s for loss, s in zip(losses, log_variances)])
+
+
+def cosines(gradients: tf.Tensor) -> dict[tuple[int, int], tf.Tensor]:
+    """{(i, j): cos(g_i, g_j)} for every pair of rows of (K, P) gradients."""
+    norms = tf.sqrt(tf.reduce_sum(gradients * gradients, axis=1) + 1e-20)
+    return {
+        (i, j): tf.reduce_sum(gradients[i] * gradients[j]) / (norms[i] * norms[j])
+        for i, j in itertools.combinations(range(int(gradients.shape[0])), 2)
+    }
+
+
+class Balancer:
+    """How a summing strategy turns its task losses into one update. ``per_task`` methods take the
+    gradient of every task's loss on the shared variables; ``variables`` are learnt with the network."""
+
+    per_task = True
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+        self.variables: list = []
+
+    def total(self, losses: list) -> tf.Tensor:
+        """The scalar whose gradient the task-specific variables follow (the mean task loss)."""
+        return tf.add_n(losses) / float(len(losses))
+
+    def shared_direction(self, gradients: tf.Tensor) -> tf.Tensor:
+        """(K, P) per-task gradients on the shared variables -> the (P,) update direction (here their mean)."""
+        return tf.reduce_mean(gradients, axis=0)
+
+    def log_weights(self) -> list[float] | None:
+        return None
+
+
+class PCGrad(Balancer):
+    def shared_direction(self, gradients):
+        return tf.reduce_mean(pcgrad(gradients), axis=0)
+
+
+class CAGrad(Balancer):
+    def shared_direction(self, gradients):
+        return cagrad(gradients, CAGRAD_C)
+
+
+class UncertaintyWeighting(Balancer):
+    per_task = False
+
+    def __init__(self, strategy):
+        super().__init__(strategy)
+        self.variables = [tf.Variable(0.0, name=f"log_variance_{name}") for name in strategy.task_names]
+
+    def total(self, losses):
+        return uncertainty_loss(losses, self.variables)
+
+    def log_weights(self):
+        return [0.5 * tf.exp(-s) for s in self.variables]
+
+
+BALANCERS = {"uncertainty": UncertaintyWeighting, "pcgrad": PCGrad, "cagrad": CAGrad}
+
+
+def make_balancer(name: str | None, strategy) -> Balancer | None:
+    """The balancer named ``name`` for ``strategy``, None for the loss-weighting methods (fixed, dwa, mfl)."""
+    if name is None or name not in BALANCERS:
+        return None
+    if not strategy.sums_losses:
+        raise ConfigError(f"--weighting {name} balances a sum of task losses; {type(strategy).__name__} has none")
+    return BALANCERS[name](strategy)
