@@ -78,9 +78,10 @@ def _checkpoint_values(run: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["cross-soft", "hard"])  # cross-soft is SoftMTL plus the EMA teacher
+# cross-soft is SoftMTL plus the EMA teacher; with PCGrad, a gradient-level balancing method
+@pytest.mark.parametrize("strategy", ["cross-soft --weighting pcgrad", "hard"])
 def test_two_workers_hold_identical_student_and_teacher(tmp_path, strategy, tiny_run):
-    out = _two_workers(tmp_path, tiny_run.env["KERAS_MTL_DATA_DIR"], "--strategy", strategy)
+    out = _two_workers(tmp_path, tiny_run.env["KERAS_MTL_DATA_DIR"], "--strategy", *strategy.split())
     chief, worker = _checkpoint_values(out), _checkpoint_values(out / "worker-1")
     assert any("teacher" in name for name in chief), "the mean teacher of SED is part of the run"
     assert set(chief) == set(worker) and len(chief) > 10

@@ -38,7 +38,12 @@ def _final_artifacts_are_whole(run: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "strategy", [["--strategy", "cross-soft", "--weighting", "dwa"], ["--strategy", "freeze", "--order", "sed,asc"]]
+    "strategy",
+    [
+        ["--strategy", "cross-soft", "--weighting", "dwa"],
+        ["--strategy", "freeze", "--order", "sed,asc"],
+        ["--strategy", "soft", "--weighting", "uncertainty"],  # learnt log-variances and their optimizer slots
+    ],
 )
 def test_killed_run_resumes_and_finishes(tmp_path, strategy, env):
     args = ["--preset", "tiny", "--epochs", "6", "--deterministic", *strategy]
