@@ -85,3 +85,25 @@ def test_every_method_lowers_the_loss_on_a_small_problem(method):
     assert float(last["loss"]) < first and np.isfinite(float(logs["loss"]))
     if balancing.BALANCERS[method].per_task:
         assert -1.0 <= float(last["cos_a_b"]) <= 1.0
+
+
+def test_gradnorm_moves_tasks_of_very_different_scales_towards_equal_weighted_gradient_norms():
+    keras.utils.set_random_seed(0)
+    network, batch = _toy(scale_b=30.0)
+    strategy = SoftMTL(network, [_Clip("a"), _Clip("b")], StrategyOptions(balancing="gradnorm"))
+    strategy.compile(optimizer=make_optimizer(1e-3, total_steps=400, warmup_fraction=0.0))
+    shared = [network.trainable_variables[i] for i in strategy.shared_index]
+
+    def norms():
+        with tf.GradientTape(persistent=True) as tape:
+            losses = strategy.task_losses(batch, training=False)
+        out = [tf.linalg.global_norm(tape.gradient(losses[n][0], shared)).numpy() for n in ("a", "b")]
+        return np.array(out)
+
+    start = norms()
+    for _ in range(80):
+        strategy.train_step(batch)
+    weights = np.array([strategy.loss_weights[n].numpy() for n in ("a", "b")])
+    end = norms() * weights
+    assert weights[1] < weights[0]  # the task with the larger gradients is weighted down
+    assert abs(np.log(end[1] / end[0])) < 0.5 * abs(np.log(start[1] / start[0]))

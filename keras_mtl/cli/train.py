@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--weighting",
         default="fixed",
-        help="task balancing: fixed (default), dwa, mfl (loss weights per epoch); uncertainty, pcgrad, cagrad (in every step, see keras_mtl.training.balancing)",
+        help="task balancing: fixed (default), dwa, mfl (loss weights per epoch); uncertainty, gradnorm, pcgrad, cagrad, famo (in every step, see keras_mtl.training.balancing)",
     )
     p.add_argument(
         "--alpha", type=float, help="loss weight of the first task (soft, cross-soft); the others share 1-alpha"

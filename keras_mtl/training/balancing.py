@@ -12,6 +12,17 @@ cagrad       Liu et al., "Conflict-averse gradient descent for multi-task learni
              update d = (g0 + sqrt(phi) / |g_w| g_w) / (1 + c^2) with g0 the mean gradient, phi = c^2 |g0|^2
              and g_w = sum_k w_k g_k, w on the simplex minimising g_w . g0 + sqrt(phi) |g_w| (solved on the
              K x K Gram matrix by gradient descent on softmax logits); c = 0 gives the mean gradient.
+gradnorm     Chen et al., "GradNorm", ICML 2018: loss weights w_k (sum 1) moved every step so that the
+             weighted task gradient norms G_k = w_k |g_k| on the shared variables follow
+             mean(G) * r_k^alpha, r_k the task's loss ratio L_k / L_k(first step) over its mean (alpha 1.5);
+             |g_k| is taken over all shared variables, not only the last shared layer (they are computed
+             anyway); step size 0.025 on the sign of |G_k - target_k| times |g_k| / mean |g|.
+famo         Liu et al., "FAMO: fast adaptive multitask optimization", NeurIPS 2023: one backward pass of
+             sum_k z_k log L_k / c (z = softmax(xi), c = sum_k z_k / L_k, both held constant), so every
+             task's loss falls at a similar rate; after each step xi <- xi - beta (J_softmax^T delta +
+             gamma xi) with delta_k the fall of log L_k since the previous step, beta 0.025, gamma 0.001
+             (the paper's values; it uses Adam for xi and the same batch's losses after the step, here a
+             plain step and the next batch's losses: no extra forward pass).
 
 The task-specific variables get the gradient of the mean task loss; every method logs, per epoch, the
 cosine between every pair of tasks' gradients on the shared variables (``cos_<a>_<b>`` in history.csv).
@@ -90,28 +101,107 @@ class Balancer:
 
     def __init__(self, strategy):
         self.strategy = strategy
-        self.variables: list = []
+        self.variables: list = []  # learnt with the network (in the optimizer and the checkpoint)
+        self.state: list = []  # updated by the method's own rule (in the checkpoint)
 
     def total(self, losses: list) -> tf.Tensor:
         """The scalar whose gradient the task-specific variables follow (the mean task loss)."""
         return tf.add_n(losses) / float(len(losses))
 
-    def shared_direction(self, gradients: tf.Tensor) -> tf.Tensor:
+    def shared_direction(self, gradients: tf.Tensor, losses: list) -> tf.Tensor:
         """(K, P) per-task gradients on the shared variables -> the (P,) update direction (here their mean)."""
         return tf.reduce_mean(gradients, axis=0)
 
-    def log_weights(self) -> list[float] | None:
+    def after_step(self, losses: list) -> None:
+        """State updates once the step's losses are known (for methods that keep state)."""
+
+    def log_weights(self) -> list | None:
         return None
 
 
+def replica_mean(value):
+    """The mean of ``value`` over tf.distribute replicas (itself without distribution), so that every
+    replica updates a balancer's state identically."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+
+
 class PCGrad(Balancer):
-    def shared_direction(self, gradients):
+    def shared_direction(self, gradients, losses):
         return tf.reduce_mean(pcgrad(gradients), axis=0)
 
 
 class CAGrad(Balancer):
-    def shared_direction(self, gradients):
+    def shared_direction(self, gradients, losses):
         return cagrad(gradients, CAGRAD_C)
+
+
+class GradNorm(Balancer):
+    alpha = 1.5
+    step_size = 0.025
+
+    def __init__(self, strategy):
+        super().__init__(strategy)
+        count = len(strategy.task_names)
+        self.weights = [strategy.loss_weights[name] for name in strategy.task_names]
+        for weight in self.weights:
+            weight.assign(1.0 / count)
+        self.initial = tf.Variable(tf.zeros([count]), trainable=False, name="gradnorm_initial_losses")
+        self.state = [self.initial]
+
+    def total(self, losses):
+        return tf.add_n([w * loss for w, loss in zip(self.weights, losses)])
+
+    def shared_direction(self, gradients, losses):
+        w = tf.stack([tf.identity(weight) for weight in self.weights])
+        direction = tf.reduce_sum(w[:, None] * gradients, axis=0)
+        norms = replica_mean(tf.sqrt(tf.reduce_sum(gradients * gradients, axis=1) + 1e-20))
+        current = replica_mean(tf.stack(losses))
+        initial = tf.where(self.initial > 0.0, self.initial, current)
+        self.initial.assign(initial)
+        ratios = current / tf.maximum(initial, 1e-12)
+        target = tf.reduce_mean(w * norms) * (ratios / tf.reduce_mean(ratios)) ** self.alpha
+        step = tf.sign(w * norms - tf.stop_gradient(target)) * norms / tf.reduce_mean(norms)
+        new = tf.maximum(w - self.step_size * step, 1e-3)
+        new = new / tf.reduce_sum(new)
+        for weight, value in zip(self.weights, tf.unstack(new)):
+            weight.assign(value)
+        return direction
+
+
+class FAMO(Balancer):
+    per_task = False
+    step_size = 0.025
+    decay = 0.001
+
+    def __init__(self, strategy):
+        super().__init__(strategy)
+        count = len(strategy.task_names)
+        self.logits = tf.Variable(tf.zeros([count]), trainable=False, name="famo_logits")
+        self.previous = tf.Variable(tf.zeros([count]), trainable=False, name="famo_previous_log_losses")
+        self.started = tf.Variable(0.0, trainable=False, name="famo_started")
+        self.state = [self.logits, self.previous, self.started]
+
+    def total(self, losses):
+        stacked = tf.stack(losses) + 1e-8
+        z = tf.stop_gradient(tf.nn.softmax(self.logits))
+        c = tf.stop_gradient(tf.reduce_sum(z / stacked))
+        return tf.reduce_sum(z * tf.math.log(stacked)) / c
+
+    def after_step(self, losses):
+        log_losses = tf.math.log(replica_mean(tf.stack(losses)) + 1e-8)
+        delta = self.previous - log_losses
+        z = tf.nn.softmax(self.logits)
+        jacobian_t_delta = z * (delta - tf.reduce_sum(z * delta))
+        update = self.step_size * (jacobian_t_delta + self.decay * self.logits)
+        self.logits.assign_sub(self.started * update)
+        self.previous.assign(log_losses)
+        self.started.assign(1.0)
+
+    def log_weights(self):
+        return tf.unstack(tf.nn.softmax(self.logits))
 
 
 class UncertaintyWeighting(Balancer):
@@ -128,7 +218,13 @@ class UncertaintyWeighting(Balancer):
         return [0.5 * tf.exp(-s) for s in self.variables]
 
 
-BALANCERS = {"uncertainty": UncertaintyWeighting, "pcgrad": PCGrad, "cagrad": CAGrad}
+BALANCERS = {
+    "uncertainty": UncertaintyWeighting,
+    "gradnorm": GradNorm,
+    "pcgrad": PCGrad,
+    "cagrad": CAGrad,
+    "famo": FAMO,
+}
 
 
 def make_balancer(name: str | None, strategy) -> Balancer | None:

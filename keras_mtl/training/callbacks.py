@@ -121,6 +121,6 @@ def checkpoint_of(strategy, optimizer: bool = True) -> tf.train.Checkpoint:
         parts["optimizer"] = strategy.optimizer
     if strategy.teacher is not None:
         parts["teacher"] = strategy.teacher
-    if getattr(strategy, "balancer", None) is not None and strategy.balancer.variables:
-        parts["balancer"] = list(strategy.balancer.variables)
+    if getattr(strategy, "balancer", None) is not None and (strategy.balancer.variables or strategy.balancer.state):
+        parts["balancer"] = list(strategy.balancer.variables) + list(strategy.balancer.state)
     return tf.train.Checkpoint(**parts)

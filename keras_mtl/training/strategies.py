@@ -381,7 +381,7 @@ class SoftMTL(MultiTaskStrategy):
             pairs = balancing.cosines(flat)
             for pair, tracker in self.cosine_trackers:
                 tracker.update_state(pairs[pair])
-            direction = self.balancer.shared_direction(flat)
+            direction = self.balancer.shared_direction(flat, task_losses)
             extra = tape.gradient(regularization, shared) if self.network.losses else [None] * len(shared)
             offset = 0
             for index, variable, regular in zip(self.shared_index, shared, extra):
@@ -390,6 +390,7 @@ class SoftMTL(MultiTaskStrategy):
                 gradients[index] = piece if regular is None else piece + regular
                 offset += size
         del tape
+        self.balancer.after_step(task_losses)
         weights = self.balancer.log_weights()
         if weights is not None:
             for name, weight in zip(self.task_names, weights):

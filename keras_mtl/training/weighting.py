@@ -119,7 +119,7 @@ class FocalTaskWeighting(_StartsAtOne):
             self.strategy.loss_weights[name].assign(float(value))
 
 
-# uncertainty, pcgrad, cagrad act inside the strategy's step (keras_mtl.training.balancing); their
+# uncertainty, gradnorm, pcgrad, cagrad, famo act inside the strategy's step (keras_mtl.training.balancing); their
 # callback logs the weights in force and the pairwise gradient cosines the strategy tracks
 WEIGHTINGS = {
     "fixed": LossWeighting,
