@@ -78,3 +78,14 @@ def test_weighting_experiment_end_to_end_and_resume(tmp_path, tiny_env):
     assert second.stderr.count("done before, skipped") == 2
     assert finished.stat().st_mtime_ns == stamp
     assert "| MFL (focal task weighting) |" in (out / "table.md").read_text()
+
+
+def test_balancing_experiments_list_single_task_models_and_every_method():
+    from keras_mtl.studies.experiments import BALANCING, EXPERIMENTS
+    from keras_mtl.training.weighting import WEIGHTINGS
+
+    assert set(BALANCING) == set(WEIGHTINGS)
+    for name, tasks in (("balancing", ["asc", "sed"]), ("balancing-speech", ["gc", "ac", "scr", "vad"])):
+        rows = {row.name: row.settings for row in EXPERIMENTS[name].rows}
+        assert [rows[f"single-{t}"]["tasks"] for t in tasks] == [[t] for t in tasks]
+        assert all(rows[m] == {"tasks": tasks, "strategy": "soft", "weighting": m} for m in BALANCING)

@@ -25,7 +25,8 @@ PROG = "keras-mtl experiment"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "experiment", help="strategies (seed 000 Table 3), weighting (seed 003), vae-data or vae-encoder (seed 002)"
+        "experiment",
+        help="strategies (seed 000 Table 3), weighting (seed 003), vae-data or vae-encoder (seed 002), balancing or balancing-speech (task balancing methods)",
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--rows", help="only these rows (comma-separated names; see --dry-run)")

@@ -78,6 +78,19 @@ def _vae_encoder(variational: bool) -> dict:
 VAE_COLUMNS = (("sed", "event-based macro F1"), ("sed:segment_f1_macro", "segment-based macro F1"))
 
 
+BALANCING = ("fixed", "dwa", "mfl", "uncertainty", "gradnorm", "pcgrad", "cagrad", "famo")
+SPEECH = ("gc", "ac", "scr", "vad")
+
+
+def _balancing_rows(tasks) -> tuple:
+    """Single-task models, then SoftMTL of ``tasks`` with every loss weighting and balancing method."""
+    singles = tuple(Row(f"single-{t}", f"single-task {t.upper()}", {"tasks": [t]}) for t in tasks)
+    joint = tuple(
+        Row(m, f"SoftMTL, {m}", {"tasks": list(tasks), "strategy": "soft", "weighting": m}) for m in BALANCING
+    )
+    return singles + joint
+
+
 EXPERIMENTS = {
     "strategies": Experiment(
         "strategies",
@@ -113,6 +126,17 @@ EXPERIMENTS = {
             Row("mfl", "MFL (focal task weighting)", _pair(strategy="soft", weighting="mfl")),
         ),
         paper_source="seed 003 reports its figures in the full paper only; the abstract gives no numbers",
+    ),
+    "balancing": Experiment(
+        "balancing",
+        "Task balancing for SoftMTL of ASC + SED: loss weights and gradient-level methods (issue 19)",
+        _balancing_rows(("asc", "sed")),
+    ),
+    "balancing-speech": Experiment(
+        "balancing-speech",
+        "Task balancing for SoftMTL of GC + AC + SCR + VAD: loss weights and gradient-level methods (issue 19)",
+        _balancing_rows(SPEECH),
+        columns=tuple((t, f"{t.upper()} headline") for t in SPEECH),
     ),
     "vae-data": Experiment(
         "vae-data",
