@@ -107,6 +107,14 @@ COMMANDS = {
         "tests/test_experiments.py::test_weighting_experiment_end_to_end_and_resume",
     ),
     "python scripts/experiment.py strategies --dry-run": (RUN, ("experiment", "strategies", "--dry-run")),
+    "python scripts/experiment.py balancing --seeds 0,1,2": (
+        RUN,
+        ("experiment", "balancing", "--rows", "pcgrad", "--seeds", "0", *TINY),
+    ),
+    "python scripts/experiment.py balancing-speech --seeds 0,1,2": (
+        RUN,
+        ("experiment", "balancing-speech", "--seeds", "0,1,2", "--dry-run"),
+    ),
     "python scripts/experiment.py strategies --rows soft,cross-hard --epochs 10 --data-root /data/corpora": (
         RUN,
         ("experiment", "strategies", "--rows", "soft,cross-hard", *TINY, "--data-root", "{corpus}", "--dry-run"),
