@@ -8,12 +8,16 @@ from keras_mtl.core import fileio
 
 
 def plot_history(rows: list[dict], tasks, path: Path) -> None:
-    """Loss per task (train and held-out) and each task's Keras metric, per epoch."""
+    """Loss per task (train and held-out) and each task's Keras metric, per epoch; with task balancing,
+    a third panel: the task weights (``weight_<task>``) and the pairwise gradient cosines (``cos_<a>_<b>``)."""
     plt = pyplot()
     if not rows:
         return
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    balance = [k for k in rows[0] if k.startswith("cos_")]
+    if balance:
+        balance = [k for k in rows[0] if k.startswith("weight_")] + balance
+    fig, axes = plt.subplots(1, 3 if balance else 2, figsize=(16 if balance else 11, 4))
     for task in tasks:
         for key, style in ((f"{task.name}_loss", "-"), (f"val_{task.name}_loss", "--")):
             if key in rows[0]:
@@ -21,6 +25,11 @@ def plot_history(rows: list[dict], tasks, path: Path) -> None:
         for key in rows[0]:
             if key.startswith((f"{task.name}_", f"val_{task.name}_")) and not key.endswith("_loss"):
                 axes[1].plot(epochs, [r.get(key) for r in rows], "--" if key.startswith("val_") else "-", label=key)
+    for key in balance:
+        axes[2].plot(epochs, [r.get(key) for r in rows], ":" if key.startswith("cos_") else "-", label=key)
+    if balance:
+        axes[2].axhline(0.0, color="grey", linewidth=0.5)
+        axes[2].set_title("task weights, gradient cosines on the shared layers")
     axes[0].set_title("loss")
     axes[1].set_title("metrics (val_ = held-out split)")
     for ax in axes:
