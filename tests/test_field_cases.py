@@ -289,10 +289,15 @@ def test_a_desed_layout_with_another_event_set_keeps_its_weak_and_unlabelled_spl
 
 
 # ------------------------------------------------------------------ the cases through the command line
-def _train(args, env, tmp_path):
+def _train_manifest_task(name: str, level: str, rows: list[str], env, tmp_path):
+    """Write ``rows`` as a manifest, train a tiny one-epoch task ``name`` from it through the command line;
+    (the completed process, metrics.json) once it succeeded."""
     from tests.conftest import keras_mtl_command
 
-    return subprocess.run(
+    manifest, out = tmp_path / "manifest.csv", tmp_path / "run"
+    manifest.write_text("\n".join(rows) + "\n")
+    args = ["--task-set", name, "--task", f"{name}={level}:{manifest}", "--output-dir", str(out)]
+    result = subprocess.run(
         [*keras_mtl_command(), "train", "--preset", "tiny", "--epochs", "1", *args],
         capture_output=True,
         text=True,
@@ -300,6 +305,8 @@ def _train(args, env, tmp_path):
         cwd=tmp_path,
         timeout=900,
     )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, json.loads((out / "metrics.json").read_text())
 
 
 @pytest.mark.slow
@@ -309,15 +316,7 @@ def test_cli_a_task_named_with_spaces_keeps_its_text(tmp_path, tiny_env):
         label = "door knock" if k % 2 else 'glass "break"'
         _wav(tmp_path / f"c{k}.wav", 0.5, seed=k)
         rows.append(f'c{k}.wav,"{label.replace(chr(34), chr(34) * 2)}"')
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    out = tmp_path / "run"
-    result = _train(
-        ["--task-set", "Door Knock", "--task", f"Door Knock=clip:{tmp_path / 'm.csv'}", "--output-dir", str(out)],
-        tiny_env,
-        tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    written = json.loads((out / "metrics.json").read_text())
+    result, written = _train_manifest_task("Door Knock", "clip", rows, tiny_env, tmp_path)
     assert list(written["tasks"]) == ["Door Knock"] and written["tasks"]["Door Knock"]["name"] == "door_knock"
     assert set(written["tasks"]["Door Knock"]["metrics"]["class_accuracy"]) == {"door knock", 'glass "break"'}
     assert "Door Knock" in result.stdout and "Door Knock/train: " in result.stderr
@@ -330,14 +329,7 @@ def test_cli_long_recordings_are_trained_and_scored_whole(tmp_path, tiny_env):
         _wav(tmp_path / f"rec{k}.wav", 30.0, seed=k)
         split = "test" if k < 2 else "train"
         rows += [f"rec{k}.wav,{t},{t + 1.5},beep,{split}" for t in (3.0, 14.0, 26.0)]
-    (tmp_path / "strong.csv").write_text("\n".join(rows) + "\n")
-    out = tmp_path / "run"
-    result = _train(
-        ["--task-set", "beep", "--task", f"beep=frame:{tmp_path / 'strong.csv'}", "--output-dir", str(out)],
-        tiny_env,
-        tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result, written = _train_manifest_task("beep", "frame", rows, tiny_env, tmp_path)
     assert "4 recordings longer than 10.0 s split into 12 windows" in result.stderr
-    m = json.loads((out / "metrics.json").read_text())["tasks"]["beep"]["metrics"]
+    m = written["tasks"]["beep"]["metrics"]
     assert m["n_clips"] == 2 and m["seconds_scored"] == 60.0

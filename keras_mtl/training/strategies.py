@@ -28,7 +28,6 @@ from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
 from keras_mtl.models.mtl import task_submodel
 from keras_mtl.training import balancing
-from keras_mtl.training.balancing import BALANCERS, make_balancer
 from keras_mtl.training.losses import bce
 
 STRONG, WEAK, UNLABELED, STRONG_REAL = 0, 1, 2, 3  # item roles in a semi-supervised batch
@@ -158,7 +157,7 @@ class MultiTaskStrategy(keras.Model):
             self.teacher.set_weights(network.get_weights())
             self.teacher.trainable = False
             self.teacher_heads = {name: self._heads(self.teacher, name) for name in self.task_names}
-        self.balancer = make_balancer(options.balancing, self)
+        self.balancer = balancing.make_balancer(options.balancing, self)
         # variables on the paths of two or more tasks: where task gradients meet (and may conflict)
         owners: dict[int, int] = {}
         for path in self.paths.values():
@@ -188,7 +187,7 @@ class MultiTaskStrategy(keras.Model):
             max_ema_decay=tc.ema_decay,
             cross_weight=tc.cross_weight,
             order=tuple(config.order or ()),
-            balancing=config.weighting if config.weighting in BALANCERS else None,
+            balancing=config.weighting if config.weighting in balancing.BALANCERS else None,
         )
         fields = {f.name for f in dataclasses.fields(cls.Options)}
         return cls.Options(**{key: value for key, value in values.items() if key in fields})

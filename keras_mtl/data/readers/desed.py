@@ -19,7 +19,7 @@ from pathlib import Path
 
 from keras_mtl.core.errors import DataError
 from keras_mtl.data.items import AudioItem, Event, merge_overlapping
-from keras_mtl.data.readers.tables import DCASE, TableFormat, iter_audio_files, parse_float, read_table
+from keras_mtl.data.readers.tables import iter_audio_files, parse_float, read_table
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,11 @@ def read_desed(root: str | Path, split: str, classes=CLASSES) -> list[AudioItem]
     return items
 
 
-def read_strong_tsv(path: Path, classes=CLASSES, fmt: TableFormat = DCASE) -> dict[str, tuple[Event, ...]]:
+def read_strong_tsv(path: Path, classes=CLASSES) -> dict[str, tuple[Event, ...]]:
     """filename -> events (sorted; same-class overlaps merged, counted in a log line); a row with an
     empty onset/offset/label lists a clip with no event. ``classes`` None: any label."""
     events: dict[str, list[Event]] = {}
-    for row in read_table(path, required=("filename", "onset", "offset", "event_label"), fmt=fmt):
+    for row in read_table(path, required=("filename", "onset", "offset", "event_label")):
         filename = row.get("filename")
         if not filename:
             raise DataError(f"{path}:{row.line}: empty filename")
