@@ -35,10 +35,28 @@ def test_summary_gives_mean_and_std_over_seeds_beside_the_paper(tmp_path):
     assert soft["tasks"]["asc"]["mean"] == pytest.approx(72.0) and soft["tasks"]["asc"]["std"] == pytest.approx(2.0)
     assert soft["tasks"]["sed"]["mean"] == pytest.approx(25.0)
     table = (tmp_path / "table.md").read_text()
-    assert "| SoftMTL | 72.00 ± 2.00 | 25.00 ± 5.00 | 37.59 | 39.08 | 109.9k | 17.3M | 2 |" in table
-    assert "| single-task ASC (CNN) | 80.00 | - | 53.31 | - |" in table
+    assert "| SoftMTL | 72.00 ± 2.00 | 25.00 ± 5.00 | 37.59 | 39.08 | +10.0 | - | - | - | 109.9k | 17.3M | 2 |" in table
+    assert "| single-task ASC (CNN) | 80.00 | - | 53.31 | - | - | - | - | - |" in table
     assert (tmp_path / "results.png").stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["seeds"] == [0, 1]
+
+
+def test_balancing_summary_gives_relative_drops_ar_and_the_compute_against_the_single_task_models(tmp_path):
+    experiment = experiments.get_experiment("balancing")
+    rows = experiments.select_rows(experiment, ["single-asc", "single-sed", "fixed", "gradnorm"])
+    runs = {"single-asc": (0.80, None), "single-sed": (None, 0.50), "fixed": (0.76, 0.30), "gradnorm": (0.82, 0.49)}
+    for name, (asc, sed) in runs.items():
+        metrics = _fake_metrics(asc, sed)
+        metrics["model"]["macs_per_second"] = {"single-asc": 10e6, "single-sed": 30e6}.get(name, 20e6)
+        fileio.write_json(tmp_path / "rows" / name / "seed0" / "metrics.json", metrics)
+    summary = experiments.summarize(experiment, tmp_path, rows, [0])
+    fixed, gradnorm = summary["rows"][2], summary["rows"][3]
+    assert fixed["relative_drop"] == pytest.approx({"asc": 5.0, "sed": 40.0})
+    assert fixed["ar"] == pytest.approx(40.0) and fixed["macs_vs_singles"] == pytest.approx(0.5)
+    assert gradnorm["relative_drop"] == pytest.approx({"asc": -2.5, "sed": 2.0}) and gradnorm["ar"] == pytest.approx(2.0)
+    assert "relative_drop" not in summary["rows"][0]
+    table = (tmp_path / "table.md").read_text()
+    assert "| SoftMTL, gradnorm | 82.00 | 49.00 | -2.5 | +2.0 | 2.0 | 50% |" in table
 
 
 def test_unknown_experiment_and_row():

@@ -29,6 +29,7 @@ from keras_mtl.core.reporting import human, pyplot, save_figure
 from keras_mtl.runs import config as run_config
 from keras_mtl.runs.folder import task_entry
 from keras_mtl.studies.runner import run_all
+from keras_mtl.studies.synergy import relative_drop
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +267,7 @@ def summarize(experiment: Experiment, out: Path, rows: list[Row], seeds: list[in
             entry["macs_per_second"] = first["model"]["macs_per_second"]
             entry["training_seconds"] = float(np.mean([m["seconds"]["training"] for m in runs.values()]))
         results.append(entry)
+    add_relative_drops(experiment, results)
     summary = {
         "experiment": experiment.name,
         "title": experiment.title,
@@ -279,6 +281,34 @@ def summarize(experiment: Experiment, out: Path, rows: list[Row], seeds: list[in
     if experiment.name == "weighting":
         plot_weight_trajectories(out, rows, seeds[0], out / "weights.png")
     return summary
+
+
+def add_relative_drops(experiment: Experiment, results: list[dict]) -> None:
+    """Each multi-task row's drop against the single-task rows (``single-<task>``), in place.
+
+    ``relative_drop[task]``: 100 (single - multi) / single of the seed means, in % (negative: the joint
+    model is better); ``ar``: the largest of them over the row's columns (AR of seed 001: the maximum
+    relative drop over tasks), only when every column has a single-task row; ``macs_vs_singles``: the
+    row's MACs per second over the sum of the single-task models' (the compute the joint model saves).
+    """
+    singles = {entry["row"][len("single-") :]: entry for entry in results if entry["row"].startswith("single-")}
+    columns = [key for key, _ in experiment.columns]
+    for entry in results:
+        if entry["row"].startswith("single-") or not entry["tasks"]:
+            continue
+        drops = {}
+        for key in columns:
+            task = key.partition(":")[0]
+            single = singles.get(task, {}).get("tasks", {}).get(key)
+            if single is not None and key in entry["tasks"]:
+                drops[key] = relative_drop(single["mean"], entry["tasks"][key]["mean"])
+        if drops:
+            entry["relative_drop"] = drops
+        if drops and len(drops) == len(columns):
+            entry["ar"] = max(drops.values())
+        tasks = {key.partition(":")[0] for key in columns}
+        if "macs_per_second" in entry and tasks <= set(singles) and all("macs_per_second" in singles[t] for t in tasks):
+            entry["macs_vs_singles"] = entry["macs_per_second"] / sum(singles[t]["macs_per_second"] for t in tasks)
 
 
 def _cell(entry: dict, task: str) -> str:
@@ -296,6 +326,9 @@ def markdown_table(experiment: Experiment, results: list[dict], seeds: list[int]
     if has_paper:
         by_metric = any(":" in key for key, _ in experiment.columns)  # several columns of one task: name them
         header += [f"paper {label if by_metric else key.upper()} %" for key, label in experiment.columns]
+    has_drops = any("relative_drop" in entry for entry in results)
+    if has_drops:
+        header += [f"drop {key.upper()} %" for key, _ in experiment.columns] + ["AR %", "MACs / singles'"]
     header += ["params", "MACs / 1 s", "runs"]
     lines = [
         f"# {experiment.title}",
@@ -311,12 +344,24 @@ def markdown_table(experiment: Experiment, results: list[dict], seeds: list[int]
             cells += [
                 f"{entry['paper'][task]:.2f}" if task in entry["paper"] else "-" for task, _ in experiment.columns
             ]
+        if has_drops:
+            drops = entry.get("relative_drop", {})
+            cells += [f"{drops[task]:+.1f}" if task in drops else "-" for task, _ in experiment.columns]
+            cells += [f"{entry['ar']:.1f}" if "ar" in entry else "-"]
+            cells += [f"{100 * entry['macs_vs_singles']:.0f}%" if "macs_vs_singles" in entry else "-"]
         cells += [
             human(entry["params"]) if "params" in entry else "-",
             human(entry["macs_per_second"]) if "macs_per_second" in entry else "-",
             str(len(entry["seeds"])),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if has_drops:
+        lines += [
+            "",
+            "drop: relative drop of the seed mean against the single-task row, % of the single-task value "
+            "(negative: the joint model is better); AR: the largest drop over the tasks (seed 001); "
+            "MACs / singles': the row's MACs per second over the single-task models' sum.",
+        ]
     if experiment.paper_source:
         lines += ["", f"Paper figures: {experiment.paper_source}."]
     return "\n".join(lines) + "\n"
