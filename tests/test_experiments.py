@@ -53,7 +53,9 @@ def test_balancing_summary_gives_relative_drops_ar_and_the_compute_against_the_s
     fixed, gradnorm = summary["rows"][2], summary["rows"][3]
     assert fixed["relative_drop"] == pytest.approx({"asc": 5.0, "sed": 40.0})
     assert fixed["ar"] == pytest.approx(40.0) and fixed["macs_vs_singles"] == pytest.approx(0.5)
-    assert gradnorm["relative_drop"] == pytest.approx({"asc": -2.5, "sed": 2.0}) and gradnorm["ar"] == pytest.approx(2.0)
+    assert gradnorm["relative_drop"] == pytest.approx({"asc": -2.5, "sed": 2.0}) and gradnorm["ar"] == pytest.approx(
+        2.0
+    )
     assert "relative_drop" not in summary["rows"][0]
     table = (tmp_path / "table.md").read_text()
     assert "| SoftMTL, gradnorm | 82.00 | 49.00 | -2.5 | +2.0 | 2.0 | 50% |" in table
