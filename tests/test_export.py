@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from keras_mtl.core.backend import keras
+from keras_mtl.core.errors import ConfigError
 from keras_mtl.deploy import agreement, c_arrays
 from keras_mtl.deploy.qat import copy_back, quantization_aware
 from keras_mtl.deploy.streaming import StreamingRunner, keras_call, plan_streaming, receptive_radius
@@ -28,11 +29,23 @@ FIRMWARE_C = REPO / "microcontroller" / "firmware"
 SMALL = ModelConfig(channels=(4, 8, 8), pools=((2, 16), (2, 4), (1, 2)), gru_units=8, dropout=0.0, head_dropout=0.0)
 
 
-def _plan(tasks="asc,sed"):
+def _plan(tasks="asc,sed", encoder="auto", config=SMALL):
     keras.utils.set_random_seed(0)
     tasks = parse_task_set(tasks)
-    network = build_model(tasks, SMALL, feature_mean=np.full(128, -5.0, np.float32))
-    return network, tasks, plan_streaming(network, tasks, FrontEndConfig(), SMALL.time_pool_factor)
+    network = build_model(tasks, config, feature_mean=np.full(128, -5.0, np.float32))
+    for layer in network.layers:  # batch norms far from the identity, as after training
+        if isinstance(layer, keras.layers.BatchNormalization):
+            rng = np.random.default_rng(len(layer.name))
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights(
+                [
+                    gamma * 1.1,
+                    0.3 * rng.standard_normal(beta.shape),
+                    0.2 * rng.standard_normal(mean.shape),
+                    variance + rng.uniform(0.1, 0.5, variance.shape),
+                ]
+            )
+    return network, tasks, plan_streaming(network, tasks, FrontEndConfig(), config.time_pool_factor, encoder=encoder)
 
 
 def test_gru_step_model_equals_the_trained_gru():
@@ -51,8 +64,47 @@ def test_gru_step_model_equals_the_trained_gru():
     np.testing.assert_allclose(np.stack(scores), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("config", [SMALL, ModelConfig(dropout=0.0)], ids=["small", "default"])
+def test_stepped_encoder_equals_the_whole_clip_encoder_after_the_warm_up(config):
+    network, tasks, plan = _plan(config=config)
+    assert plan.piece("encoder").kind == "encoder_step" and plan.window_frames == config.time_pool_factor
+    trunk = keras.Model(network.input, network.get_layer("shared/frames").output)
+    rng = np.random.default_rng(1)
+    features = rng.standard_normal((1001, 128)).astype(np.float32) - 5.0
+    full = np.asarray(trunk(features[None]))[0]
+    streamed = StreamingRunner(plan, keras_call).embeddings(features)["shared/frames"]
+    assert streamed.shape == full.shape == (250, full.shape[1])
+    warmup = plan.step.warmup
+    assert warmup == -(-receptive_radius(trunk) // config.time_pool_factor)
+    # the end: the whole-clip network pads every layer with zeros, a stream goes on with the pad frame
+    np.testing.assert_allclose(streamed[warmup:-warmup], full[warmup:-warmup], atol=1e-5)
+    # the states: a few frames per layer, whatever the length of the audio
+    assert sum(s.size for s in plan.step.states) <= 8192
+    assert {s.kind for s in plan.step.states} == {"convolution", "delay"}
+
+
+def test_an_encoder_that_cannot_step_runs_by_windows_or_says_why():
+    mel = keras.Input(shape=(None, 128), name="mel")
+    x = keras.layers.Reshape((-1, 128, 1), name="shared/expand")(mel)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="shared/conv1")(x)
+    x = keras.layers.Add(name="shared/residual")([x, y])
+    x = keras.layers.MaxPooling2D((4, 128), name="shared/pool1")(x)
+    frames = keras.layers.Reshape((-1, 4), name="shared/frames")(x)
+    tasks = parse_task_set("asc")
+    from keras_mtl.models.mtl import TemporalAttentionPooling
+
+    head = keras.layers.Dense(tasks[0].n_classes, activation="softmax", name="asc/classifier")(
+        TemporalAttentionPooling(name="asc/attention")(frames)
+    )
+    network = keras.Model(mel, {"asc": head})
+    with pytest.raises(ConfigError, match="shared/residual: a Add joining 2 inputs"):
+        plan_streaming(network, tasks, FrontEndConfig(), 4, encoder="step")
+    plan = plan_streaming(network, tasks, FrontEndConfig(), 4)
+    assert plan.step is None and plan.piece("encoder").kind == "encoder"
+
+
 def test_context_windows_reproduce_the_whole_clip_encoder_inside_the_clip():
-    network, tasks, plan = _plan()
+    network, tasks, plan = _plan(encoder="window")
     assert plan.context_frames >= receptive_radius(
         keras.Model(network.input, network.get_layer("shared/frames").output)
     )

@@ -139,8 +139,11 @@ def settings_header(
         f"static const float kHannWindow[KM_WINDOW_SAMPLES] = {{{_floats(hann)}}};",
         f"static const float kFftTwiddles[KM_FFT_SIZE] = {{{_floats(twiddles)}}};",
         "",
-        "// Streaming: the encoder sees KM_ENCODER_WINDOW_FRAMES log-mel frames every KM_ENCODER_HOP_FRAMES",
-        "// (KM_CONTEXT_FRAMES of context on each side) and yields KM_EMBEDDINGS_PER_WINDOW embeddings.",
+        "// Streaming. KM_ENCODER_STEPPED: the encoder takes KM_ENCODER_WINDOW_FRAMES new log-mel frames per",
+        "// invocation, with its per-layer states (km_pieces.h); otherwise it sees KM_ENCODER_WINDOW_FRAMES",
+        "// frames every KM_ENCODER_HOP_FRAMES (KM_CONTEXT_FRAMES of context on each side). Either way clip",
+        "// heads run every KM_ENCODER_HOP_FRAMES frames, on KM_EMBEDDINGS_PER_WINDOW embeddings per window.",
+        f"#define KM_ENCODER_STEPPED {int(plan.step is not None)}",
         f"#define KM_ENCODER_WINDOW_FRAMES {plan.window_frames}",
         f"#define KM_ENCODER_HOP_FRAMES {plan.hop_frames}",
         f"#define KM_CONTEXT_FRAMES {plan.context_frames}",
@@ -188,6 +191,30 @@ def operator_method(name: str) -> str:
     return "".join(part.capitalize() if not part[0].isdigit() else part.upper() for part in name.split("_"))
 
 
+def _encoder_step_lines(plan, encoder) -> list[str]:
+    """The stepped encoder's tensor positions: its log-mel input, each state's input and output (the
+    firmware copies output k into input k after every step), and each output's lag in embeddings."""
+    if plan.step is None or encoder is None:
+        return ["#define KM_ENCODER_STATE_COUNT 0"]
+    inputs, outputs = encoder.input_names(), encoder.output_names()
+    states = plan.step.states
+    lags = [plan.step.lags.get(next((b for b in plan.branches if b.replace("/", "_") == n), ""), 0) for n in outputs]
+    return [
+        "// stepped encoder: input positions of the log-mel frames and the states; output positions of",
+        "// the new states; embeddings each output gives before the stream's first (kEncoderLags)",
+        f"#define KM_ENCODER_MEL_INPUT {inputs.index('mel')}",
+        f"#define KM_ENCODER_STATE_COUNT {len(states)}",
+        f"#define KM_ENCODER_STATE_BYTES {sum(s.size for s in states)}",
+        "static const int kEncoderStateInputs[KM_ENCODER_STATE_COUNT + 1] = {"
+        + "".join(f"{inputs.index(s.name)}, " for s in states)
+        + "-1};",
+        "static const int kEncoderStateOutputs[KM_ENCODER_STATE_COUNT + 1] = {"
+        + "".join(f"{outputs.index(f'new_{s.name}')}, " for s in states)
+        + "-1};",
+        "static const int kEncoderLags[KM_ENCODER_OUTPUT_COUNT] = {" + ", ".join(map(str, lags)) + "};",
+    ]
+
+
 def pieces_header(plan, tasks, models: dict, operators: dict[str, list[str]], embedding_ms: int) -> str:
     """``km_pieces.h``: the table the firmware walks — one entry per exported model with its role,
     array, arena, the tensor positions it uses, and the operators to register."""
@@ -208,6 +235,7 @@ def pieces_header(plan, tasks, models: dict, operators: dict[str, list[str]], em
         "#define KM_OPERATORS(OP) " + " ".join(f"OP({operator_method(op)})" for op in used),
         f"#define KM_EMBEDDING_MS {embedding_ms}  /* one embedding (frame-task output frame) */",
         f"#define KM_ENCODER_OUTPUT_COUNT {len(encoder_outputs)}",
+        *_encoder_step_lines(plan, encoder),
         "",
         "enum { KM_ENCODER = 0, KM_CLIP_HEAD = 1, KM_FRAME_STEP = 2, KM_CLIP_MODEL = 3 };",
         "typedef struct {",
@@ -230,6 +258,7 @@ def pieces_header(plan, tasks, models: dict, operators: dict[str, list[str]], em
     ]
     kinds = {
         "encoder": "KM_ENCODER",
+        "encoder_step": "KM_ENCODER",
         "clip_head": "KM_CLIP_HEAD",
         "frame_step": "KM_FRAME_STEP",
         "clip_model": "KM_CLIP_MODEL",

@@ -108,7 +108,10 @@ def calibration_samples(plan: StreamingPlan, tasks, train: dict, clips: int, rng
         picks = rng.choice(len(split), size=min(clips, len(split)), replace=False)
         for index in picks:
             features = split.load_features(int(index)).astype(np.float32)
-            if "encoder" in calibration:
+            if plan.step is not None:  # states included: every 4th step of the clip, up to 40
+                steps = [inputs for inputs, _ in float_runner.encoder_steps(features)]
+                calibration["encoder"].extend(steps[:: max(1, len(steps) // 40)][:40])
+            elif "encoder" in calibration:
                 calibration["encoder"].extend({"mel": w[None]} for w in windows_of(features, plan)[:2])
             for piece in plan.pieces:
                 if piece.task != task.name:
@@ -149,10 +152,24 @@ def _export_network(
     report = {
         "run": str(run_dir),
         "streaming": {
+            "encoder": "step" if plan.step is not None else "window",
             "window_frames": plan.window_frames,
             "hop_frames": plan.hop_frames,
             "context_frames": plan.context_frames,
             "embeddings_per_window": plan.output_frames,
+            **(
+                {
+                    "step_frames": plan.step.step_frames,
+                    "state_values": sum(s.size for s in plan.step.states),
+                    "states": {
+                        s.name: {"layer": s.layer, "kind": s.kind, "shape": list(s.shape)} for s in plan.step.states
+                    },
+                    "lags": plan.step.lags,
+                    "warmup_embeddings": plan.step.warmup,
+                }
+                if plan.step is not None
+                else {}
+            ),
         },
         "models": {},
         "tasks": {},

@@ -3,15 +3,19 @@
 TFLite-Micro has no GRU op and does not finish WHILE loops, and an unrolled GRU copies the graph
 once per frame, so the network is cut into pieces with static shapes and batch 1:
 
-    encoder          log-mel window (1, W, n_mels) -> per-frame embeddings of every encoder branch:
-                     one second of frames (100) plus C frames of context on each side, C covering the
-                     encoder's receptive field, so the embeddings of the middle second (cropped in
-                     the model) equal those of the whole-clip network; windows start 100 frames apart
+    encoder          the default: a step model with per-layer state (keras_mtl.deploy.encoder_step):
+                     (1, S, n_mels) new log-mel frames, S the encoder's time stride, and the states
+                     -> one embedding per branch and the new states; its arena does not depend on the
+                     audio's length. Encoders with a layer that cannot step (a residual join, CP-Mobile's
+                     blocks) run by windows instead: log-mel window (1, W, n_mels) -> per-frame
+                     embeddings of every branch, one second of frames (100) plus C frames of context on
+                     each side, C covering the receptive field, so the embeddings of the middle second
+                     (cropped in the model) equal those of the whole-clip network; windows 100 frames apart
     <task>_head      clip task: embeddings of a clip's windows (1, k * frames per window, F) -> class scores
     <task>_step      frame task: one embedding (1, F) and the GRU state (1, U) -> event scores and new state
                      (the MTL-VAE: encoder GRU -> latent mean -> decoder GRU, both states in one vector)
 
-The device runs the encoder once per second of audio, each clip head on the last k windows, and
+The device runs the encoder every S frames (by windows: once per second of audio), each clip head on the last k windows, and
 each frame task's step model once per output frame, feeding the state back; flash and arena do
 not depend on clip length. Networks without an attention head for a clip task (CP-Mobile, the
 Georgiev DNN) export that task's whole path over one clip instead. Which pieces a network has is
@@ -29,6 +33,7 @@ import numpy as np
 
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
+from keras_mtl.deploy.encoder_step import EncoderStep, build_encoder_step
 from keras_mtl.models.architectures import get_architecture
 
 log = logging.getLogger(__name__)
@@ -40,7 +45,7 @@ class Piece:
 
     name: str
     model: keras.Model
-    kind: str  # "encoder", "clip_head", "frame_step" or "clip_model"
+    kind: str  # "encoder" (by windows), "encoder_step", "clip_head", "frame_step" or "clip_model"
     task: str | None = None
     branch: str | None = None  # the encoder output (frames layer) a head reads
     windows: int = 1  # clip heads / clip models: encoder windows per clip
@@ -49,25 +54,32 @@ class Piece:
 
 @dataclasses.dataclass
 class StreamingPlan:
-    """How the device cuts audio: windows of ``window_frames`` log-mel frames every ``hop_frames``."""
+    """How the device cuts audio. A stepped encoder (``step`` set) takes ``window_frames`` new log-mel
+    frames per invocation (its time stride); a windowed one windows of ``window_frames`` frames every
+    ``hop_frames``. Clip heads run every ``hop_frames`` frames (one second) either way."""
 
     window_frames: int
     hop_frames: int
-    context_frames: int  # log-mel frames of context on each side of the second a window covers
-    output_frames: int  # embeddings per window
+    context_frames: int  # by windows: log-mel frames of context on each side of the second a window covers
+    output_frames: int  # embeddings per second (per window)
     pad_value: np.ndarray  # log-mel frame used beyond the ends of a clip (the input normalisation mean)
     branches: list[str]  # encoder outputs, in order (frames layer names)
     pieces: list[Piece]
+    step: EncoderStep | None = None  # the stepped encoder's states, lags and warm-up
 
     def piece(self, name: str) -> Piece:
         return next(p for p in self.pieces if p.name == name)
 
 
 def plan_streaming(
-    network: keras.Model, tasks, frontend, time_pool_factor: int, architecture: str = "mtl"
+    network: keras.Model, tasks, frontend, time_pool_factor: int, architecture: str = "mtl", encoder: str = "auto"
 ) -> StreamingPlan:
     """Cut ``network`` (of the registered ``architecture``) into an encoder, clip heads and frame steps
-    (see the module docstring). ConfigError when a task's decoder cannot stream (a bidirectional GRU)."""
+    (see the module docstring). ``encoder``: "step", "window" or "auto" (step when every encoder layer
+    can). ConfigError when a task's decoder cannot stream (a bidirectional GRU), or for ``"step"`` when
+    the encoder cannot step."""
+    if encoder not in ("auto", "step", "window"):
+        raise ConfigError(f"encoder must be auto, step or window, not {encoder!r}")
     hop_frames = int(round(1.0 / frontend.frame_seconds))  # one second of frames
     if hop_frames % time_pool_factor:
         raise ConfigError(
@@ -92,7 +104,18 @@ def plan_streaming(
         pad_value = np.zeros(n_mels, np.float32)
 
     pieces = []
-    if branches:
+    step = None
+    if branches and encoder != "window":
+        try:
+            step = build_encoder_step(network, branches, time_pool_factor, radius)
+        except ConfigError as error:
+            if encoder == "step":
+                raise
+            log.info("the encoder runs by windows: %s", error)
+    if step is not None:
+        pieces.append(Piece("encoder", step.model, "encoder_step"))
+        window, context = time_pool_factor, 0
+    elif branches:
         mel = keras.Input(shape=(window, n_mels), batch_size=1, name="mel")
         outputs = trunk(mel)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
@@ -138,7 +161,7 @@ def plan_streaming(
                     branch,
                 )
             )
-    return StreamingPlan(window, hop_frames, context, output_frames, pad_value, branches, pieces)
+    return StreamingPlan(window, hop_frames, context, output_frames, pad_value, branches, pieces, step)
 
 
 def receptive_radius(model: keras.Model) -> int:
@@ -254,7 +277,10 @@ class StreamingRunner:
         self.call = call
 
     def embeddings(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        """{branch: (frames, F)} for a whole clip, window by window."""
+        """{branch: (frames, F)} for a whole clip: as many embeddings as the windows of the clip give
+        (whole seconds, the last one padded with the pad frame), step by step or window by window."""
+        if self.plan.step is not None:
+            return self.stepped_embeddings(features)
         encoder = self.plan.piece("encoder")
         per_branch = {b: [] for b in self.plan.branches}
         for window in windows_of(features, self.plan):
@@ -262,6 +288,38 @@ class StreamingRunner:
             for branch in self.plan.branches:
                 per_branch[branch].append(out[branch.replace("/", "_")][0])
         return {b: np.concatenate(v) for b, v in per_branch.items()}
+
+    def encoder_steps(self, features: np.ndarray):
+        """The stepped encoder over a clip: yields (inputs, outputs) of every step, the states fed
+        back; frames beyond the clip are the pad frame, until every branch has its embeddings."""
+        plan, step = self.plan, self.plan.step
+        encoder = plan.piece("encoder")
+        seconds = max(1, math.ceil((features.shape[0] - 1) / plan.hop_frames))
+        wanted = seconds * plan.output_frames
+        per_step = plan.output_frames * step.step_frames // plan.hop_frames
+        steps = max(-(-(wanted + lag) // per_step) for lag in step.lags.values())
+        tail = steps * step.step_frames - features.shape[0]
+        if tail > 0:
+            features = np.concatenate([features, np.broadcast_to(plan.pad_value, (tail, features.shape[1]))])
+        states = {s.name: np.zeros((1, *s.shape), np.float32) for s in step.states}
+        for k in range(steps):
+            inputs = {"mel": features[None, k * step.step_frames : (k + 1) * step.step_frames], **states}
+            outputs = self.call(encoder, inputs)
+            yield inputs, outputs
+            states = {s.name: outputs[f"new_{s.name}"] for s in step.states}
+
+    def stepped_embeddings(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        plan = self.plan
+        seconds = max(1, math.ceil((features.shape[0] - 1) / plan.hop_frames))
+        per_branch = {b: [] for b in plan.branches}
+        for _, outputs in self.encoder_steps(features):
+            for branch in plan.branches:
+                per_branch[branch].append(outputs[branch.replace("/", "_")][0])
+        wanted = seconds * plan.output_frames
+        return {
+            b: np.concatenate(v)[plan.step.lags[b] : plan.step.lags[b] + wanted].astype(np.float32)
+            for b, v in per_branch.items()
+        }
 
     def predict(self, piece: Piece, features: np.ndarray, embeddings: dict | None = None) -> np.ndarray:
         if piece.kind == "clip_model":

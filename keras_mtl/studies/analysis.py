@@ -306,7 +306,7 @@ def median_milliseconds(run, repeats: int = 20) -> float:
 def int8_latency_per_second(network, tasks, config, train: dict, repeats: int = 20) -> tuple[float, int]:
     """(median LiteRT int8 time in ms of one second of audio, flatbuffer bytes), calibrated on four
     training clips per task. Networks with an encoder to stream: the int8 pieces of keras_mtl.deploy,
-    run the way the device runs them (the encoder once, each frame step once per output frame, each
+    run the way the device runs them (the encoder once per second or per step, each frame step once per output frame, each
     clip head once per clip: its share of one second). Networks without one (whole-clip models such
     as the Georgiev DNN): the whole network, every task's output, on one second of frames."""
     factor, _ = time_resolution(config)
@@ -320,7 +320,11 @@ def int8_latency_per_second(network, tasks, config, train: dict, repeats: int = 
                 calibration[piece.name],
                 plan.output_frames
                 if piece.kind == "frame_step"
-                else (1.0 / piece.windows if piece.kind == "clip_head" else 1.0),
+                else (
+                    1.0 / piece.windows
+                    if piece.kind == "clip_head"
+                    else (plan.hop_frames / plan.window_frames if piece.kind == "encoder_step" else 1.0)
+                ),
             )
             for piece in plan.pieces
         ]

@@ -29,8 +29,12 @@ const km_logmel_config kLogMel = {KM_WINDOW_SAMPLES, KM_HOP_SAMPLES, KM_FFT_SIZE
 float g_samples[KM_WINDOW_SAMPLES];         // the current frame's samples, oldest first
 float g_work[2 * KM_FFT_SIZE + KM_WINDOW_SAMPLES];
 float g_mel[KM_MEL_BANDS];
-int8_t g_window[KM_ENCODER_WINDOW_FRAMES][KM_MEL_BANDS];  // encoder input, quantised
+int8_t g_window[KM_ENCODER_WINDOW_FRAMES][KM_MEL_BANDS];  // encoder input (window or step), quantised
 int g_window_rows = 0;                      // rows of g_window filled
+#if KM_ENCODER_STEPPED
+int8_t g_states[KM_ENCODER_STATE_BYTES + 1];  // the stepped encoder's states, in its input quantisation
+uint32_t g_wanted = 0xFFFFFFFFu;              // embeddings per output to deliver (set by the flush)
+#endif
 int g_filled = 0;                           // samples in g_samples (starts with kPad zeros)
 
 // -- models ----------------------------------------------------------------------------------------
@@ -44,6 +48,10 @@ struct Model {
   // clip heads: embeddings of the last `windows` windows, already in the head's input quantisation
   int8_t* history;
   int windows_seen;
+  // stepped encoder: embeddings of the window being filled (clip heads), embeddings received
+  int8_t* pending;
+  int pending_count;
+  uint32_t received;
   // frame steps: median filter ring of decisions, events
   uint8_t decisions[kMaxMedian][kMaxClasses];
   uint8_t first[kMaxClasses];
@@ -199,7 +207,7 @@ void ClipWindow(Model& m, const int8_t* embeddings, const TfLiteTensor* embeddin
   for (int c = 1; c < p.class_count; c++)
     if (scores->data.int8[c] > scores->data.int8[best]) best = c;
   const int percent = static_cast<int>(lrintf(100.0f * Dequantize(scores->data.int8[best], scores)));
-  const uint32_t end_ms = static_cast<uint32_t>(g_stats.windows) * KM_ENCODER_HOP_FRAMES * KM_HOP_SAMPLES /
+  const uint32_t end_ms = static_cast<uint32_t>(m.windows_seen) * KM_ENCODER_HOP_FRAMES * KM_HOP_SAMPLES /
                           (KM_SAMPLE_RATE / 1000);
   const uint32_t start_ms = end_ms - p.windows * KM_ENCODER_HOP_FRAMES * KM_HOP_SAMPLES / (KM_SAMPLE_RATE / 1000);
   Report("%s: %lu.%03lu-%lu.%03lu s %s %d%%", p.task, (unsigned long)(start_ms / 1000),
@@ -207,7 +215,57 @@ void ClipWindow(Model& m, const int8_t* embeddings, const TfLiteTensor* embeddin
          p.labels[best], percent);
 }
 
-// -- the encoder window ----------------------------------------------------------------------------
+// -- the encoder ------------------------------------------------------------------------------------
+#if KM_ENCODER_STEPPED
+// One step: the new frames and the states in, one embedding per output (after its lag) to the heads
+// and frame steps, the new states kept for the next step.
+void RunWindow() {
+  tflite::MicroInterpreter& it = *g_encoder->interpreter;
+  TfLiteTensor* mel = it.input(KM_ENCODER_MEL_INPUT);
+  memcpy(mel->data.int8, g_window, sizeof(g_window));
+  int8_t* state = g_states;
+  for (int k = 0; k < KM_ENCODER_STATE_COUNT; k++) {
+    TfLiteTensor* input = it.input(kEncoderStateInputs[k]);
+    if (g_stats.windows == 0) {  // frames before the stream: zero, as the whole-clip network's padding
+      for (size_t i = 0; i < input->bytes; i++) state[i] = Quantize(0.0f, input);
+    }
+    memcpy(input->data.int8, state, input->bytes);
+    state += input->bytes;
+  }
+  g_stats.windows++;
+  g_window_rows = 0;
+  if (!Invoke(*g_encoder)) return;
+  for (int i = 0; i < KM_PIECE_COUNT; i++) {
+    Model& m = g_models[i];
+    if (m.piece->kind != KM_CLIP_HEAD && m.piece->kind != KM_FRAME_STEP) continue;
+    const TfLiteTensor* out = it.output(m.piece->encoder_output);
+    const int frames = out->dims->data[1], width = out->dims->data[2];
+    for (int f = 0; f < frames; f++) {
+      const uint32_t index = m.received++;
+      const uint32_t lag = kEncoderLags[m.piece->encoder_output];
+      if (index < lag || index - lag >= g_wanted) continue;  // before the stream, or after the flush's end
+      const int8_t* embedding = out->data.int8 + f * width;
+      if (m.piece->kind == KM_FRAME_STEP) {
+        StepFrame(m, embedding, out);
+      } else {
+        memcpy(m.pending + m.pending_count * width, embedding, width);
+        if (++m.pending_count == KM_EMBEDDINGS_PER_WINDOW) {
+          ClipWindow(m, m.pending, out, KM_EMBEDDINGS_PER_WINDOW * width);
+          m.pending_count = 0;
+        }
+      }
+    }
+  }
+  // the new states, requantised to the inputs' quantisation (outputs may share memory with inputs)
+  state = g_states;
+  for (int k = 0; k < KM_ENCODER_STATE_COUNT; k++) {
+    const TfLiteTensor* output = it.output(kEncoderStateOutputs[k]);
+    const TfLiteTensor* input = it.input(kEncoderStateInputs[k]);
+    Requantize(output->data.int8, output, state, input, input->bytes);
+    state += input->bytes;
+  }
+}
+#else
 void RunWindow() {
   TfLiteTensor* input = g_encoder->interpreter->input(0);
   memcpy(input->data.int8, g_window, sizeof(g_window));
@@ -229,9 +287,18 @@ void RunWindow() {
   memmove(g_window, g_window[KM_ENCODER_HOP_FRAMES], keep * KM_MEL_BANDS);
   g_window_rows = keep;
 }
+#endif
+
+const TfLiteTensor* EncoderInput() {
+#if KM_ENCODER_STEPPED
+  return g_encoder->interpreter->input(KM_ENCODER_MEL_INPUT);
+#else
+  return g_encoder->interpreter->input(0);
+#endif
+}
 
 void AddFrameRow(const float* mel) {
-  const TfLiteTensor* input = g_encoder->interpreter->input(0);
+  const TfLiteTensor* input = EncoderInput();
   for (int b = 0; b < KM_MEL_BANDS; b++) g_window[g_window_rows][b] = Quantize(mel[b], input);
   g_window_rows++;
   if (g_window_rows == KM_ENCODER_WINDOW_FRAMES) RunWindow();
@@ -259,7 +326,7 @@ void Reset() {
   g_filled = kPad;  // the centred first frame sees kPad zeros before the audio
   g_window_rows = 0;
   for (int c = 0; c < KM_CONTEXT_FRAMES; c++) {  // context before the first frame: the pad frame
-    const TfLiteTensor* input = g_encoder->interpreter->input(0);
+    const TfLiteTensor* input = EncoderInput();
     for (int b = 0; b < KM_MEL_BANDS; b++) g_window[g_window_rows][b] = Quantize(kPadFrame[b], input);
     g_window_rows++;
   }
@@ -304,7 +371,8 @@ bool ListenerStart(ReportFunction report) {
     if (m.piece->kind == KM_ENCODER) g_encoder = &m;
     if (m.piece->kind == KM_CLIP_HEAD) {
       m.history = new (std::nothrow) int8_t[m.interpreter->input(0)->bytes]();
-      if (m.history == nullptr) {
+      m.pending = new (std::nothrow) int8_t[m.interpreter->input(0)->bytes / m.piece->windows]();
+      if (m.history == nullptr || m.pending == nullptr) {
         Report("error: %s: out of memory", m.piece->name);
         return false;
       }
@@ -334,8 +402,19 @@ void ListenerFlush() {
   // windows: max(1, ceil((frames - 1) / hop)); beyond the last frame the pad frame
   uint32_t windows = (total_frames - 1 + KM_ENCODER_HOP_FRAMES - 1) / KM_ENCODER_HOP_FRAMES;
   if (windows < 1) windows = 1;
+#if KM_ENCODER_STEPPED
+  // as many embeddings as those windows hold; steps until the latest output has given them all
+  g_wanted = windows * KM_EMBEDDINGS_PER_WINDOW;
+  const uint32_t per_step = KM_EMBEDDINGS_PER_WINDOW * KM_ENCODER_WINDOW_FRAMES / KM_ENCODER_HOP_FRAMES;
+  uint32_t steps = 0;
+  for (int k = 0; k < KM_ENCODER_OUTPUT_COUNT; k++) {
+    const uint32_t needed = (g_wanted + kEncoderLags[k] + per_step - 1) / per_step;
+    if (needed > steps) steps = needed;
+  }
+  windows = steps;
+#endif
   while (g_stats.windows < windows) {
-    const TfLiteTensor* input = g_encoder->interpreter->input(0);
+    const TfLiteTensor* input = EncoderInput();
     for (int b = 0; b < KM_MEL_BANDS; b++) g_window[g_window_rows][b] = Quantize(kPadFrame[b], input);
     if (++g_window_rows == KM_ENCODER_WINDOW_FRAMES) RunWindow();
   }
