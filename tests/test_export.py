@@ -238,6 +238,33 @@ def test_export_report_tflm_agrees_with_litert(exported):
 
 
 @pytest.mark.slow
+def test_one_arena_runs_1_10_and_60_seconds_of_audio(exported):
+    """Every exported piece runs in TFLite-Micro with the arena the export measured, whatever the
+    length of the audio: the stepped encoder takes 4 frames and its states, not the clip."""
+    from keras_mtl.deploy.export import load_run
+    from keras_mtl.deploy.tflite import int8_call
+
+    report = json.loads((exported / "export_report.json").read_text())
+    assert report["streaming"]["encoder"] == "step"
+    _, tasks, _, plan = load_run(Path(report["run"]))
+    models = {
+        piece.name: Int8Model(
+            (exported / f"{piece.name}.tflite").read_bytes(), "tflm", report["models"][piece.name]["tflm_arena_bytes"]
+        )
+        for piece in plan.pieces
+    }
+    runner = StreamingRunner(plan, int8_call(models))
+    rng = np.random.default_rng(0)
+    for seconds in (1, 10, 60):
+        features = (rng.standard_normal((100 * seconds + 1, 128)) - 5.0).astype(np.float32)
+        embeddings = runner.embeddings(features)
+        assert len(embeddings["shared/frames"]) == 25 * seconds
+        scores = runner.predict(plan.piece("sed_step"), features, embeddings)
+        assert scores.shape == (25 * seconds, tasks[1].n_classes) and np.isfinite(scores).all()
+    assert sum(report["models"][p.name]["tflm_arena_bytes"] for p in plan.pieces) <= 64 * 1024
+
+
+@pytest.mark.slow
 def test_fully_connected_weights_have_one_scale(exported):
     """The pinned firmware tree's CMSIS-NN FULLY_CONNECTED uses one scale per layer."""
     from tensorflow.lite.tools import flatbuffer_utils

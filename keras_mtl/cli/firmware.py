@@ -59,6 +59,21 @@ def main(argv=None) -> int:
     device = firmware.parse_listener_output(output)
     host = firmware.expected_report(export_dir, args.wav)
     problems = firmware.compare(host, device)
+    load = {}
+    if "all" in device.instructions:
+        total = device.instructions["all"]
+        load = {
+            "instructions_per_second": device.instructions,
+            "assumed_cpi": firmware.ASSUMED_CPI,
+            "clock_hz": firmware.BOARD_CLOCK_HZ,
+            "load": firmware.load_estimate(total),
+            "load_at_cpi_1": firmware.load_estimate(total, cpi=1.0),
+        }
+        print(
+            f"estimated load on a {firmware.BOARD_CLOCK_HZ / 1e6:.0f} MHz Cortex-M4F: {100 * load['load']:.0f}% "
+            f"({total / 1e6:.1f}M instructions per second of audio x CPI {firmware.ASSUMED_CPI} assumed; "
+            f"{100 * load['load_at_cpi_1']:.0f}% at CPI 1)"
+        )
     fileio.write_json(
         out / "firmware_check.json",
         {
@@ -67,6 +82,7 @@ def main(argv=None) -> int:
             "problems": problems,
             "firmware": device.as_json(),
             "host": host.as_json(),
+            **({"compute": load} if load else {}),
         },
     )
     if problems:

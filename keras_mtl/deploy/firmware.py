@@ -43,6 +43,13 @@ TFLM_COMMIT = "7948b85e020470a30a83bf00e10fc43b486bfcba"  # as pinned in microco
 # a label may be any text, spaces included (the task is its safe name)
 _SCENE = re.compile(r"^(\w+): (\d+)\.(\d{3})-(\d+)\.(\d{3}) s (.+) (-?\d+)%$")
 _EVENT = re.compile(r"^(\w+): (.+) (onset|offset) (\d+)\.(\d{3}) s$")
+_INSTRUCTIONS = re.compile(r"^instructions per second of audio: (\S+(?: \S+)*) (\d+)$")
+
+#: cycles per instruction assumed for the load estimate: a Cortex-M4 issues most instructions in one
+#: cycle, loads in two (one when pipelined with the next), taken branches in 2-4; int8 kernels are
+#: load- and multiply-accumulate heavy. The emulator counts instructions, not cycles.
+ASSUMED_CPI = 1.3
+BOARD_CLOCK_HZ = 64_000_000  # the Nano 33 BLE Sense's nRF52840
 
 
 @dataclasses.dataclass
@@ -60,9 +67,16 @@ class Findings:
     events: dict[str, list[tuple]] = dataclasses.field(default_factory=dict)
     margins: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     activity: dict[str, tuple] = dataclasses.field(default_factory=dict)
+    # the firmware's count under QEMU -icount: {"front end" | piece | "all": instructions per second of audio}
+    instructions: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def as_json(self) -> dict:
         return {"scenes": self.scenes, "events": self.events}
+
+
+def load_estimate(instructions_per_second: float, cpi: float = ASSUMED_CPI, clock_hz: float = BOARD_CLOCK_HZ) -> float:
+    """Fraction of a core's time that ``instructions_per_second`` of audio take: instructions x CPI / clock."""
+    return instructions_per_second * cpi / clock_hz
 
 
 def parse_listener_output(text: str) -> Findings:
@@ -76,6 +90,8 @@ def parse_listener_output(text: str) -> Findings:
             found.scenes.setdefault(task, []).append(
                 (int(s) * 1000 + int(sm), int(e) * 1000 + int(em), label, int(percent))
             )
+        elif match := _INSTRUCTIONS.match(line):
+            found.instructions[match.group(1)] = int(match.group(2))
         elif match := _EVENT.match(line):
             task, label, kind, s, sm = match.groups()
             time_ms = int(s) * 1000 + int(sm)
@@ -292,7 +308,18 @@ def run_qemu(elf: str | Path, timeout: float = 600) -> str:
     if shutil.which("qemu-system-arm") is None:
         raise ConfigError("qemu-system-arm not found: apt install qemu-system-arm")
     result = subprocess.run(
-        ["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-semihosting", "-kernel", str(elf)],
+        # -icount shift=0: one instruction per ns of emulated time, so the firmware's SysTick counts instructions
+        [
+            "qemu-system-arm",
+            "-M",
+            "mps2-an386",
+            "-icount",
+            "shift=0",
+            "-nographic",
+            "-semihosting",
+            "-kernel",
+            str(elf),
+        ],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -2,6 +2,7 @@
 // arrived from a microphone, 100 ms at a time, prints what it hears and exits.
 #include <stdio.h>
 
+#include "km_pieces.h"
 #include "listener.h"
 #include "platform.h"
 #include "wav.h"
@@ -38,9 +39,22 @@ int main() {
            (unsigned long)stats.samples, (unsigned long)stats.frames, (unsigned long)stats.windows,
            (unsigned long)stats.invocations, (unsigned long)stats.arena_bytes);
   km_platform_write_line(line);
-  if (stats.model_cycles != 0) {
-    snprintf(line, sizeof(line), "kilocycles: models %lu, front end %lu", (unsigned long)(stats.model_cycles / 1000),
-             (unsigned long)(stats.frontend_cycles / 1000));
+  if (stats.model_cycles != 0 && stats.samples != 0) {
+    // SysTick ticks, 40 instructions each under `qemu-system-arm -icount shift=0` (boards/mps2_an386)
+    const uint64_t per_tick = 40, rate = 16000;
+    auto per_second = [&](uint64_t ticks) {
+      return (unsigned long)(ticks * per_tick * rate / stats.samples);
+    };
+    snprintf(line, sizeof(line), "instructions per second of audio: front end %lu", per_second(stats.frontend_cycles));
+    km_platform_write_line(line);
+    for (int i = 0; i < KM_PIECE_COUNT; i++) {
+      const char* name = nullptr;
+      const uint64_t ticks = keras_mtl::ListenerPieceCycles(i, &name);
+      snprintf(line, sizeof(line), "instructions per second of audio: %s %lu", name, per_second(ticks));
+      km_platform_write_line(line);
+    }
+    snprintf(line, sizeof(line), "instructions per second of audio: all %lu",
+             per_second(stats.model_cycles + stats.frontend_cycles));
     km_platform_write_line(line);
   }
   return 0;

@@ -59,6 +59,7 @@ struct Model {
   uint32_t filtered;       // filtered frames emitted
   uint8_t active[kMaxClasses];
   bool started;
+  uint64_t cycles;  // spent in Invoke
 };
 
 Model g_models[KM_PIECE_COUNT];
@@ -102,7 +103,9 @@ void Requantize(const int8_t* from, const TfLiteTensor* from_tensor, int8_t* to,
 bool Invoke(Model& model) {
   const uint32_t start = km_platform_cycles();
   const bool ok = model.interpreter->Invoke() == kTfLiteOk;
-  g_stats.model_cycles += km_platform_cycles() - start;
+  const uint32_t spent = km_platform_cycles() - start;
+  g_stats.model_cycles += spent;
+  model.cycles += spent;
   g_stats.invocations++;
   if (!ok) Report("error: %s: Invoke failed", model.piece->name);
   return ok;
@@ -423,5 +426,10 @@ void ListenerFlush() {
 }
 
 ListenerStats ListenerStatistics() { return g_stats; }
+
+uint64_t ListenerPieceCycles(int index, const char** name) {
+  *name = kPieces[index].name;
+  return g_models[index].cycles;
+}
 
 }  // namespace keras_mtl

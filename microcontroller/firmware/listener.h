@@ -2,10 +2,11 @@
 //
 // It runs what scripts/export.py generated (model_settings.h, km_pieces.h and the model arrays)
 // exactly as the host-side int8 pipeline does (keras_mtl/export.py, StreamingRunner):
-//   log-mel frame every KM_HOP_SAMPLES samples (frontend/logmel.c) -> encoder window of
-//   KM_ENCODER_WINDOW_FRAMES frames every KM_ENCODER_HOP_FRAMES -> per-frame embeddings ->
-//   clip heads over the last <windows> windows, frame steps once per embedding with their GRU
-//   state fed back -> median filter + threshold -> onsets and offsets.
+//   log-mel frame every KM_HOP_SAMPLES samples (frontend/logmel.c) -> encoder step every
+//   KM_ENCODER_WINDOW_FRAMES frames with its per-layer states fed back (or, for an encoder that
+//   cannot step, a window of KM_ENCODER_WINDOW_FRAMES frames every KM_ENCODER_HOP_FRAMES) ->
+//   embeddings -> clip heads every second over the last <windows> seconds of embeddings, frame steps
+//   once per embedding with their GRU state fed back -> median filter + threshold -> onsets and offsets.
 // Between models, int8 values are dequantised with the producer's parameters and requantised with
 // the consumer's, as on the host. Reports go to a callback, one line each.
 #ifndef KERAS_MTL_LISTENER_H_
@@ -39,6 +40,9 @@ struct ListenerStats {
   size_t arena_bytes;
 };
 ListenerStats ListenerStatistics();
+
+// Cycles spent in one exported model's Invoke (index < KM_PIECE_COUNT), and its name.
+uint64_t ListenerPieceCycles(int index, const char** name);
 
 }  // namespace keras_mtl
 

@@ -1,4 +1,7 @@
-/* QEMU mps2-an386 (Cortex-M4F): CMSDK UART0 for the serial line, semihosting to exit. */
+/* QEMU mps2-an386 (Cortex-M4F): CMSDK UART0 for the serial line, semihosting to exit, and SysTick as
+ * the cycle counter (QEMU has no DWT). Under `qemu-system-arm -icount shift=0` every instruction
+ * advances the virtual clock by 1 ns and SysTick counts the board's 25 MHz clock, so one tick is 40
+ * instructions (KM_PLATFORM_INSTRUCTIONS_PER_TICK); without -icount the ticks follow the host's time. */
 #include "platform.h"
 
 #define UART0_BASE 0x40004000u
@@ -9,16 +12,21 @@
 #define UART_STATE_TX_FULL 1u
 #define UART_CTRL_TX_ENABLE 1u
 
-#define DWT_CTRL (*(volatile uint32_t*)0xE0001000u)
-#define DWT_CYCCNT (*(volatile uint32_t*)0xE0001004u)
-#define DEMCR (*(volatile uint32_t*)0xE000EDFCu)
+#define SYST_CSR (*(volatile uint32_t*)0xE000E010u)
+#define SYST_RVR (*(volatile uint32_t*)0xE000E014u)
+#define SYST_CVR (*(volatile uint32_t*)0xE000E018u)
+#define SYST_CSR_ENABLE_CPU_CLOCK 5u /* ENABLE | CLKSOURCE (processor clock), no interrupt */
+#define SYST_MASK 0xFFFFFFu            /* a 24-bit down counter */
+
+static uint32_t g_last_tick, g_ticks;
 
 void km_platform_init(void) {
   UART_BAUDDIV = 16;
   UART_CTRL = UART_CTRL_TX_ENABLE;
-  DEMCR |= 1u << 24; /* trace enable, for the cycle counter where there is one */
-  DWT_CYCCNT = 0;
-  DWT_CTRL |= 1u;
+  SYST_RVR = SYST_MASK;
+  SYST_CVR = 0;
+  SYST_CSR = SYST_CSR_ENABLE_CPU_CLOCK;
+  g_last_tick = SYST_CVR;
 }
 
 void km_platform_write(const char* text) {
@@ -34,7 +42,14 @@ void km_platform_write(const char* text) {
   }
 }
 
-uint32_t km_platform_cycles(void) { return DWT_CYCCNT; }
+/* SysTick ticks since km_platform_init, extended to 32 bits: called at least once per log-mel frame,
+ * far more often than the counter wraps (2^24 ticks, 0.67 s of emulated time). */
+uint32_t km_platform_cycles(void) {
+  const uint32_t now = SYST_CVR;
+  g_ticks += (g_last_tick - now) & SYST_MASK;
+  g_last_tick = now;
+  return g_ticks;
+}
 
 void km_platform_exit(int status) {
   /* semihosting SYS_EXIT_EXTENDED: ADP_Stopped_ApplicationExit with the status (qemu -semihosting) */
