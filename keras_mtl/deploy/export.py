@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_mtl import __version__
 from keras_mtl.core import fileio
 from keras_mtl.core.backend import keras
-from keras_mtl.deploy import agreement, c_arrays
+from keras_mtl.deploy import agreement, c_arrays, metadata
 from keras_mtl.deploy.qat import qat_finetune
 from keras_mtl.deploy.streaming import (
     StreamingPlan,
@@ -21,7 +22,6 @@ from keras_mtl.deploy.streaming import (
     windows_of,
 )
 from keras_mtl.deploy.tflite import Int8Model, convert_int8, int8_call, minimum_arena, operators
-from keras_mtl.features.logmel import mel_weight_matrix
 from keras_mtl.models import profiling
 from keras_mtl.runs.folder import open_run
 from keras_mtl.runs.inputs import prepare_data
@@ -174,14 +174,12 @@ def _export_network(
         "models": {},
         "tasks": {},
     }
-    int8_models, arenas = {}, {}
+    int8_models, arenas, flatbuffers = {}, {}, {}
     c_dir = out / "c"
     for piece in plan.pieces:
         samples = calibration[piece.name]
         log.info("quantising %s (%d calibration samples)", piece.name, len(samples))
         flatbuffer = convert_int8(piece.model, lambda: iter(samples))
-        with fileio.atomic_path(out / f"{piece.name}.tflite") as tmp:
-            tmp.write_bytes(flatbuffer)
         litert = Int8Model(flatbuffer)
         checks = [
             samples[int(i)] for i in rng.choice(len(samples), size=min(verify_samples, len(samples)), replace=False)
@@ -197,6 +195,13 @@ def _export_network(
             flatbuffer, [[i[name] for name in litert.input_names()] for i in int8_inputs], arena
         )
         int8_models[piece.name], arenas[piece.name] = litert, arena
+        task = next((t for t in tasks if t.name == piece.task), None)
+        flatbuffer = metadata.embed(
+            flatbuffer, metadata.piece_settings(piece, plan, config.frontend, task, litert, arena, __version__)
+        )
+        flatbuffers[piece.name] = flatbuffer
+        with fileio.atomic_path(out / f"{piece.name}.tflite") as tmp:
+            tmp.write_bytes(flatbuffer)
         c_arrays.write_model_array(c_dir, piece.name, flatbuffer)
         report["models"][piece.name] = {
             "kind": piece.kind,
@@ -263,19 +268,10 @@ def _export_network(
         "macs_per_second": prof["total"]["macs_per_second"],
         "params": prof["total"]["params"],
     }
-    fileio.write_text(
-        c_dir / "model_settings.h",
-        c_arrays.settings_header(config.frontend, mel_weight_matrix(config.frontend), plan, tasks, int8_models, arenas),
-    )
-    embedding_ms = (
-        plan.hop_frames * config.frontend.hop_length * 1000 // (config.frontend.sample_rate * plan.output_frames)
-    )
-    fileio.write_text(
-        c_dir / "km_pieces.h",
-        c_arrays.pieces_header(
-            plan, tasks, int8_models, {name: m["operators"] for name, m in report["models"].items()}, embedding_ms
-        ),
-    )
+    # the firmware's headers from the settings inside the .tflite files alone (keras_mtl.deploy.metadata)
+    settings_h, pieces_h = metadata.firmware_headers(flatbuffers)
+    fileio.write_text(c_dir / "model_settings.h", settings_h)
+    fileio.write_text(c_dir / "km_pieces.h", pieces_h)
     fileio.write_json(out / "export_report.json", report)
     report["output_dir"] = str(out)
     return report

@@ -26,6 +26,7 @@ import numpy as np
 from keras_mtl.core import fileio
 from keras_mtl.core.errors import ConfigError
 from keras_mtl.core.reporting import human, pyplot, save_figure
+from keras_mtl.models.mtl import ModelConfig
 from keras_mtl.runs import config as run_config
 from keras_mtl.runs.folder import task_entry
 from keras_mtl.studies.runner import run_all
@@ -83,12 +84,23 @@ BALANCING = ("fixed", "dwa", "mfl", "uncertainty", "gradnorm", "pcgrad", "cagrad
 SPEECH = ("gc", "ac", "scr", "vad")
 
 
-def _balancing_rows(tasks) -> tuple:
-    """Single-task models, then SoftMTL of ``tasks`` with every loss weighting and balancing method."""
+def _balancing_rows(tasks, branched_blocks: int = 0) -> tuple:
+    """Single-task models, then SoftMTL of ``tasks`` with every loss weighting and balancing method;
+    with ``branched_blocks``, also GradNorm with the last that many encoder blocks one per task (the
+    cheapest extra capacity: the deepest blocks run at the lowest time and frequency resolution)."""
     singles = tuple(Row(f"single-{t}", f"single-task {t.upper()}", {"tasks": [t]}) for t in tasks)
     joint = tuple(
         Row(m, f"SoftMTL, {m}", {"tasks": list(tasks), "strategy": "soft", "weighting": m}) for m in BALANCING
     )
+    if branched_blocks:
+        shared = len(ModelConfig().channels) - branched_blocks
+        joint += (
+            Row(
+                f"gradnorm-branched{branched_blocks}",
+                f"SoftMTL, gradnorm, last {branched_blocks} blocks per task",
+                {"tasks": list(tasks), "strategy": "soft", "weighting": "gradnorm", "model": {"shared_blocks": shared}},
+            ),
+        )
     return singles + joint
 
 
@@ -136,7 +148,7 @@ EXPERIMENTS = {
     "balancing-speech": Experiment(
         "balancing-speech",
         "Task balancing for SoftMTL of GC + AC + SCR + VAD: loss weights and gradient-level methods (issue 19)",
-        _balancing_rows(SPEECH),
+        _balancing_rows(SPEECH, branched_blocks=2),
         columns=tuple((t, f"{t.upper()} headline") for t in SPEECH),
     ),
     "vae-data": Experiment(

@@ -2,7 +2,6 @@
 // arrived from a microphone, 100 ms at a time, prints what it hears and exits.
 #include <stdio.h>
 
-#include "km_pieces.h"
 #include "listener.h"
 #include "platform.h"
 #include "wav.h"
@@ -47,7 +46,7 @@ int main() {
     };
     snprintf(line, sizeof(line), "instructions per second of audio: front end %lu", per_second(stats.frontend_cycles));
     km_platform_write_line(line);
-    for (int i = 0; i < KM_PIECE_COUNT; i++) {
+    for (int i = 0; i < keras_mtl::ListenerPieceCount(); i++) {
       const char* name = nullptr;
       const uint64_t ticks = keras_mtl::ListenerPieceCycles(i, &name);
       snprintf(line, sizeof(line), "instructions per second of audio: %s %lu", name, per_second(ticks));

@@ -427,6 +427,8 @@ void ListenerFlush() {
 
 ListenerStats ListenerStatistics() { return g_stats; }
 
+int ListenerPieceCount() { return KM_PIECE_COUNT; }
+
 uint64_t ListenerPieceCycles(int index, const char** name) {
   *name = kPieces[index].name;
   return g_models[index].cycles;

@@ -41,7 +41,8 @@ struct ListenerStats {
 };
 ListenerStats ListenerStatistics();
 
-// Cycles spent in one exported model's Invoke (index < KM_PIECE_COUNT), and its name.
+// The exported models, and the cycles spent in one's Invoke (index < ListenerPieceCount()) with its name.
+int ListenerPieceCount();
 uint64_t ListenerPieceCycles(int index, const char** name);
 
 }  // namespace keras_mtl
