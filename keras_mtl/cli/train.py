@@ -49,8 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--order", help="freeze: the order tasks are trained and frozen in, e.g. sed,asc")
     p.add_argument(
         "--weighting",
-        default="fixed",
-        help="task balancing: fixed (default), dwa, mfl (loss weights per epoch); uncertainty, gradnorm, pcgrad, cagrad, famo (in every step, see keras_mtl.training.balancing)",
+        help="task balancing: auto (default: gradnorm for 2+ tasks of soft/cross-soft without --alpha, else fixed), "
+        "fixed, dwa, mfl (loss weights per epoch); uncertainty, gradnorm, pcgrad, cagrad, famo (in every step, "
+        "see keras_mtl.training.balancing)",
     )
     p.add_argument(
         "--alpha", type=float, help="loss weight of the first task (soft, cross-soft); the others share 1-alpha"
@@ -121,8 +122,9 @@ def resolve_config(args):
         "tasks": tasks,
         "strategy": args.strategy.strip().lower(),
         "preset": args.preset,
-        "weighting": args.weighting.strip().lower(),
     }
+    if args.weighting:
+        override["weighting"] = args.weighting.strip().lower()
     if custom:
         override["custom_tasks"] = custom
     training = {}

@@ -87,7 +87,9 @@ class TrainingConfig:
 class RunConfig:
     tasks: tuple = ("asc", "sed")
     strategy: str = "soft"
-    weighting: str = "fixed"  # task loss weights over training: fixed, dwa or mfl (keras_mtl.training.weighting)
+    # task balancing: fixed, dwa, mfl, uncertainty, gradnorm, pcgrad, cagrad, famo (keras_mtl.training.weighting
+    # and .balancing); "auto": gradnorm for two or more tasks whose losses are summed, else fixed
+    weighting: str = "auto"
     order: tuple | None = None  # FreezeMTL: the order in which tasks are trained (and frozen)
     alpha: float | None = None  # loss weight of the first task; the others share 1 - alpha
     architecture: str = "mtl"  # see keras_mtl.models.architectures; "mtl" uses the model section

@@ -55,7 +55,8 @@ class Experiment:
 
 
 def _pair(**settings) -> dict:
-    return {"tasks": ["asc", "sed"], **settings}
+    """ASC + SED with the papers' fixed (mean) loss weights unless ``settings`` say otherwise."""
+    return {"tasks": ["asc", "sed"], "weighting": "fixed", **settings}
 
 
 def _vae_data(strong: bool = True, weak: bool = True, unlabeled: bool = True, strong_real: bool = True) -> dict:
