@@ -455,7 +455,9 @@ def sparse_sharing(
     for key, mask in union.items():  # weights outside every mask start (and stay) at zero
         variables[key].assign(variables[key].numpy() * mask)
     log.info("LT4REC: joint training, %s non-zero parameters of %s", f"{nonzero_params(total, union):,}", f"{total:,}")
-    strategy = fit_network(network, tasks, data, config, epochs, strategy_cls=SparseSharingMTL, task_masks=masks)
+    # SparseSharingMTL updates one task per step: no sum of task losses for the run's balancing to weight
+    joint = dataclasses.replace(config, weighting="fixed")
+    strategy = fit_network(network, tasks, data, joint, epochs, strategy_cls=SparseSharingMTL, task_masks=masks)
     metrics = {}
     for task in tasks:
         with masked(network, masks[task.name]):
