@@ -198,7 +198,8 @@ def _encoder_step_lines(plan, encoder) -> list[str]:
         return ["#define KM_ENCODER_STATE_COUNT 0"]
     inputs, outputs = encoder.input_names(), encoder.output_names()
     states = plan.step.states
-    lags = [plan.step.lags.get(next((b for b in plan.branches if b.replace("/", "_") == n), ""), 0) for n in outputs]
+    by_output = {branch.replace("/", "_"): lag for branch, lag in plan.step.lags.items()}
+    lags = [by_output.get(name, 0) for name in outputs]  # 0 for the state outputs
     return [
         "// stepped encoder: input positions of the log-mel frames and the states; output positions of",
         "// the new states; embeddings each output gives before the stream's first (kEncoderLags)",

@@ -87,9 +87,7 @@ def _inbound(layer_config: dict) -> list[str]:
         raise ConfigError(f"{layer_config['name']}: a layer called more than once; the encoder cannot be stepped")
     if not nodes:
         return []
-    node = nodes[0]
-    entries = node["args"] if isinstance(node, dict) else node  # Keras 3 style or Keras 2 style
-    return [entry[0] if isinstance(entry, (list, tuple)) else entry["config"]["keras_history"][0] for entry in entries]
+    return [entry[0] for entry in nodes[0]]  # [layer name, node index, tensor index, kwargs] per input
 
 
 def _time_slice(x, start: int, stop_from_end: int):

@@ -108,9 +108,11 @@ def calibration_samples(plan: StreamingPlan, tasks, train: dict, clips: int, rng
         picks = rng.choice(len(split), size=min(clips, len(split)), replace=False)
         for index in picks:
             features = split.load_features(int(index)).astype(np.float32)
-            if plan.step is not None:  # states included: every 4th step of the clip, up to 40
-                steps = [inputs for inputs, _ in float_runner.encoder_steps(features)]
-                calibration["encoder"].extend(steps[:: max(1, len(steps) // 40)][:40])
+            clip_embeddings = None  # every branch's, computed once per clip
+            if plan.step is not None:  # the step inputs with their states: up to 40 spread over the clip
+                steps = list(float_runner.encoder_steps(features))
+                calibration["encoder"].extend(inputs for inputs, _ in steps[:: max(1, len(steps) // 40)][:40])
+                clip_embeddings = float_runner.stepped_embeddings(features, steps)
             elif "encoder" in calibration:
                 calibration["encoder"].extend({"mel": w[None]} for w in windows_of(features, plan)[:2])
             for piece in plan.pieces:
@@ -119,7 +121,9 @@ def calibration_samples(plan: StreamingPlan, tasks, train: dict, clips: int, rng
                 if piece.kind == "clip_model":
                     calibration[piece.name].append({"mel": features[None]})
                     continue
-                embeddings = float_runner.embeddings(features)[piece.branch]
+                if clip_embeddings is None:
+                    clip_embeddings = float_runner.embeddings(features)
+                embeddings = clip_embeddings[piece.branch]
                 if piece.kind == "clip_head":
                     width = piece.model.inputs[0].shape[1]
                     calibration[piece.name].append({"frames": fit_frames(embeddings, width)[None]})
@@ -151,26 +155,7 @@ def _export_network(
 
     report = {
         "run": str(run_dir),
-        "streaming": {
-            "encoder": "step" if plan.step is not None else "window",
-            "window_frames": plan.window_frames,
-            "hop_frames": plan.hop_frames,
-            "context_frames": plan.context_frames,
-            "embeddings_per_window": plan.output_frames,
-            **(
-                {
-                    "step_frames": plan.step.step_frames,
-                    "state_values": sum(s.size for s in plan.step.states),
-                    "states": {
-                        s.name: {"layer": s.layer, "kind": s.kind, "shape": list(s.shape)} for s in plan.step.states
-                    },
-                    "lags": plan.step.lags,
-                    "warmup_embeddings": plan.step.warmup,
-                }
-                if plan.step is not None
-                else {}
-            ),
-        },
+        "streaming": {k: v for k, v in metadata.streaming_settings(plan).items() if k != "pad_value"},
         "models": {},
         "tasks": {},
     }

@@ -14,6 +14,7 @@ name), the measured TFLite-Micro arena, and the keras-mtl version.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -59,8 +60,9 @@ def _name(entry) -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def piece_settings(piece, plan, frontend, task, model, arena: int, version: str) -> dict:
-    """The settings document of one exported piece (see the module docstring); ``model``: its Int8Model."""
+def streaming_settings(plan) -> dict:
+    """The streaming form of a StreamingPlan as JSON: the encoder's kind, frames per invocation, hop,
+    context, embeddings per second, pad frame, branches; a stepped encoder's states, lags and warm-up."""
     step = plan.step
     streaming = {
         "encoder": "step" if step is not None else "window",
@@ -77,10 +79,15 @@ def piece_settings(piece, plan, frontend, task, model, arena: int, version: str)
         ]
         streaming["lags"] = dict(step.lags)
         streaming["warmup"] = step.warmup
+    return streaming
+
+
+def piece_settings(piece, plan, frontend, task, model, arena: int, version: str) -> dict:
+    """The settings document of one exported piece (see the module docstring); ``model``: its Int8Model."""
     document = {
         "keras_mtl_version": version,
-        "frontend": {k: v for k, v in vars(frontend).items()},
-        "streaming": streaming,
+        "frontend": dataclasses.asdict(frontend),
+        "streaming": streaming_settings(plan),
         "piece": {
             "name": piece.name,
             "kind": piece.kind,

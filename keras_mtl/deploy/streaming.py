@@ -255,10 +255,28 @@ def _gru_step(gru, x, state):
     return keras.layers.Add()([n, keras.layers.Multiply()([z, keras.layers.Subtract()([state, n])])])
 
 
+def clip_windows(frames: int, plan: StreamingPlan) -> int:
+    """Seconds (encoder windows, clip-head steps) a clip of ``frames`` log-mel frames is cut into:
+    max(1, ceil((frames - 1) / hop)), the last one padded with the pad frame."""
+    return max(1, math.ceil((frames - 1) / plan.hop_frames))
+
+
+def invocations_per_second(piece: Piece, plan: StreamingPlan) -> float:
+    """How often the device runs ``piece`` per second of audio: a stepped encoder every step, a frame
+    step once per embedding, a clip head once per clip of ``windows`` seconds, the rest once a second."""
+    if piece.kind == "encoder_step":
+        return plan.hop_frames / plan.window_frames
+    if piece.kind == "frame_step":
+        return float(plan.output_frames)
+    if piece.kind == "clip_head":
+        return 1.0 / piece.windows
+    return 1.0
+
+
 def windows_of(features: np.ndarray, plan: StreamingPlan) -> list[np.ndarray]:
     """The encoder windows of a clip's log-mel frames: window k covers frames
     [k * hop - context, (k + 1) * hop + context), padded with ``plan.pad_value`` beyond the clip."""
-    count = max(1, math.ceil((features.shape[0] - 1) / plan.hop_frames))
+    count = clip_windows(features.shape[0], plan)
     pad = np.broadcast_to(plan.pad_value, (plan.context_frames, features.shape[1]))
     tail = count * plan.hop_frames + plan.context_frames - features.shape[0]
     padded = np.concatenate([pad, features, np.broadcast_to(plan.pad_value, (max(0, tail), features.shape[1]))])
@@ -294,8 +312,7 @@ class StreamingRunner:
         back; frames beyond the clip are the pad frame, until every branch has its embeddings."""
         plan, step = self.plan, self.plan.step
         encoder = plan.piece("encoder")
-        seconds = max(1, math.ceil((features.shape[0] - 1) / plan.hop_frames))
-        wanted = seconds * plan.output_frames
+        wanted = clip_windows(features.shape[0], plan) * plan.output_frames
         per_step = plan.output_frames * step.step_frames // plan.hop_frames
         steps = max(-(-(wanted + lag) // per_step) for lag in step.lags.values())
         tail = steps * step.step_frames - features.shape[0]
@@ -308,14 +325,16 @@ class StreamingRunner:
             yield inputs, outputs
             states = {s.name: outputs[f"new_{s.name}"] for s in step.states}
 
-    def stepped_embeddings(self, features: np.ndarray) -> dict[str, np.ndarray]:
+    def stepped_embeddings(self, features: np.ndarray, steps: list | None = None) -> dict[str, np.ndarray]:
+        """{branch: (frames, F)} from the encoder's steps over ``features`` (``steps``: the (inputs,
+        outputs) of ``encoder_steps(features)`` when the caller has them already), each branch's lag
+        dropped."""
         plan = self.plan
-        seconds = max(1, math.ceil((features.shape[0] - 1) / plan.hop_frames))
         per_branch = {b: [] for b in plan.branches}
-        for _, outputs in self.encoder_steps(features):
+        for _, outputs in steps if steps is not None else self.encoder_steps(features):
             for branch in plan.branches:
                 per_branch[branch].append(outputs[branch.replace("/", "_")][0])
-        wanted = seconds * plan.output_frames
+        wanted = clip_windows(features.shape[0], plan) * plan.output_frames
         return {
             b: np.concatenate(v)[plan.step.lags[b] : plan.step.lags[b] + wanted].astype(np.float32)
             for b, v in per_branch.items()

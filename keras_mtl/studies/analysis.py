@@ -40,7 +40,7 @@ from keras_mtl.core.errors import ConfigError
 from keras_mtl.core.reporting import pyplot, save_figure
 from keras_mtl.data.synth import sounds, synthetic
 from keras_mtl.deploy.export import calibration_samples
-from keras_mtl.deploy.streaming import fit_frames, plan_streaming
+from keras_mtl.deploy.streaming import fit_frames, invocations_per_second, plan_streaming
 from keras_mtl.deploy.tflite import Int8Model, convert_int8
 from keras_mtl.models import architectures, profiling
 from keras_mtl.runs.folder import read_config, read_metrics
@@ -318,13 +318,7 @@ def int8_latency_per_second(network, tasks, config, train: dict, repeats: int = 
             (
                 piece.model,
                 calibration[piece.name],
-                plan.output_frames
-                if piece.kind == "frame_step"
-                else (
-                    1.0 / piece.windows
-                    if piece.kind == "clip_head"
-                    else (plan.hop_frames / plan.window_frames if piece.kind == "encoder_step" else 1.0)
-                ),
+                invocations_per_second(piece, plan),
             )
             for piece in plan.pieces
         ]

@@ -23,7 +23,7 @@ def strategy_of(config) -> tuple[str, type[strategies.MultiTaskStrategy]]:
     """(name, class) of the strategy a run trains with: its architecture's own, else ``--strategy``.
     ConfigError when the two conflict or the settings do not suit the strategy (before any data is read)."""
     own = architectures.get_architecture(config.architecture).strategy
-    if own is not None and (config.strategy != "soft" or config.weighting not in ("fixed", "auto")):
+    if own is not None and (config.strategy != "soft" or config.weighting != "fixed"):
         raise ConfigError(
             f"architecture {config.architecture} trains with its own strategy: "
             f"drop --strategy {config.strategy} / --weighting {config.weighting}"

@@ -229,9 +229,6 @@ void RunWindow() {
   int8_t* state = g_states;
   for (int k = 0; k < KM_ENCODER_STATE_COUNT; k++) {
     TfLiteTensor* input = it.input(kEncoderStateInputs[k]);
-    if (g_stats.windows == 0) {  // frames before the stream: zero, as the whole-clip network's padding
-      for (size_t i = 0; i < input->bytes; i++) state[i] = Quantize(0.0f, input);
-    }
     memcpy(input->data.int8, state, input->bytes);
     state += input->bytes;
   }
@@ -325,6 +322,15 @@ void PushSample(float sample) {
 }
 
 void Reset() {
+#if KM_ENCODER_STEPPED
+  // frames before the stream: zero in every state, as the whole-clip network's padding
+  int8_t* state = g_states;
+  for (int k = 0; k < KM_ENCODER_STATE_COUNT; k++) {
+    const TfLiteTensor* input = g_encoder->interpreter->input(kEncoderStateInputs[k]);
+    for (size_t i = 0; i < input->bytes; i++) state[i] = Quantize(0.0f, input);
+    state += input->bytes;
+  }
+#endif
   memset(g_samples, 0, sizeof(g_samples));
   g_filled = kPad;  // the centred first frame sees kPad zeros before the audio
   g_window_rows = 0;
@@ -374,8 +380,12 @@ bool ListenerStart(ReportFunction report) {
     if (m.piece->kind == KM_ENCODER) g_encoder = &m;
     if (m.piece->kind == KM_CLIP_HEAD) {
       m.history = new (std::nothrow) int8_t[m.interpreter->input(0)->bytes]();
+      bool allocated = m.history != nullptr;
+#if KM_ENCODER_STEPPED  // one second of embeddings, collected step by step
       m.pending = new (std::nothrow) int8_t[m.interpreter->input(0)->bytes / m.piece->windows]();
-      if (m.history == nullptr || m.pending == nullptr) {
+      allocated = allocated && m.pending != nullptr;
+#endif
+      if (!allocated) {
         Report("error: %s: out of memory", m.piece->name);
         return false;
       }
