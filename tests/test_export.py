@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from keras_mtl.core.backend import keras
-from keras_mtl.core.errors import ConfigError
-from keras_mtl.deploy import agreement, c_arrays
+from keras_mtl.core.errors import ConfigError, DataError
+from keras_mtl.deploy import agreement, c_arrays, firmware
 from keras_mtl.deploy.qat import copy_back, quantization_aware
 from keras_mtl.deploy.streaming import StreamingRunner, keras_call, plan_streaming, receptive_radius
 from keras_mtl.deploy.tflite import Int8Model, convert_int8
@@ -64,7 +64,14 @@ def test_gru_step_model_equals_the_trained_gru():
     np.testing.assert_allclose(np.stack(scores), full, atol=1e-5)
 
 
-@pytest.mark.parametrize("config", [SMALL, ModelConfig(dropout=0.0)], ids=["small", "default"])
+SEPARABLE = ModelConfig(
+    dropout=0.0, separable=True, freq_strides=(2, 1, 1, 1, 1), pools=((2, 2), (2, 4), (1, 2), (1, 2), (1, 2))
+)
+
+
+@pytest.mark.parametrize(
+    "config", [SMALL, ModelConfig(dropout=0.0), SEPARABLE], ids=["small", "full-convolutions", "separable-strided"]
+)
 def test_stepped_encoder_equals_the_whole_clip_encoder_after_the_warm_up(config):
     network, tasks, plan = _plan(config=config)
     assert plan.piece("encoder").kind == "encoder_step" and plan.window_frames == config.time_pool_factor
@@ -361,6 +368,29 @@ def test_generated_sources_compile_and_c_front_end_matches_python(exported, tmp_
             assert np.abs(c_features - python_features).max() <= 1e-3
 
 
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no host C compiler")
+def test_c_front_end_with_the_cmsis_dsp_fft_matches_the_python_front_end(exported):
+    """The Cortex-M front end's FFT (CMSIS-DSP arm_rfft_fast_f32 from the cmsisdsp sdist), built for
+    the host: its log-mel equals the Python front end's within 1e-3."""
+    try:
+        firmware.cmsis_dsp_source()
+    except DataError as exc:  # offline without a cached sdist
+        pytest.skip(f"CMSIS-DSP sources unavailable: {exc}")
+    rng = np.random.default_rng(3)
+    t = np.arange(40000) / 16000
+    for audio in (
+        0.3 * np.sin(2 * np.pi * 1000 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size),
+        np.concatenate([np.zeros(3000), 0.8 * rng.standard_normal(20000), np.zeros(17000)]),
+    ):
+        audio = audio.astype(np.float32)
+        python_features = LogMel(FrontEndConfig())(audio)
+        c_features = firmware.c_front_end_features(exported, audio, fft="cmsis-dsp").reshape(-1, 128)
+        assert c_features.shape == python_features.shape
+        assert np.abs(c_features - python_features).max() <= 1e-3
+        portable = firmware.c_front_end_features(exported, audio).reshape(-1, 128)
+        assert np.abs(c_features - portable).max() <= 1e-3
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="no gcc-arm-none-eabi (Debian package)")
 def test_generated_sources_and_front_end_compile_for_cortex_m4(exported, tmp_path):
@@ -477,8 +507,6 @@ def test_firmware_wav_reader(tmp_path):
 
 
 def test_listener_output_parses_into_scenes_and_events():
-    from keras_mtl.deploy import firmware
-
     text = (
         "keras-mtl listener: x.wav, 16000 samples\nasc: 0.000-1.000 s park 83%\nsed: Speech onset 0.240 s\n"
         "sed: Dog onset 0.500 s\nsed: Speech offset 1.000 s\nsed: Dog offset 0.900 s\nend: ...\n"
@@ -492,8 +520,6 @@ def test_listener_output_parses_into_scenes_and_events():
 
 
 def test_firmware_comparison_accepts_only_what_one_output_step_explains():
-    from keras_mtl.deploy import firmware
-
     host = firmware.Findings({"asc": [(0, 1000, "park", 30), (1000, 2000, "bus", 40)]}, {"sed": [(0, 80, "Dog")]})
     host.margins = {"asc": [1.0, 5.0]}  # top-1 minus top-2 in output steps
     active = np.zeros((4, 2), bool)
@@ -522,8 +548,6 @@ TFLM_SOURCE = os.environ.get("KERAS_MTL_TFLM_SOURCE")
     "gcc-arm-none-eabi and qemu-system-arm",
 )
 def test_firmware_in_qemu_prints_what_the_host_int8_pipeline_finds(exported, tmp_path, tiny_run):
-    from keras_mtl.deploy import firmware
-
     wav = sorted(Path(tiny_run.env["KERAS_MTL_DATA_DIR"]).glob("*/desed/audio/validation/*/*.wav"))[0]
     elf = firmware.build(exported, wav, tmp_path / "build", TFLM_SOURCE)
     output = firmware.run_qemu(elf)

@@ -46,7 +46,7 @@ FRAMEWISE = (
     keras.layers.SpatialDropout2D,
     keras.layers.Identity,
 )
-CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D)  # DepthwiseConv2D and SeparableConv2D included
+CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
 POOLINGS = (
     keras.layers.MaxPooling1D,
     keras.layers.MaxPooling2D,

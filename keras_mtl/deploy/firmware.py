@@ -18,16 +18,19 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import median_filter
 
 from keras_mtl.core.errors import ConfigError, DataError
-from keras_mtl.core.paths import REPO_ROOT
+from keras_mtl.core.paths import REPO_ROOT, default_cache_dir
+from keras_mtl.data import download
 from keras_mtl.data.audio import load_audio
 from keras_mtl.deploy.export import load_run
 from keras_mtl.deploy.streaming import StreamingRunner
@@ -38,6 +41,25 @@ from keras_mtl.tasks import metrics
 log = logging.getLogger(__name__)
 
 FIRMWARE_DIR = REPO_ROOT / "microcontroller"
+
+# CMSIS-DSP's C sources, from the cmsisdsp source distribution on PyPI (the same pin as
+# microcontroller/CMakeLists.txt); the front end takes its real FFT from there
+CMSIS_DSP_VERSION = "1.10.3"
+CMSIS_DSP_URL = (
+    "https://files.pythonhosted.org/packages/2c/ec/0decbb48985d2eb98739a9bbf4ba090278cc492a7c1a5d5b907e8baf67b5/"
+    f"cmsisdsp-{CMSIS_DSP_VERSION}.tar.gz"
+)
+CMSIS_DSP_SHA256 = "307d32298faa7c58db912851027fce35f886fec7eb1a27c4b309ce1a97f47519"
+CMSIS_DSP_FFT_SOURCES = (  # arm_rfft_fast_f32 and what it calls (as in microcontroller/CMakeLists.txt)
+    "Source/TransformFunctions/arm_rfft_fast_f32.c",
+    "Source/TransformFunctions/arm_rfft_fast_init_f32.c",
+    "Source/TransformFunctions/arm_cfft_f32.c",
+    "Source/TransformFunctions/arm_cfft_init_f32.c",
+    "Source/TransformFunctions/arm_cfft_radix8_f32.c",
+    "Source/TransformFunctions/arm_bitreversal2.c",
+    "Source/CommonTables/arm_common_tables.c",
+    "Source/CommonTables/arm_const_structs.c",
+)
 TFLM_COMMIT = "7948b85e020470a30a83bf00e10fc43b486bfcba"  # as pinned in microcontroller/CMakeLists.txt
 
 # a label may be any text, spaces included (the task is its safe name)
@@ -109,15 +131,49 @@ def parse_listener_output(text: str) -> Findings:
     return found
 
 
-def c_front_end_features(export_dir: str | Path, audio: np.ndarray) -> np.ndarray | None:
-    """The log-mel of ``audio`` by the firmware's C front end compiled for this machine (the export's
-    model_settings.h), or None without a host C compiler."""
-    import tempfile
+def cmsis_dsp_source() -> Path:
+    """The unpacked cmsisdsp sdist (CMSIS-DSP's Include/, PrivateInclude/ and Source/): the folder
+    named by KERAS_MTL_CMSIS_DSP_SOURCE, else downloaded once (checksum verified) into the cache.
 
+    Raises DataError when it cannot be downloaded, ConfigError when the named folder is not one."""
+    named = os.environ.get("KERAS_MTL_CMSIS_DSP_SOURCE")
+    root = Path(named) if named else default_cache_dir().parent / f"cmsisdsp-{CMSIS_DSP_VERSION}"
+    if not (root / "Include" / "arm_math.h").is_file():
+        if named:
+            raise ConfigError(f"KERAS_MTL_CMSIS_DSP_SOURCE={named}: no Include/arm_math.h (an unpacked cmsisdsp sdist)")
+        archive = download.fetch(CMSIS_DSP_URL, root.parent / Path(CMSIS_DSP_URL).name, {"sha256": CMSIS_DSP_SHA256})
+        unpacked = root.parent / f".{root.name}.unpacking"
+        shutil.rmtree(unpacked, ignore_errors=True)
+        download.extract(archive, unpacked)
+        os.replace(unpacked / f"cmsisdsp-{CMSIS_DSP_VERSION}", root)
+        shutil.rmtree(unpacked, ignore_errors=True)
+    return root
+
+
+def c_front_end_features(export_dir: str | Path, audio: np.ndarray, fft: str = "portable") -> np.ndarray | None:
+    """The log-mel of ``audio`` by the firmware's C front end compiled for this machine (the export's
+    model_settings.h), (frames * mel bands,) float32, or None without a host C compiler.
+
+    ``fft``: "portable" (the radix-2 FFT of host builds) or "cmsis-dsp" (CMSIS-DSP's arm_rfft_fast_f32,
+    as on the Cortex-M, compiled from the cmsisdsp sdist: see `cmsis_dsp_source`)."""
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         return None
+    if fft not in ("portable", "cmsis-dsp"):
+        raise ConfigError(f"fft: 'portable' or 'cmsis-dsp', not {fft!r}")
     source = FIRMWARE_DIR / "frontend"
+    extra = []
+    if fft == "cmsis-dsp":
+        dsp = cmsis_dsp_source()
+        fft_size = re.search(r"#define KM_FFT_SIZE (\d+)", (Path(export_dir) / "c" / "model_settings.h").read_text())
+        extra = [
+            "-D__GNUC_PYTHON__",  # CMSIS-DSP's portable C, without the Cortex-M core headers
+            "-DKM_USE_CMSIS_DSP",
+            f"-DKM_LOGMEL_FFT_SIZE={fft_size.group(1)}",
+            f"-I{dsp / 'Include'}",
+            f"-I{dsp / 'PrivateInclude'}",
+            *(str(dsp / name) for name in CMSIS_DSP_FFT_SOURCES),
+        ]
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         program = folder / "logmel"
@@ -130,6 +186,7 @@ def c_front_end_features(export_dir: str | Path, audio: np.ndarray) -> np.ndarra
                 f"-I{Path(export_dir) / 'c'}",
                 str(source / "logmel.c"),
                 str(source / "logmel_main.c"),
+                *extra,
                 "-lm",
                 "-o",
                 str(program),
@@ -293,6 +350,7 @@ def build(
         command += ["-G", "Ninja"]
     if tflm_source:
         command.append(f"-DFETCHCONTENT_SOURCE_DIR_TFLM={Path(tflm_source).resolve()}")
+    command.append(f"-DFETCHCONTENT_SOURCE_DIR_CMSISDSP={cmsis_dsp_source().resolve()}")
     for step in (command, ["cmake", "--build", str(build_dir), "--parallel"]):
         log.info("%s", " ".join(step))
         result = subprocess.run(step, capture_output=True, text=True)

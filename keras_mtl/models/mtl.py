@@ -22,11 +22,20 @@ from keras_mtl.models import trees
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Encoder and decoder sizes. ``pools`` are (time, freq) max-pooling factors per block."""
+    """Encoder and decoder sizes. ``pools`` are (time, freq) max-pooling factors per block.
+
+    ``freq_strides``: per block, the convolution's stride along the mel axis (default 1; the time
+    stride is always 1, time is reduced by pooling so that the encoder streams step by step).
+    ``separable``: blocks after the first are depthwise-separable convolutions (a k x k depthwise
+    convolution then a 1 x 1 pointwise one; MobileNet, Howard et al. 2017) -- about k^2 times
+    fewer MACs than a full convolution when the channel counts are large.
+    """
 
     n_mels: int = 128
     channels: tuple = (16, 32, 48, 64, 64)
     pools: tuple = ((2, 4), (2, 4), (1, 2), (1, 2), (1, 2))
+    freq_strides: tuple | None = None
+    separable: bool = False
     kernel_size: int = 3
     dropout: float = 0.1
     shared_blocks: int | None = None
@@ -45,6 +54,12 @@ class ModelConfig:
         object.__setattr__(self, "pools", tuple(tuple(int(v) for v in p) for p in self.pools))
         if len(self.channels) != len(self.pools):
             raise ConfigError(f"model: {len(self.channels)} channel counts but {len(self.pools)} pool sizes")
+        strides = (1,) * len(self.channels) if self.freq_strides is None else tuple(int(v) for v in self.freq_strides)
+        if len(strides) != len(self.channels) or min(strides) < 1:
+            raise ConfigError(
+                f"model: freq_strides needs {len(self.channels)} positive integers, got {self.freq_strides}"
+            )
+        object.__setattr__(self, "freq_strides", strides)
         if self.shared_blocks is not None and not 0 <= self.shared_blocks <= len(self.channels):
             raise ConfigError(f"model: shared_blocks must be between 0 and {len(self.channels)}")
         groups = []
@@ -74,7 +89,8 @@ class ModelConfig:
 
     @property
     def freq_pool_factor(self) -> int:
-        return math.prod(p[1] for p in self.pools)
+        """How many mel bands one output band spans: the frequency pools times the frequency strides."""
+        return math.prod(p[1] for p in self.pools) * math.prod(self.freq_strides)
 
     @property
     def n_shared(self) -> int:
@@ -110,9 +126,18 @@ class TemporalAttentionPooling(keras.layers.Layer):
 
 
 def conv_block(x, prefix: str, index: int, channels: int, pool, config: ModelConfig):
-    x = keras.layers.Conv2D(channels, config.kernel_size, padding="same", use_bias=False, name=f"{prefix}/conv{index}")(
-        x
-    )
+    """Convolution (3 x 3, or depthwise-separable after the first block when ``config.separable``),
+    batch norm, ReLU, max pooling, dropout; layers named ``{prefix}/conv{index}`` etc."""
+    strides = (1, config.freq_strides[index - 1])
+    if config.separable and index > 1:
+        conv = keras.layers.SeparableConv2D(
+            channels, config.kernel_size, strides=strides, padding="same", use_bias=False, name=f"{prefix}/conv{index}"
+        )
+    else:
+        conv = keras.layers.Conv2D(
+            channels, config.kernel_size, strides=strides, padding="same", use_bias=False, name=f"{prefix}/conv{index}"
+        )
+    x = conv(x)
     x = keras.layers.BatchNormalization(momentum=config.bn_momentum, name=f"{prefix}/bn{index}")(x)
     x = keras.layers.ReLU(name=f"{prefix}/relu{index}")(x)
     if tuple(pool) != (1, 1):

@@ -37,6 +37,9 @@ def _int8_weight_bytes(layer) -> int:
     """
     if isinstance(layer, keras.layers.BatchNormalization) or not layer.weights:
         return 0
+    if isinstance(layer, keras.layers.SeparableConv2D):  # converts to DEPTHWISE_CONV_2D + CONV_2D
+        depthwise, pointwise = (int(np.prod(w.shape)) for w in layer.weights[:2])
+        return depthwise + pointwise + 4 * (int(layer.weights[0].shape[-2]) * layer.depth_multiplier + layer.filters)
     if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
         kernel = int(np.prod(layer.weights[0].shape))
         out_channels = int(layer.weights[0].shape[-1]) * (
@@ -55,6 +58,11 @@ def _layer_macs(layer, in_shape, out_shape) -> int:
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         kh, kw = layer.kernel_size
         return int(np.prod(out_shape[1:]) * kh * kw)
+    if isinstance(layer, keras.layers.SeparableConv2D):  # depthwise k x k, then pointwise 1 x 1
+        kh, kw = layer.kernel_size
+        positions = int(np.prod(out_shape[1:-1]))
+        depth = int(in_shape[-1]) * layer.depth_multiplier
+        return positions * depth * (kh * kw + int(out_shape[-1]))
     if isinstance(layer, keras.layers.Conv2D):
         kh, kw = layer.kernel_size
         groups = getattr(layer, "groups", 1)

@@ -24,8 +24,13 @@ constexpr size_t kMaxState = 256;  // bytes of a frame step's recurrent state
 constexpr int kPad = KM_FFT_SIZE / 2;  // centred frames: frame i is centred on sample i * hop
 
 // -- front end -------------------------------------------------------------------------------------
+#ifdef KM_USE_CMSIS_DSP
+#define KM_TWIDDLES nullptr  // CMSIS-DSP has its own tables
+#else
+#define KM_TWIDDLES kFftTwiddles
+#endif
 const km_logmel_config kLogMel = {KM_WINDOW_SAMPLES, KM_HOP_SAMPLES, KM_FFT_SIZE, KM_MEL_BANDS, KM_LOG_FLOOR,
-                                  kMelFirstBin,      kMelBinCount,   kMelWeights, kHannWindow, kFftTwiddles};
+                                  kMelFirstBin,      kMelBinCount,   kMelWeights, kHannWindow, KM_TWIDDLES};
 float g_samples[KM_WINDOW_SAMPLES];         // the current frame's samples, oldest first
 float g_work[2 * KM_FFT_SIZE + KM_WINDOW_SAMPLES];
 float g_mel[KM_MEL_BANDS];

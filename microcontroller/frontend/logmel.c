@@ -6,6 +6,16 @@
 
 #ifdef KM_USE_CMSIS_DSP
 #include "arm_math.h"
+/* KM_LOGMEL_FFT_SIZE (the build sets it from model_settings.h) picks CMSIS-DSP's size-specific
+ * initialiser, which links only that size's tables (~16 KB for 2048); without it every size's are. */
+#ifdef KM_LOGMEL_FFT_SIZE
+#define KM_PASTE_(a, b, c) a##b##c
+#define KM_PASTE(a, b, c) KM_PASTE_(a, b, c)
+#define KM_RFFT_INIT(instance, n) \
+  ((n) == KM_LOGMEL_FFT_SIZE ? KM_PASTE(arm_rfft_fast_init_, KM_LOGMEL_FFT_SIZE, _f32)(instance) : ARM_MATH_ARGUMENT_ERROR)
+#else
+#define KM_RFFT_INIT(instance, n) arm_rfft_fast_init_f32(instance, (uint16_t)(n))
+#endif
 #endif
 
 #define KM_PI 3.14159265358979323846
@@ -79,8 +89,8 @@ int km_logmel_frame(const km_logmel_config* config, const float* frame, float* w
     float* real_in = spectrum + n; /* second half of the buffer as input */
     memset(real_in, 0, sizeof(float) * n);
     memcpy(real_in, windowed, sizeof(float) * config->window_samples);
-    arm_rfft_fast_init_f32(&fft, (uint16_t)n);
-    arm_rfft_fast_f32(&fft, real_in, spectrum, 0);
+    if (KM_RFFT_INIT(&fft, n) != ARM_MATH_SUCCESS) return -1;
+    arm_rfft_fast_f32(&fft, real_in, spectrum, 0); /* uses real_in as scratch */
     /* packed: [re0, re(n/2), re1, im1, ...] -> power in spectrum[0 .. n/2] */
     {
       float nyquist = spectrum[1] * spectrum[1];

@@ -5,8 +5,10 @@
  *   power spectrum |X_k|^2, k = 0 .. fft_size / 2; mel band m = sum_k power_k * W[k, m]
  *   (sparse triangular filters from model_settings.h); output log(max(mel, log_floor)).
  *
- * With KM_USE_CMSIS_DSP defined the FFT is CMSIS-DSP's arm_rfft_fast_f32 (Cortex-M);
- * otherwise a portable radix-2 FFT, so the same file compiles and is tested on the host.
+ * With KM_USE_CMSIS_DSP defined the FFT is CMSIS-DSP's arm_rfft_fast_f32 (the Cortex-M build takes
+ * it from the cmsisdsp PyPI sdist; the twiddles table is then unused); otherwise a portable radix-2
+ * complex FFT (about 4x the instructions), for host builds. Both are tested on the host against the
+ * Python front end.
  */
 #ifndef KERAS_MTL_LOGMEL_H_
 #define KERAS_MTL_LOGMEL_H_
