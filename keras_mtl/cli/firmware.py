@@ -28,6 +28,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tflm-source", help="local tflite-micro-arduino-examples checkout (offline builds)")
     p.add_argument("--build-dir", help="CMake build folder (default EXPORT_DIR/firmware/build)")
     p.add_argument("--build-only", action="store_true", help="build the ELF, do not run it")
+    p.add_argument(
+        "--profile-operators",
+        action="store_true",
+        help="also count the instructions of every operator of every model (printed per second of audio)",
+    )
     cli.add_logging_options(p)
     return p.parse_args(argv)
 
@@ -47,7 +52,11 @@ def main(argv=None) -> int:
     out = export_dir / "firmware"
     log.info("building the firmware (the first build compiles TFLite-Micro: a few minutes)")
     elf = firmware.build(
-        export_dir, args.wav, Path(args.build_dir) if args.build_dir else out / "build", args.tflm_source
+        export_dir,
+        args.wav,
+        Path(args.build_dir) if args.build_dir else out / "build",
+        args.tflm_source,
+        profile_operators=args.profile_operators,
     )
     print(f"firmware: {elf}")
     if args.build_only:

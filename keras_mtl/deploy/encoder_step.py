@@ -31,7 +31,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from keras_mtl.core.backend import keras
+import numpy as np
+
+from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
 
 #: layers that act on every frame alone and keep the time axis: reused as they are
@@ -78,6 +80,61 @@ class EncoderStep:
     states: list[StepState]
     lags: dict[str, int]  # branch -> embeddings it outputs before the first one of the stream
     warmup: int  # embeddings at the start of a stream that differ from the whole-clip network's
+
+
+@keras.utils.register_keras_serializable(package="keras_mtl")
+class FrequencyZeroPadding(keras.layers.Layer):
+    """Zeros before and after the frequency axis of a (1, time, freq, channels) tensor, as one
+    concatenation with constant zeros: TFLite-Micro's PAD kernel took ~20 instructions per byte on a
+    Cortex-M4 (QEMU count), a CONCATENATION copies whole rows. ``padding``: (before, after)."""
+
+    def __init__(self, padding, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = tuple(int(p) for p in padding)
+
+    def call(self, x):
+        _, frames, _, channels = x.shape
+        parts = [x]
+        if self.padding[0]:
+            parts.insert(0, tf.zeros((1, frames, self.padding[0], channels), x.dtype))
+        if self.padding[1]:
+            parts.append(tf.zeros((1, frames, self.padding[1], channels), x.dtype))
+        return tf.concat(parts, axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:2], input_shape[2] + sum(self.padding), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding}
+
+
+@keras.utils.register_keras_serializable(package="keras_mtl")
+class StepNormalization(keras.layers.Layer):
+    """A feature-axis Normalization for a step of fixed shape: (x - mean) * (1 / std) with constants
+    of the step's whole shape, so that TFLite-Micro's SUB and MUL run elementwise (their broadcasting
+    path took ~150 instructions per value on a Cortex-M4, QEMU count)."""
+
+    def __init__(self, mean, inverse_std, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = np.asarray(mean, np.float32)
+        self.inverse_std = np.asarray(inverse_std, np.float32)
+
+    def call(self, x):
+        shape = (1, *x.shape[1:])
+        mean = tf.constant(np.broadcast_to(self.mean, shape).copy())
+        inverse_std = tf.constant(np.broadcast_to(self.inverse_std, shape).copy())
+        return (x - mean) * inverse_std
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean.tolist(), "inverse_std": self.inverse_std.tolist()}
+
+
+def _step_normalization(layer, name: str) -> StepNormalization:
+    """The step form of a trained keras.layers.Normalization (same arithmetic, within float rounding)."""
+    mean = np.asarray(layer.mean, np.float32).reshape(-1)
+    variance = np.asarray(layer.variance, np.float32).reshape(-1)
+    std = np.maximum(np.sqrt(variance), keras.backend.epsilon())  # as keras.layers.Normalization
+    return StepNormalization(mean, 1.0 / std, name=f"{name}_step")
 
 
 def _inbound(layer_config: dict) -> list[str]:
@@ -164,7 +221,7 @@ def build_encoder_step(network: keras.Model, branches: list[str], step_frames: i
             if settings["padding"] == "same" and len(kernel) == 2:
                 pad = _same_padding(int(x.shape[2]), kernel[1], stride[1], dilation[1])
                 if any(pad):
-                    x = keras.layers.ZeroPadding2D(((0, 0), pad), name=f"{name}_freq_padding")(x)
+                    x = FrequencyZeroPadding(pad, name=f"{name}_freq_padding")(x)
             clone = type(layer).from_config({**settings, "padding": "valid", "name": f"{name}_step"})
             x = clone(x)
             clone.set_weights(layer.get_weights())
@@ -182,6 +239,8 @@ def build_encoder_step(network: keras.Model, branches: list[str], step_frames: i
             if frames % pool:
                 raise ConfigError(f"{name}: {frames} frames per step do not fill time pools of {pool}")
             tensors[name], lags[name] = layer(x), lag // pool
+        elif isinstance(layer, keras.layers.Normalization) and not layer.invert and tuple(layer.axis) in ((-1,), (2,)):
+            tensors[name], lags[name] = _step_normalization(layer, name)(x), lag
         elif isinstance(layer, FRAMEWISE) or (
             isinstance(layer, keras.layers.Reshape) and tuple(layer.target_shape)[:1] == (-1,)
         ):

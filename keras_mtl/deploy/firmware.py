@@ -326,9 +326,11 @@ def build(
     build_dir: str | Path,
     tflm_source: str | Path | None = None,
     board: str = "mps2_an386",
+    profile_operators: bool = False,
 ) -> Path:
     """Configure and build the firmware with CMake; returns the ELF. ``tflm_source``: a local
-    tflite-micro-arduino-examples tree (otherwise CMake fetches the pinned commit)."""
+    tflite-micro-arduino-examples tree (otherwise CMake fetches the pinned commit);
+    ``profile_operators``: the firmware also prints each operator's instructions (KM_PROFILE_OPERATORS)."""
     for tool in ("cmake", "arm-none-eabi-gcc", "arm-none-eabi-g++"):
         if shutil.which(tool) is None:
             raise ConfigError(
@@ -345,6 +347,7 @@ def build(
         f"-DKM_BOARD={board}",
         f"-DKM_EXPORT_DIR={Path(export_dir).resolve()}",
         f"-DKM_WAV={Path(wav).resolve()}",
+        f"-DKM_PROFILE_OPERATORS={'ON' if profile_operators else 'OFF'}",
     ]
     if shutil.which("ninja"):
         command += ["-G", "Ninja"]

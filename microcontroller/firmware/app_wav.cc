@@ -51,6 +51,13 @@ int main() {
       const uint64_t ticks = keras_mtl::ListenerPieceCycles(i, &name);
       snprintf(line, sizeof(line), "instructions per second of audio: %s %lu", name, per_second(ticks));
       km_platform_write_line(line);
+      for (int op = 0; op < keras_mtl::ListenerOperatorCount(i); op++) {
+        const char* tag = nullptr;
+        const uint64_t op_ticks = keras_mtl::ListenerOperatorCycles(i, op, &tag);
+        snprintf(line, sizeof(line), "instructions per second of audio: %s operator %d %s %lu", name, op, tag,
+                 per_second(op_ticks));
+        km_platform_write_line(line);
+      }
     }
     snprintf(line, sizeof(line), "instructions per second of audio: all %lu",
              per_second(stats.model_cycles + stats.frontend_cycles));

@@ -105,9 +105,51 @@ void Requantize(const int8_t* from, const TfLiteTensor* from_tensor, int8_t* to,
   for (int i = 0; i < count; i++) to[i] = Quantize(Dequantize(from[i], from_tensor), to_tensor);
 }
 
+// Per-operator cycles (KM_PROFILE_OPERATORS): TFLite-Micro reports each operator's Invoke as an
+// event; events are numbered in order within each of our Invoke calls, so number i is the model's
+// i-th operator (AllocateTensors' events are not counted).
+class OperatorProfiler : public tflite::MicroProfilerInterface {
+ public:
+  static constexpr int kMaxOperators = 128;
+  uint32_t BeginEvent(const char* tag) override {
+    if (!active_ || next_ >= kMaxOperators) return kMaxOperators;
+    const int i = next_++;
+    tags_[i] = tag;
+    if (i >= count_) count_ = i + 1;
+    starts_[i] = km_platform_cycles();
+    return i;
+  }
+  void EndEvent(uint32_t handle) override {
+    if (handle < kMaxOperators) cycles_[handle] += km_platform_cycles() - starts_[handle];
+  }
+  void Start() { active_ = true, next_ = 0; }
+  void Stop() { active_ = false; }
+  int Count() const { return count_; }
+  uint64_t Cycles(int i, const char** tag) const {
+    *tag = tags_[i];
+    return cycles_[i];
+  }
+
+ private:
+  bool active_ = false;
+  int next_ = 0, count_ = 0;
+  const char* tags_[kMaxOperators] = {};
+  uint32_t starts_[kMaxOperators] = {};
+  uint64_t cycles_[kMaxOperators] = {};
+};
+#ifdef KM_PROFILE_OPERATORS
+OperatorProfiler g_profilers[KM_PIECE_COUNT];
+#endif
+
 bool Invoke(Model& model) {
+#ifdef KM_PROFILE_OPERATORS
+  g_profilers[model.piece - kPieces].Start();
+#endif
   const uint32_t start = km_platform_cycles();
   const bool ok = model.interpreter->Invoke() == kTfLiteOk;
+#ifdef KM_PROFILE_OPERATORS
+  g_profilers[model.piece - kPieces].Stop();
+#endif
   const uint32_t spent = km_platform_cycles() - start;
   g_stats.model_cycles += spent;
   model.cycles += spent;
@@ -371,8 +413,13 @@ bool ListenerStart(ReportFunction report) {
       return false;
     }
     uint8_t* aligned = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(m.arena) + 15) & ~uintptr_t(15));
+#ifdef KM_PROFILE_OPERATORS
+    tflite::MicroProfilerInterface* profiler = &g_profilers[i];
+#else
+    tflite::MicroProfilerInterface* profiler = nullptr;
+#endif
     m.interpreter = new (interpreters[i]) tflite::MicroInterpreter(tflite::GetModel(m.piece->model), g_resolver,
-                                                                   aligned, m.piece->arena_size);
+                                                                   aligned, m.piece->arena_size, nullptr, profiler);
     if (m.interpreter->AllocateTensors() != kTfLiteOk) {
       Report("error: %s: AllocateTensors failed with a %d-byte arena", m.piece->name, m.piece->arena_size);
       return false;
@@ -447,6 +494,23 @@ int ListenerPieceCount() { return KM_PIECE_COUNT; }
 uint64_t ListenerPieceCycles(int index, const char** name) {
   *name = kPieces[index].name;
   return g_models[index].cycles;
+}
+
+int ListenerOperatorCount(int piece) {
+#ifdef KM_PROFILE_OPERATORS
+  return g_profilers[piece].Count();
+#else
+  return 0;
+#endif
+}
+
+uint64_t ListenerOperatorCycles(int piece, int index, const char** tag) {
+#ifdef KM_PROFILE_OPERATORS
+  return g_profilers[piece].Cycles(index, tag);
+#else
+  *tag = "";
+  return 0;
+#endif
 }
 
 }  // namespace keras_mtl

@@ -45,6 +45,11 @@ ListenerStats ListenerStatistics();
 int ListenerPieceCount();
 uint64_t ListenerPieceCycles(int index, const char** name);
 
+// Built with KM_PROFILE_OPERATORS: a piece's operators in order (0 otherwise), and the cycles spent
+// in operator ``index`` with its operator name (CONV_2D, ...).
+int ListenerOperatorCount(int piece);
+uint64_t ListenerOperatorCycles(int piece, int index, const char** tag);
+
 }  // namespace keras_mtl
 
 #endif  // KERAS_MTL_LISTENER_H_
