@@ -549,11 +549,21 @@ TFLM_SOURCE = os.environ.get("KERAS_MTL_TFLM_SOURCE")
 )
 def test_firmware_in_qemu_prints_what_the_host_int8_pipeline_finds(exported, tmp_path, tiny_run):
     wav = sorted(Path(tiny_run.env["KERAS_MTL_DATA_DIR"]).glob("*/desed/audio/validation/*/*.wav"))[0]
-    elf = firmware.build(exported, wav, tmp_path / "build", TFLM_SOURCE)
+    elf = firmware.build(exported, wav, tmp_path / "build", TFLM_SOURCE, profile_operators=True)
     output = firmware.run_qemu(elf)
     device = firmware.parse_listener_output(output)
     assert device.scenes["asc"] and "sed" in device.events
     assert firmware.compare(firmware.expected_report(exported, wav), device) == []
+    # instructions per second of audio: the front end, each model, and each model's operators, which
+    # add up to nearly the model's count (the rest: the interpreter between operators)
+    counts = device.instructions
+    assert counts["all"] == pytest.approx(
+        counts["front end"] + counts["encoder"] + counts["asc_head"] + counts["sed_step"], rel=1e-3
+    )
+    for piece in ("encoder", "asc_head", "sed_step"):
+        operators = [count for name, count in counts.items() if name.startswith(f"{piece} operator ")]
+        assert operators and 0.8 * counts[piece] <= sum(operators) <= counts[piece]
+    assert any(name.startswith("encoder operator ") and name.endswith(" CONV_2D") for name in counts)
 
 
 def test_qat_wrapping_keeps_and_returns_the_weights():
