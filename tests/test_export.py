@@ -377,18 +377,15 @@ def test_c_front_end_with_the_cmsis_dsp_fft_matches_the_python_front_end(exporte
     except DataError as exc:  # offline without a cached sdist
         pytest.skip(f"CMSIS-DSP sources unavailable: {exc}")
     rng = np.random.default_rng(3)
-    t = np.arange(40000) / 16000
-    for audio in (
-        0.3 * np.sin(2 * np.pi * 1000 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size),
-        np.concatenate([np.zeros(3000), 0.8 * rng.standard_normal(20000), np.zeros(17000)]),
-    ):
-        audio = audio.astype(np.float32)
-        python_features = LogMel(FrontEndConfig())(audio)
-        c_features = firmware.c_front_end_features(exported, audio, fft="cmsis-dsp").reshape(-1, 128)
-        assert c_features.shape == python_features.shape
-        assert np.abs(c_features - python_features).max() <= 1e-3
-        portable = firmware.c_front_end_features(exported, audio).reshape(-1, 128)
-        assert np.abs(c_features - portable).max() <= 1e-3
+    t = np.arange(24000) / 16000
+    tone = 0.3 * np.sin(2 * np.pi * 1000 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.01 * rng.standard_normal(t.size)
+    audio = np.concatenate([tone, np.zeros(3000), 0.8 * rng.standard_normal(20000), np.zeros(5000)]).astype(np.float32)
+    python_features = LogMel(FrontEndConfig())(audio)
+    c_features = firmware.c_front_end_features(exported, audio, fft="cmsis-dsp").reshape(-1, 128)
+    assert c_features.shape == python_features.shape
+    assert np.abs(c_features - python_features).max() <= 1e-3
+    portable = firmware.c_front_end_features(exported, audio).reshape(-1, 128)
+    assert np.abs(c_features - portable).max() <= 1e-3
 
 
 @pytest.mark.slow
