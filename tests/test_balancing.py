@@ -8,6 +8,7 @@ import pytest
 
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.training import balancing
+from keras_mtl.training.callbacks import checkpoint_of
 from keras_mtl.training.strategies import SoftMTL, StrategyOptions, make_optimizer
 
 
@@ -107,3 +108,35 @@ def test_gradnorm_moves_tasks_of_very_different_scales_towards_equal_weighted_gr
     end = norms() * weights
     assert weights[1] < weights[0]  # the task with the larger gradients is weighted down
     assert abs(np.log(end[1] / end[0])) < 0.5 * abs(np.log(start[1] / start[0]))
+
+
+@pytest.mark.parametrize("method", sorted(balancing.BALANCERS))
+def test_a_restored_checkpoint_continues_every_method_as_the_uninterrupted_run(method, tmp_path):
+    """What --resume restores (callbacks.checkpoint_of: network, optimizer, the method's state): a
+    strategy restored after 5 steps takes the same next 5 steps as the one that went on."""
+
+    def strategy_and_batch():
+        keras.utils.set_random_seed(0)
+        network, batch = _toy(scale_b=10.0)
+        strategy = SoftMTL(network, [_Clip("a"), _Clip("b")], StrategyOptions(balancing=method))
+        strategy.compile(optimizer=make_optimizer(1e-2, total_steps=200, warmup_fraction=0.0))
+        return strategy, batch
+
+    going, batch = strategy_and_batch()
+    for _ in range(5):
+        going.train_step(batch)
+    saved = checkpoint_of(going).write(str(tmp_path / "ckpt"))
+    restored, _ = strategy_and_batch()
+    restored.train_step(batch)  # creates the optimizer's slots before the restore, as a resumed fit does
+    checkpoint_of(restored).read(saved).assert_consumed()
+    for _ in range(4):
+        going.train_step(batch), restored.train_step(batch)
+    for tracker in [*going.metrics, *restored.metrics]:  # the logs are running means since the last reset
+        tracker.reset_state()
+    expected, got = going.train_step(batch), restored.train_step(batch)
+    for name in ("loss", "a_loss", "b_loss"):
+        assert float(got[name]) == pytest.approx(float(expected[name]), rel=1e-5), name
+    state = list(going.balancer.variables) + list(going.balancer.state)
+    again = list(restored.balancer.variables) + list(restored.balancer.state)
+    for a, b in zip(state, again):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
