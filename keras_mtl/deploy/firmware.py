@@ -135,18 +135,31 @@ def cmsis_dsp_source() -> Path:
     """The unpacked cmsisdsp sdist (CMSIS-DSP's Include/, PrivateInclude/ and Source/): the folder
     named by KERAS_MTL_CMSIS_DSP_SOURCE, else downloaded once (checksum verified) into the cache.
 
-    Raises DataError when it cannot be downloaded, ConfigError when the named folder is not one."""
+    Raises DataError when it cannot be downloaded, ConfigError when the named folder is not one.
+    Processes that download at the same time each use their own temporary folder; one wins."""
     named = os.environ.get("KERAS_MTL_CMSIS_DSP_SOURCE")
     root = Path(named) if named else default_cache_dir().parent / f"cmsisdsp-{CMSIS_DSP_VERSION}"
-    if not (root / "Include" / "arm_math.h").is_file():
-        if named:
-            raise ConfigError(f"KERAS_MTL_CMSIS_DSP_SOURCE={named}: no Include/arm_math.h (an unpacked cmsisdsp sdist)")
-        archive = download.fetch(CMSIS_DSP_URL, root.parent / Path(CMSIS_DSP_URL).name, {"sha256": CMSIS_DSP_SHA256})
-        unpacked = root.parent / f".{root.name}.unpacking"
-        shutil.rmtree(unpacked, ignore_errors=True)
-        download.extract(archive, unpacked)
-        os.replace(unpacked / f"cmsisdsp-{CMSIS_DSP_VERSION}", root)
-        shutil.rmtree(unpacked, ignore_errors=True)
+    if (root / "Include" / "arm_math.h").is_file():
+        return root
+    if named:
+        raise ConfigError(f"KERAS_MTL_CMSIS_DSP_SOURCE={named}: no Include/arm_math.h (an unpacked cmsisdsp sdist)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        try:
+            archive = download.fetch(CMSIS_DSP_URL, work / Path(CMSIS_DSP_URL).name, {"sha256": CMSIS_DSP_SHA256})
+        except DataError as exc:
+            raise DataError(
+                f"{exc}; offline, set KERAS_MTL_CMSIS_DSP_SOURCE to an unpacked cmsisdsp-{CMSIS_DSP_VERSION} sdist"
+            ) from None
+        download.extract(archive, work / "unpacked")
+        try:
+            os.replace(work / "unpacked" / f"cmsisdsp-{CMSIS_DSP_VERSION}", root)
+        except OSError:
+            if not (root / "Include" / "arm_math.h").is_file():  # not another process's copy
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return root
 
 
