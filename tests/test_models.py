@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError
 from keras_mtl.models import profiling
 from keras_mtl.models.mtl import ModelConfig, build_model, shared_layers, task_submodel
 from keras_mtl.tasks.registry import get_task, parse_task_set
@@ -122,6 +123,23 @@ def test_profiler_counts_by_hand():
     assert layers["shared/bn1"].params == 16 and layers["shared/bn1"].macs == 16
     assert layers["sed/gru"].macs == 25 * 3 * (8 + 4) * 4
     assert layers["sed/classifier"].params == 15 and layers["sed/classifier"].macs == 25 * 4 * 3
+
+
+def test_separable_blocks_and_frequency_strides_shape_and_count():
+    config = ModelConfig(separable=True, freq_strides=(2, 1, 1, 1, 1), pools=((2, 2), (2, 4), (1, 2), (1, 2), (1, 2)))
+    assert config.freq_pool_factor == 128
+    network = build_model(parse_task_set("asc,sed"), config)
+    conv1, conv2 = network.get_layer("shared/conv1"), network.get_layer("shared/conv2")
+    assert type(conv1) is keras.layers.Conv2D and conv1.strides == (1, 2)
+    assert isinstance(conv2, keras.layers.SeparableConv2D)
+    assert network(np.zeros((1, 101, 128), np.float32))["sed"].shape == (1, 25, 10)
+    layers = {p.name: p for p in profiling.profile(network)}
+    assert layers["shared/conv1"].output_shape == (101, 64, 16) and layers["shared/conv1"].macs == 101 * 64 * 16 * 9
+    # depthwise 3 x 3 on 16 channels, then pointwise 16 -> 32, at 50 x 32 positions
+    assert layers["shared/conv2"].macs == 50 * 32 * 16 * (9 + 32)
+    assert layers["shared/conv2"].params == 16 * 9 + 16 * 32
+    with pytest.raises(ConfigError, match="freq_strides"):
+        ModelConfig(freq_strides=(2, 1))
 
 
 def test_profiler_reproduces_the_cp_mobile_worked_example():
