@@ -312,3 +312,30 @@ def test_bad_numbers_on_the_command_line(tmp_path, args, fragment):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert fragment in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_presets_task_set_settings_apply_to_that_set_only_and_yield_to_the_users_yaml(tmp_path):
+    from keras_mtl.cli import common
+    from keras_mtl.cli.train import parse_args, resolve_config
+    from keras_mtl.studies import experiments
+
+    speech = resolve_config(parse_args(["--task-set", "vad,scr,ac,gc"]))  # any order
+    assert speech.model.channels == (16, 32, 64, 128, 128) and speech.model.shared_blocks == 4
+    assert speech.model.share_groups == ((("gc", "ac", "scr"), 1),)
+    for subset in ("gc,ac,scr", "scr", "asc,sed"):
+        assert resolve_config(parse_args(["--task-set", subset])).model.channels == (16, 32, 48, 64, 64), subset
+    user = tmp_path / "user.yaml"
+    user.write_text("model:\n  channels: [8, 16, 24, 32, 32]\n")
+    mine = resolve_config(parse_args(["--task-set", "gc,ac,scr,vad", "--config", str(user)]))
+    assert mine.model.channels == (8, 16, 24, 32, 32) and mine.model.shared_blocks == 4
+    # experiments: each row gets its own task set's entry, the user's YAML still wins, and the
+    # method rows keep the flat encoder they were measured with
+    base = common.base_config("default", str(user))
+    rows = experiments.select_rows(
+        experiments.get_experiment("balancing-speech"), ["single-scr", "gradnorm", "default"]
+    )
+    single, method, default = (experiments.row_config(base, row, 0, tmp_path / row.name) for row in rows)
+    assert single.model.shared_blocks is None and single.model.channels == (8, 16, 24, 32, 32)
+    assert method.model.shared_blocks is None and not method.model.share_groups
+    assert method.model.channels == (8, 16, 24, 32, 32)
+    assert default.model.shared_blocks == 4 and default.model.channels == (8, 16, 24, 32, 32)

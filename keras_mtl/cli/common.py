@@ -74,7 +74,15 @@ def base_config(
 
     base = run_config.load_preset(preset)
     if config_path:
-        base = run_config.merge(base, run_config.load_yaml(config_path))
+        user = run_config.load_yaml(config_path)
+        # each row's task set picks its preset entry when it is built; the user's YAML still wins
+        sets = base.get("task_sets") or {}
+        if isinstance(sets, dict):
+            base["task_sets"] = {
+                key: run_config.without_keys(value, user) if isinstance(value, dict) else value
+                for key, value in sets.items()
+            }
+        base = run_config.merge(base, user)
     base = run_config.merge(base, {"preset": preset})
     if epochs is not None:
         base = run_config.merge(base, {"training": {"epochs": epochs}})

@@ -45,11 +45,12 @@ def main(argv=None) -> int:
         from keras_mtl.models.mtl import build_model
         from keras_mtl.tasks.registry import parse_task_set
 
-        config = run_config.build(run_config.load_preset(args.preset))
+        tasks = parse_task_set(args.task_set)
+        preset = run_config.for_task_set(run_config.load_preset(args.preset), [t.name for t in tasks])
+        config = run_config.build(preset)
         model_config = config.model
         if args.shared_blocks is not None:
             model_config = dataclasses.replace(model_config, shared_blocks=args.shared_blocks)
-        tasks = parse_task_set(args.task_set)
         model = build_model(tasks, model_config)
         frontend = config.frontend
         task_names = [t.name for t in tasks]

@@ -112,12 +112,13 @@ def resolve_config(args):
     from keras_mtl.runs import config as run_config
     from keras_mtl.tasks.registry import parse_task_set, safe_name
 
-    data = run_config.load_preset(args.preset)
-    if args.config:
-        data = run_config.merge(data, run_config.load_yaml(args.config))
+    preset = run_config.load_preset(args.preset)
+    user = run_config.load_yaml(args.config) if args.config else {}
     custom = dict(parse_task_definition(text) for text in args.task)
-    task_set = args.task_set or ",".join(data.get("tasks") or ["asc", "sed"])
+    task_set = args.task_set or ",".join(user.get("tasks") or preset.get("tasks") or ["asc", "sed"])
     tasks = [t.name for t in parse_task_set(task_set, custom)]
+    # preset < the preset's settings for this task set < the user's YAML < the command line
+    data = run_config.merge(run_config.for_task_set(preset, tasks), user)
     override = {
         "tasks": tasks,
         "strategy": args.strategy.strip().lower(),

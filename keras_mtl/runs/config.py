@@ -179,9 +179,40 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def build(data: dict) -> RunConfig:
-    """RunConfig from a nested dict; unknown keys are errors that name the key."""
+def for_task_set(data: dict, tasks) -> dict:
+    """``data`` without its ``task_sets`` section, with that section's entry for exactly ``tasks`` (any
+    order; keys like ``gc,ac,scr,vad``) merged in: settings a preset measured for one task set.
+
+    Raises ConfigError when the section is not a mapping of mappings."""
     data = dict(data)
+    sets = data.pop("task_sets", None) or {}
+    if not isinstance(sets, dict) or not all(isinstance(v, dict) for v in sets.values()):
+        raise ConfigError("task_sets must map a task set ('gc,ac,scr,vad') to settings")
+    wanted = frozenset(str(t) for t in tasks)
+    for key, settings in sets.items():
+        if frozenset(name.strip() for name in str(key).split(",")) == wanted:
+            return merge(data, settings)
+    return data
+
+
+def without_keys(settings: dict, user: dict) -> dict:
+    """``settings`` less every key that ``user`` sets (within sections too): what a user's YAML leaves
+    to a preset's task-set entry."""
+    out = {}
+    for key, value in settings.items():
+        if key not in user:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(user[key], dict) and key in SECTIONS:
+            rest = without_keys(value, user[key])
+            if rest:
+                out[key] = rest
+    return out
+
+
+def build(data: dict) -> RunConfig:
+    """RunConfig from a nested dict; unknown keys are errors that name the key. A ``task_sets``
+    section left in ``data`` is applied for its ``tasks`` (`for_task_set`)."""
+    data = for_task_set(data, data.get("tasks") or ())
     kwargs = {}
     for section, cls in SECTIONS.items():
         values = data.pop(section, None) or {}

@@ -41,6 +41,9 @@ class Row:
     label: str
     settings: dict  # merged into the run configuration
     paper: dict = dataclasses.field(default_factory=dict)  # the paper's figures, % (task -> value)
+    # whether the preset's settings for the row's task set apply (run_config.for_task_set); False keeps
+    # the preset's general settings, e.g. for rows measured on the flat encoder
+    task_set_settings: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,13 +88,17 @@ BALANCING = ("fixed", "dwa", "mfl", "uncertainty", "gradnorm", "pcgrad", "cagrad
 SPEECH = ("gc", "ac", "scr", "vad")
 
 
-def _balancing_rows(tasks, branched_blocks: int = 0) -> tuple:
-    """Single-task models, then SoftMTL of ``tasks`` with every loss weighting and balancing method;
+def _balancing_rows(tasks, branched_blocks: int = 0, preset_row: str = "") -> tuple:
+    """Single-task models, then SoftMTL of ``tasks`` with every loss weighting and balancing method
+    on the preset's general encoder (not its settings for this task set: Row.task_set_settings);
     with ``branched_blocks``, also GradNorm with the last that many encoder blocks one per task (the
-    cheapest extra capacity: the deepest blocks run at the lowest time and frequency resolution)."""
+    cheapest extra capacity: the deepest blocks run at the lowest time and frequency resolution);
+    with ``preset_row``, the preset's own model for the task set (its ``task_sets`` entry) with the
+    default weighting: what ``train.py --task-set`` trains."""
     singles = tuple(Row(f"single-{t}", f"single-task {t.upper()}", {"tasks": [t]}) for t in tasks)
     joint = tuple(
-        Row(m, f"SoftMTL, {m}", {"tasks": list(tasks), "strategy": "soft", "weighting": m}) for m in BALANCING
+        Row(m, f"SoftMTL, {m}", {"tasks": list(tasks), "strategy": "soft", "weighting": m}, task_set_settings=False)
+        for m in BALANCING
     )
     if branched_blocks:
         shared = len(ModelConfig().channels) - branched_blocks
@@ -100,8 +107,11 @@ def _balancing_rows(tasks, branched_blocks: int = 0) -> tuple:
                 f"gradnorm-branched{branched_blocks}",
                 f"SoftMTL, gradnorm, last {branched_blocks} blocks per task",
                 {"tasks": list(tasks), "strategy": "soft", "weighting": "gradnorm", "model": {"shared_blocks": shared}},
+                task_set_settings=False,
             ),
         )
+    if preset_row:
+        joint += (Row("default", preset_row, {"tasks": list(tasks), "strategy": "soft", "weighting": "auto"}),)
     return singles + joint
 
 
@@ -149,7 +159,11 @@ EXPERIMENTS = {
     "balancing-speech": Experiment(
         "balancing-speech",
         "Task balancing for SoftMTL of GC + AC + SCR + VAD: loss weights and gradient-level methods (issue 19)",
-        _balancing_rows(SPEECH, branched_blocks=2),
+        _balancing_rows(
+            SPEECH,
+            branched_blocks=2,
+            preset_row="default: gradnorm, wider last blocks, VAD's own last block",
+        ),
         columns=tuple((t, f"{t.upper()} headline") for t in SPEECH),
     ),
     "vae-data": Experiment(
@@ -224,7 +238,12 @@ def select_rows(experiment: Experiment, names: list[str] | None) -> list[Row]:
 
 
 def row_config(base: dict, row: Row, seed: int, output_dir: Path) -> run_config.RunConfig:
-    data = run_config.merge(base, {**row.settings, "seed": seed, "output_dir": str(output_dir)})
+    """The run of one row and seed: the base (with its preset's settings for the row's task set,
+    `run_config.for_task_set`, unless the row opts out), then the row's own settings."""
+    tasks = (row.settings.get("tasks") or base.get("tasks") or ()) if row.task_set_settings else ()
+    data = run_config.merge(
+        run_config.for_task_set(base, tasks), {**row.settings, "seed": seed, "output_dir": str(output_dir)}
+    )
     return run_config.build(data)
 
 
