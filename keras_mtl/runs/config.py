@@ -211,8 +211,9 @@ def without_keys(settings: dict, user: dict) -> dict:
 
 def build(data: dict) -> RunConfig:
     """RunConfig from a nested dict; unknown keys are errors that name the key. A ``task_sets``
-    section left in ``data`` is applied for its ``tasks`` (`for_task_set`)."""
-    data = for_task_set(data, data.get("tasks") or ())
+    section left in ``data`` is dropped: callers apply it where it belongs (`for_task_set`: after
+    the preset, before the user's and the study's own settings)."""
+    data = for_task_set(data, ())
     kwargs = {}
     for section, cls in SECTIONS.items():
         values = data.pop(section, None) or {}
