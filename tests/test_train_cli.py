@@ -327,7 +327,16 @@ def test_a_presets_task_set_settings_apply_to_that_set_only_and_yield_to_the_use
     user = tmp_path / "user.yaml"
     user.write_text("model:\n  channels: [8, 16, 24, 32, 32]\n")
     mine = resolve_config(parse_args(["--task-set", "gc,ac,scr,vad", "--config", str(user)]))
-    assert mine.model.channels == (8, 16, 24, 32, 32) and mine.model.shared_blocks == 4
+    # the user's block structure replaces the preset's for this set as a whole
+    assert mine.model.channels == (8, 16, 24, 32, 32) and mine.model.shared_blocks is None
+    assert not mine.model.share_groups
+    three = tmp_path / "three.yaml"
+    three.write_text("model:\n  channels: [8, 16, 24]\n  pools: [[2, 4], [2, 4], [1, 8]]\n")
+    assert resolve_config(parse_args(["--task-set", "gc,ac,scr,vad", "--config", str(three)])).model.n_shared == 3
+    dropout = tmp_path / "dropout.yaml"
+    dropout.write_text("model:\n  dropout: 0.2\n")
+    kept = resolve_config(parse_args(["--task-set", "gc,ac,scr,vad", "--config", str(dropout)])).model
+    assert kept.dropout == 0.2 and kept.shared_blocks == 4 and kept.channels == (16, 32, 64, 128, 128)
     # experiments: each row gets its own task set's entry, the user's YAML still wins, and the
     # method rows keep the flat encoder they were measured with
     base = common.base_config("default", str(user))
@@ -338,4 +347,6 @@ def test_a_presets_task_set_settings_apply_to_that_set_only_and_yield_to_the_use
     assert single.model.shared_blocks is None and single.model.channels == (8, 16, 24, 32, 32)
     assert method.model.shared_blocks is None and not method.model.share_groups
     assert method.model.channels == (8, 16, 24, 32, 32)
-    assert default.model.shared_blocks == 4 and default.model.channels == (8, 16, 24, 32, 32)
+    assert default.model.shared_blocks is None and default.model.channels == (8, 16, 24, 32, 32)
+    kept = experiments.row_config(common.base_config("default", str(dropout)), rows[2], 0, tmp_path / "d").model
+    assert kept.dropout == 0.2 and kept.shared_blocks == 4

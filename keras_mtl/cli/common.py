@@ -82,7 +82,7 @@ def base_config(
                 key: run_config.without_keys(value, user) if isinstance(value, dict) else value
                 for key, value in sets.items()
             }
-        base = run_config.merge(base, user)
+        base = run_config.merge(base, user)  # (the user's own task_sets entries merge in too)
     base = run_config.merge(base, {"preset": preset})
     if epochs is not None:
         base = run_config.merge(base, {"training": {"epochs": epochs}})

@@ -118,7 +118,7 @@ def resolve_config(args):
     task_set = args.task_set or ",".join(user.get("tasks") or preset.get("tasks") or ["asc", "sed"])
     tasks = [t.name for t in parse_task_set(task_set, custom)]
     # preset < the preset's settings for this task set < the user's YAML < the command line
-    data = run_config.merge(run_config.for_task_set(preset, tasks), user)
+    data = run_config.merge(run_config.for_task_set(preset, tasks, user), user)
     override = {
         "tasks": tasks,
         "strategy": args.strategy.strip().lower(),

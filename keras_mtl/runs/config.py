@@ -179,9 +179,10 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def for_task_set(data: dict, tasks) -> dict:
+def for_task_set(data: dict, tasks, user: dict | None = None) -> dict:
     """``data`` without its ``task_sets`` section, with that section's entry for exactly ``tasks`` (any
-    order; keys like ``gc,ac,scr,vad``) merged in: settings a preset measured for one task set.
+    order; keys like ``gc,ac,scr,vad``) merged in: settings a preset measured for one task set, less
+    what the ``user``'s settings decide (`without_keys`).
 
     Raises ConfigError when the section is not a mapping of mappings."""
     data = dict(data)
@@ -191,18 +192,25 @@ def for_task_set(data: dict, tasks) -> dict:
     wanted = frozenset(str(t) for t in tasks)
     for key, settings in sets.items():
         if frozenset(name.strip() for name in str(key).split(",")) == wanted:
-            return merge(data, settings)
+            return merge(data, without_keys(settings, user) if user else settings)
     return data
 
 
+# the encoder's block structure: a user who sets one of these decides all of them
+ENCODER_STRUCTURE = ("channels", "pools", "freq_strides", "shared_blocks", "share_groups", "tree")
+
+
 def without_keys(settings: dict, user: dict) -> dict:
-    """``settings`` less every key that ``user`` sets (within sections too): what a user's YAML leaves
-    to a preset's task-set entry."""
+    """``settings`` less every key that ``user`` sets (within sections too; a user's encoder block
+    structure replaces the whole of the preset's, ENCODER_STRUCTURE): what a user's YAML leaves to a
+    preset's task-set entry."""
     out = {}
     for key, value in settings.items():
         if key not in user:
             out[key] = value
         elif isinstance(value, dict) and isinstance(user[key], dict) and key in SECTIONS:
+            if key == "model" and any(name in user[key] for name in ENCODER_STRUCTURE):
+                value = {k: v for k, v in value.items() if k not in ENCODER_STRUCTURE}
             rest = without_keys(value, user[key])
             if rest:
                 out[key] = rest
