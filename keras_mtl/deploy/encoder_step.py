@@ -20,8 +20,8 @@ whole-clip network's zero padding is; but outputs the step computes for those fr
 so the first ``warmup`` embeddings differ from the whole-clip network's (the receptive radius over
 the time stride), and every later one equals it up to float rounding (test).
 
-Layers the step understands: 1-D and 2-D convolutions with time stride 1 (any padding and
-dilation), non-overlapping max and average pooling, and layers that act on each frame alone
+Layers the step understands: 1-D, 2-D, depthwise and separable convolutions with time stride 1
+(any padding and dilation; frequency strides too), non-overlapping max and average pooling, and layers that act on each frame alone
 (normalisation, batch norm, activations, dropout, reshapes keeping time first). Anything else
 (a recurrent or attention layer, a residual join) raises ConfigError naming the layer.
 """

@@ -108,6 +108,7 @@ void Requantize(const int8_t* from, const TfLiteTensor* from_tensor, int8_t* to,
 // Per-operator cycles (KM_PROFILE_OPERATORS): TFLite-Micro reports each operator's Invoke as an
 // event; events are numbered in order within each of our Invoke calls, so number i is the model's
 // i-th operator (AllocateTensors' events are not counted).
+#ifdef KM_PROFILE_OPERATORS
 class OperatorProfiler : public tflite::MicroProfilerInterface {
  public:
   static constexpr int kMaxOperators = 128;
@@ -137,7 +138,6 @@ class OperatorProfiler : public tflite::MicroProfilerInterface {
   uint32_t starts_[kMaxOperators] = {};
   uint64_t cycles_[kMaxOperators] = {};
 };
-#ifdef KM_PROFILE_OPERATORS
 OperatorProfiler g_profilers[KM_PIECE_COUNT];
 #endif
 
