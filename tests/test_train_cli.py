@@ -350,3 +350,23 @@ def test_a_presets_task_set_settings_apply_to_that_set_only_and_yield_to_the_use
     assert default.model.shared_blocks is None and default.model.channels == (8, 16, 24, 32, 32)
     kept = experiments.row_config(common.base_config("default", str(dropout)), rows[2], 0, tmp_path / "d").model
     assert kept.dropout == 0.2 and kept.shared_blocks == 4
+
+
+def test_the_network_takes_the_front_ends_mel_bands(tmp_path):
+    """frontend.n_mels sets the network's input width (it used to fail inside Keras with a
+    broadcasting error); a model.n_mels that disagrees is one error line naming both."""
+    from keras_mtl.cli.train import parse_args, resolve_config
+
+    mels = tmp_path / "mels.yaml"
+    mels.write_text("frontend:\n  n_mels: 256\n")
+    config = resolve_config(parse_args(["--task-set", "asc,sed", "--config", str(mels)]))
+    assert config.frontend.n_mels == 256 and config.model.n_mels == 256
+    few = tmp_path / "few.yaml"
+    few.write_text("frontend:\n  n_mels: 64\n")  # the default pools halve the bands 7 times
+    result = run_train("--task-set", "asc,sed", "--config", str(few), "--dry-run", env_dirs=tmp_path)
+    assert_one_line_error(result, "n_mels 64 is not divisible by the frequency pooling 128")
+    both = tmp_path / "both.yaml"
+    both.write_text("frontend:\n  n_mels: 64\nmodel:\n  n_mels: 96\n")
+    result = run_train("--task-set", "asc,sed", "--config", str(both), "--dry-run", env_dirs=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result, "model.n_mels 96 differs from frontend.n_mels 64")

@@ -222,6 +222,14 @@ def build(data: dict) -> RunConfig:
     section left in ``data`` is dropped: callers apply it where it belongs (`for_task_set`: after
     the preset, before the user's and the study's own settings)."""
     data = for_task_set(data, ())
+    frontend_mels = (data.get("frontend") or {}).get("n_mels") if isinstance(data.get("frontend"), dict) else None
+    if frontend_mels is not None and isinstance(data.get("model"), dict):
+        model_mels = data["model"].get("n_mels")
+        if model_mels is not None and model_mels != frontend_mels:
+            raise ConfigError(f"model.n_mels {model_mels} differs from frontend.n_mels {frontend_mels}: give one")
+        data["model"] = {**data["model"], "n_mels": frontend_mels}  # the network takes the front end's bands
+    elif frontend_mels is not None:
+        data["model"] = {"n_mels": frontend_mels}
     kwargs = {}
     for section, cls in SECTIONS.items():
         values = data.pop(section, None) or {}
