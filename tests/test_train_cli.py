@@ -320,8 +320,8 @@ def test_a_presets_task_set_settings_apply_to_that_set_only_and_yield_to_the_use
     from keras_mtl.studies import experiments
 
     speech = resolve_config(parse_args(["--task-set", "vad,scr,ac,gc"]))  # any order
-    assert speech.model.channels == (16, 32, 64, 128, 128) and speech.model.shared_blocks == 4
-    assert speech.model.share_groups == ((("gc", "ac", "scr"), 1),)
+    assert speech.model.channels == (16, 32, 64, 96, 96) and speech.model.shared_blocks == 4
+    assert speech.model.share_groups == ((("gc", "ac"), 1),)
     for subset in ("gc,ac,scr", "scr", "asc,sed"):
         assert resolve_config(parse_args(["--task-set", subset])).model.channels == (16, 32, 48, 64, 64), subset
     user = tmp_path / "user.yaml"
@@ -336,7 +336,7 @@ def test_a_presets_task_set_settings_apply_to_that_set_only_and_yield_to_the_use
     dropout = tmp_path / "dropout.yaml"
     dropout.write_text("model:\n  dropout: 0.2\n")
     kept = resolve_config(parse_args(["--task-set", "gc,ac,scr,vad", "--config", str(dropout)])).model
-    assert kept.dropout == 0.2 and kept.shared_blocks == 4 and kept.channels == (16, 32, 64, 128, 128)
+    assert kept.dropout == 0.2 and kept.shared_blocks == 4 and kept.channels == (16, 32, 64, 96, 96)
     # experiments: each row gets its own task set's entry, the user's YAML still wins, and the
     # method rows keep the flat encoder they were measured with
     base = common.base_config("default", str(user))

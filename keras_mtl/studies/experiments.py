@@ -162,7 +162,7 @@ EXPERIMENTS = {
         _balancing_rows(
             SPEECH,
             branched_blocks=2,
-            preset_row="default: gradnorm, wider last blocks, VAD's own last block",
+            preset_row="default: gradnorm, wider last blocks, SCR and VAD each their own last block",
         ),
         columns=tuple((t, f"{t.upper()} headline") for t in SPEECH),
     ),
