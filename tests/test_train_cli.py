@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 import yaml
 
+from keras_mtl.runs.config import load_preset, preset_names
 from tests.conftest import TINY_RUN_ARGS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -370,3 +371,23 @@ def test_the_network_takes_the_front_ends_mel_bands(tmp_path):
     result = run_train("--task-set", "asc,sed", "--config", str(both), "--dry-run", env_dirs=tmp_path)
     assert result.returncode == 2
     assert_one_line_error(result, "model.n_mels 96 differs from frontend.n_mels 64")
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_builds_its_model_for_its_front_end(preset):
+    from keras_mtl.cli.train import parse_args, resolve_config
+    from keras_mtl.models.mtl import build_model
+    from keras_mtl.tasks.registry import parse_task_set
+
+    config = resolve_config(parse_args(["--preset", preset, "--task-set", "asc,sed"]))
+    network = build_model(parse_task_set("asc,sed"), config.model)
+    assert network.input.shape[-1] == config.frontend.n_mels
+    assert network.get_layer("shared/conv1") is not None
+
+
+def test_a_preset_extends_another_without_its_task_set_settings():
+    board, default = load_preset("board"), load_preset("default")
+    assert "extends" not in board and board["synthetic"] == default["synthetic"]
+    assert board["training"] == default["training"] and board["model"]["dropout"] == default["model"]["dropout"]
+    assert board["frontend"]["n_mels"] == 64 and board["model"]["channels"] == [8, 16, 32, 64, 64]
+    assert "task_sets" in default and "task_sets" not in board  # measured on the default's encoder

@@ -164,9 +164,24 @@ def load_yaml(path: str | os.PathLike) -> dict:
 
 
 def load_preset(name: str) -> dict:
+    """A built-in preset's settings. ``extends: OTHER`` in a preset starts it from OTHER's settings
+    less OTHER's ``task_sets`` (those were measured on OTHER's encoder). Raises ConfigError for an
+    unknown name or a cycle."""
+    return _load_preset(name, ())
+
+
+def _load_preset(name: str, seen: tuple) -> dict:
     if name not in preset_names():
         raise ConfigError(f"unknown preset {name!r} (known: {', '.join(preset_names())})")
-    return yaml.safe_load((resources.files("keras_mtl.runs") / "presets" / f"{name}.yaml").read_text()) or {}
+    if name in seen:
+        raise ConfigError(f"preset {name!r} extends itself ({' -> '.join((*seen, name))})")
+    data = yaml.safe_load((resources.files("keras_mtl.runs") / "presets" / f"{name}.yaml").read_text()) or {}
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = _load_preset(str(parent), (*seen, name))
+    base.pop("task_sets", None)
+    return merge(base, data)
 
 
 def merge(base: dict, override: dict) -> dict:

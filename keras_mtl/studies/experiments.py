@@ -115,6 +115,18 @@ def _balancing_rows(tasks, branched_blocks: int = 0, preset_row: str = "") -> tu
     return singles + joint
 
 
+def _preset_row(preset: str, tasks) -> dict:
+    """Settings of a row that trains ``tasks`` with another preset's front end and model (over the
+    experiment's preset) and the default weighting: what ``train.py --preset PRESET`` trains."""
+    settings = run_config.load_preset(preset)
+    return {
+        "tasks": list(tasks),
+        "strategy": "soft",
+        "weighting": "auto",
+        **{key: settings[key] for key in ("frontend", "model") if key in settings},
+    }
+
+
 EXPERIMENTS = {
     "strategies": Experiment(
         "strategies",
@@ -154,7 +166,14 @@ EXPERIMENTS = {
     "balancing": Experiment(
         "balancing",
         "Task balancing for SoftMTL of ASC + SED: loss weights and gradient-level methods (issue 19)",
-        _balancing_rows(("asc", "sed")),
+        _balancing_rows(("asc", "sed"))
+        + (
+            Row(
+                "board",
+                "board preset: 64 mels, 20 ms hop, strided first block (48% of a 64 MHz Cortex-M4F)",
+                _preset_row("board", ("asc", "sed")),
+            ),
+        ),
     ),
     "balancing-speech": Experiment(
         "balancing-speech",
