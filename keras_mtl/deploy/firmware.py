@@ -7,9 +7,10 @@ The listener (microcontroller/firmware/listener.cc) prints one line per finding:
     sed: Speech onset 1.240 s            frame task: an event starts (after the median filter)
     sed: Speech offset 2.800 s           ... and ends (clipped to the end of the recording)
 
-`expected_report` computes the same findings on the host: the Python front end, the exported
-int8 models in the TFLite-Micro interpreter, run window by window and frame by frame
-(StreamingRunner), and the library's own SED post-processing (metrics.postprocess).
+`expected_report` computes the same findings on the host: the firmware's C front end compiled for
+the host with the firmware's FFT (CMSIS-DSP's), the exported int8 models in the TFLite-Micro
+interpreter, run step by step (StreamingRunner), and the library's own SED post-processing
+(metrics.postprocess).
 """
 
 from __future__ import annotations
@@ -213,13 +214,14 @@ def c_front_end_features(export_dir: str | Path, audio: np.ndarray, fft: str = "
     return features
 
 
-def expected_report(export_dir: str | Path, wav: str | Path, front_end: str = "c") -> Findings:
+def expected_report(export_dir: str | Path, wav: str | Path, front_end: str = "c", fft: str = "cmsis-dsp") -> Findings:
     """What the listener should print for ``wav``, computed with the exported int8 models in the
     TFLite-Micro interpreter on the host. ``front_end="c"`` takes the log-mel from the firmware's own
-    C front end compiled for the host (falling back to Python without a compiler), so that the
+    C front end compiled for the host with ``fft`` (see `c_front_end_features`; "cmsis-dsp", the
+    Cortex-M build's, is the default) and falls back to Python without a compiler, so that the
     comparison isolates the models and the streaming: the C and Python front ends differ by ~1e-4,
     enough to move a few int8 inputs by one step (the front ends are compared with each other in
-    tests/test_export.py)."""
+    tests/test_export.py). Raises DataError when the CMSIS-DSP sources cannot be had offline."""
     export_dir = Path(export_dir)
     report_path = export_dir / "export_report.json"
     if not report_path.is_file():
@@ -233,7 +235,7 @@ def expected_report(export_dir: str | Path, wav: str | Path, front_end: str = "c
     runner = StreamingRunner(plan, int8_call(models))
     audio = load_audio(wav, config.frontend.sample_rate)
     duration = len(audio) / config.frontend.sample_rate
-    features = c_front_end_features(export_dir, audio) if front_end == "c" else None
+    features = c_front_end_features(export_dir, audio, fft=fft) if front_end == "c" else None
     if features is None:
         features = LogMel(config.frontend)(audio)
     else:
