@@ -99,7 +99,9 @@ def test_stepped_encoder_equals_the_whole_clip_encoder_after_the_warm_up(config)
     # the states: a few frames per layer, whatever the length of the audio
     assert sum(s.size for s in plan.step.states) <= 8192
     kinds = {s.kind for s in plan.step.states}
-    assert kinds == ({"convolution"} if config is BOARD else {"convolution", "delay"})  # one time pool, first
+    assert kinds == (
+        {"convolution"} if config is BOARD else {"convolution", "delay"}
+    )  # its one time pool is aligned: no delay
 
 
 def test_an_encoder_that_cannot_step_runs_by_windows_or_says_why():

@@ -354,14 +354,23 @@ def test_a_presets_task_set_settings_apply_to_that_set_only_and_yield_to_the_use
 
 
 def test_the_network_takes_the_front_ends_mel_bands(tmp_path):
-    """frontend.n_mels sets the network's input width (it used to fail inside Keras with a
-    broadcasting error); a model.n_mels that disagrees is one error line naming both."""
+    """frontend.n_mels sets the network's input width, for every architecture (it used to fail
+    inside Keras with a broadcasting error); a model.n_mels alone sets the front end's; the two
+    given apart and different are one error line naming both."""
     from keras_mtl.cli.train import parse_args, resolve_config
+    from keras_mtl.runs.network import build_network
+    from keras_mtl.tasks.registry import parse_task_set
 
     mels = tmp_path / "mels.yaml"
     mels.write_text("frontend:\n  n_mels: 256\n")
     config = resolve_config(parse_args(["--task-set", "asc,sed", "--config", str(mels)]))
     assert config.frontend.n_mels == 256 and config.model.n_mels == 256
+    model_only = tmp_path / "model.yaml"
+    model_only.write_text("model:\n  n_mels: 256\n")
+    config = resolve_config(parse_args(["--task-set", "asc,sed", "--config", str(model_only)]))
+    assert config.frontend.n_mels == 256 and config.model.n_mels == 256
+    other = resolve_config(parse_args(["--task-set", "asc", "--architecture", "cp_mobile", "--config", str(mels)]))
+    assert build_network(other, parse_task_set("asc")).input.shape[-1] == 256
     few = tmp_path / "few.yaml"
     few.write_text("frontend:\n  n_mels: 64\n")  # the default pools halve the bands 7 times
     result = run_train("--task-set", "asc,sed", "--config", str(few), "--dry-run", env_dirs=tmp_path)
@@ -370,19 +379,21 @@ def test_the_network_takes_the_front_ends_mel_bands(tmp_path):
     both.write_text("frontend:\n  n_mels: 64\nmodel:\n  n_mels: 96\n")
     result = run_train("--task-set", "asc,sed", "--config", str(both), "--dry-run", env_dirs=tmp_path)
     assert result.returncode == 2
-    assert_one_line_error(result, "model.n_mels 96 differs from frontend.n_mels 64")
+    assert_one_line_error(result, "frontend.n_mels 64 and model.n_mels 96 differ", "set frontend.n_mels")
 
 
 @pytest.mark.parametrize("preset", preset_names())
-def test_every_preset_builds_its_model_for_its_front_end(preset):
+def test_every_preset_builds_its_network_for_its_front_end(preset):
+    """Each preset's own architecture and tasks (asc,sed where it names none), as train.py builds them."""
     from keras_mtl.cli.train import parse_args, resolve_config
-    from keras_mtl.models.mtl import build_model
+    from keras_mtl.runs.network import build_network
     from keras_mtl.tasks.registry import parse_task_set
 
-    config = resolve_config(parse_args(["--preset", preset, "--task-set", "asc,sed"]))
-    network = build_model(parse_task_set("asc,sed"), config.model)
+    tasks = load_preset(preset).get("tasks") or ["asc", "sed"]
+    config = resolve_config(parse_args(["--preset", preset, "--task-set", ",".join(tasks)]))
+    network = build_network(config, parse_task_set(",".join(tasks)))
     assert network.input.shape[-1] == config.frontend.n_mels
-    assert network.get_layer("shared/conv1") is not None
+    assert set(tasks) <= set(network.output)  # an output per task, by name
 
 
 def test_a_preset_extends_another_without_its_task_set_settings():

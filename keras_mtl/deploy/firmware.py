@@ -221,7 +221,8 @@ def expected_report(export_dir: str | Path, wav: str | Path, front_end: str = "c
     Cortex-M build's, is the default) and falls back to Python without a compiler, so that the
     comparison isolates the models and the streaming: the C and Python front ends differ by ~1e-4,
     enough to move a few int8 inputs by one step (the front ends are compared with each other in
-    tests/test_export.py). Raises DataError when the CMSIS-DSP sources cannot be had offline."""
+    tests/test_export.py). Raises DataError when the CMSIS-DSP sources cannot be had offline,
+    ConfigError when KERAS_MTL_CMSIS_DSP_SOURCE names a folder that holds none."""
     export_dir = Path(export_dir)
     report_path = export_dir / "export_report.json"
     if not report_path.is_file():

@@ -165,9 +165,19 @@ def load_yaml(path: str | os.PathLike) -> dict:
 
 def load_preset(name: str) -> dict:
     """A built-in preset's settings. ``extends: OTHER`` in a preset starts it from OTHER's settings
-    less OTHER's ``task_sets`` (those were measured on OTHER's encoder). Raises ConfigError for an
+    less OTHER's ``task_sets`` (those were measured on OTHER's encoder), merged as a user's YAML is
+    (`merge`: sections key by key, lists and batch_size as a whole). Raises ConfigError for an
     unknown name or a cycle."""
     return _load_preset(name, ())
+
+
+def preset_changes(name: str) -> dict:
+    """What a preset's own file sets, without what it ``extends`` (the key itself dropped)."""
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(preset_names())})")
+    data = yaml.safe_load((resources.files("keras_mtl.runs") / "presets" / f"{name}.yaml").read_text()) or {}
+    data.pop("extends", None)
+    return data
 
 
 def _load_preset(name: str, seen: tuple) -> dict:
@@ -179,6 +189,8 @@ def _load_preset(name: str, seen: tuple) -> dict:
     parent = data.pop("extends", None)
     if parent is None:
         return data
+    if str(parent) not in preset_names():
+        raise ConfigError(f"preset {name!r} extends an unknown preset {parent!r} (known: {', '.join(preset_names())})")
     base = _load_preset(str(parent), (*seen, name))
     base.pop("task_sets", None)
     return merge(base, data)
@@ -236,15 +248,7 @@ def build(data: dict) -> RunConfig:
     """RunConfig from a nested dict; unknown keys are errors that name the key. A ``task_sets``
     section left in ``data`` is dropped: callers apply it where it belongs (`for_task_set`: after
     the preset, before the user's and the study's own settings)."""
-    data = for_task_set(data, ())
-    frontend_mels = (data.get("frontend") or {}).get("n_mels") if isinstance(data.get("frontend"), dict) else None
-    if frontend_mels is not None and isinstance(data.get("model"), dict):
-        model_mels = data["model"].get("n_mels")
-        if model_mels is not None and model_mels != frontend_mels:
-            raise ConfigError(f"model.n_mels {model_mels} differs from frontend.n_mels {frontend_mels}: give one")
-        data["model"] = {**data["model"], "n_mels": frontend_mels}  # the network takes the front end's bands
-    elif frontend_mels is not None:
-        data["model"] = {"n_mels": frontend_mels}
+    data = _link_mel_bands(for_task_set(data, ()))
     kwargs = {}
     for section, cls in SECTIONS.items():
         values = data.pop(section, None) or {}
@@ -267,6 +271,24 @@ def build(data: dict) -> RunConfig:
             value = data[key]
             data[key] = tuple(value.split(",") if isinstance(value, str) else value)
     return RunConfig(**data, **kwargs)
+
+
+def _link_mel_bands(data: dict) -> dict:
+    """``data`` with ``frontend.n_mels`` and ``model.n_mels`` equal: the one given sets both (the
+    network's input width is the front end's band count). ConfigError when both differ."""
+    sections = {key: data.get(key) for key in ("frontend", "model")}
+    if not all(value is None or isinstance(value, dict) for value in sections.values()):
+        return data  # build() names the section that is not a mapping
+    bands = {key: (value or {}).get("n_mels") for key, value in sections.items()}
+    if bands["frontend"] is not None and bands["model"] is not None and bands["frontend"] != bands["model"]:
+        raise ConfigError(
+            f"frontend.n_mels {bands['frontend']} and model.n_mels {bands['model']} differ: "
+            "set frontend.n_mels; the network follows it"
+        )
+    value = bands["frontend"] if bands["frontend"] is not None else bands["model"]
+    if value is None:
+        return data
+    return {**data, **{key: {**(sections[key] or {}), "n_mels": value} for key in sections}}
 
 
 def _plain(value):

@@ -4,16 +4,26 @@ from __future__ import annotations
 import dataclasses
 
 
-from keras_mtl.models import architectures
 from keras_mtl.core.backend import keras
+from keras_mtl.core.errors import ConfigError
+from keras_mtl.models import architectures
 from keras_mtl.runs.config import RunConfig
 
 
 def architecture_options(config: RunConfig) -> dict:
-    """The registry options of the configured network: the model section for ``mtl``."""
+    """The registry options of the configured network: the model section for ``mtl``; every
+    architecture's input width is the front end's band count (ConfigError when its options say
+    otherwise)."""
     if config.architecture == "mtl":
         return dataclasses.asdict(config.model)
-    return dict(config.architecture_options or {})
+    options = dict(config.architecture_options or {})
+    bands = options.get("n_mels", config.frontend.n_mels)
+    if bands != config.frontend.n_mels:
+        raise ConfigError(
+            f"architecture_options.n_mels {bands} differs from frontend.n_mels {config.frontend.n_mels}: "
+            "set frontend.n_mels; the network follows it"
+        )
+    return {**options, "n_mels": config.frontend.n_mels}
 
 
 def time_resolution(config: RunConfig) -> tuple[int, bool]:

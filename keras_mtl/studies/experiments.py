@@ -116,15 +116,15 @@ def _balancing_rows(tasks, branched_blocks: int = 0, preset_row: str = "") -> tu
 
 
 def _preset_row(preset: str, tasks) -> dict:
-    """Settings of a row that trains ``tasks`` with another preset's front end and model (over the
-    experiment's preset) and the default weighting: what ``train.py --preset PRESET`` trains."""
-    settings = run_config.load_preset(preset)
-    return {
-        "tasks": list(tasks),
-        "strategy": "soft",
-        "weighting": "auto",
-        **{key: settings[key] for key in ("frontend", "model") if key in settings},
-    }
+    """Settings of a row that trains ``tasks`` with the front end and model entries ``preset``'s own
+    file sets (over the experiment's preset and the user's YAML, as every row's settings are) and
+    the default weighting: what ``train.py --preset PRESET`` trains when PRESET extends the
+    experiment's preset."""
+    changes = run_config.preset_changes(preset)
+    settings = {key: dict(changes[key]) for key in ("frontend", "model") if key in changes}
+    if "n_mels" in settings.get("frontend", {}):  # the network follows the front end's bands
+        settings["model"] = {**settings.get("model", {}), "n_mels": settings["frontend"]["n_mels"]}
+    return {"tasks": list(tasks), "strategy": "soft", "weighting": "auto", **settings}
 
 
 EXPERIMENTS = {
