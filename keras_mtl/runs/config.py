@@ -173,19 +173,21 @@ def load_preset(name: str) -> dict:
 
 def preset_changes(name: str) -> dict:
     """What a preset's own file sets, without what it ``extends`` (the key itself dropped)."""
-    if name not in preset_names():
-        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(preset_names())})")
-    data = yaml.safe_load((resources.files("keras_mtl.runs") / "presets" / f"{name}.yaml").read_text()) or {}
+    data = _read_preset(name)
     data.pop("extends", None)
     return data
 
 
-def _load_preset(name: str, seen: tuple) -> dict:
+def _read_preset(name: str) -> dict:
     if name not in preset_names():
         raise ConfigError(f"unknown preset {name!r} (known: {', '.join(preset_names())})")
+    return yaml.safe_load((resources.files("keras_mtl.runs") / "presets" / f"{name}.yaml").read_text()) or {}
+
+
+def _load_preset(name: str, seen: tuple) -> dict:
     if name in seen:
         raise ConfigError(f"preset {name!r} extends itself ({' -> '.join((*seen, name))})")
-    data = yaml.safe_load((resources.files("keras_mtl.runs") / "presets" / f"{name}.yaml").read_text()) or {}
+    data = _read_preset(name)
     parent = data.pop("extends", None)
     if parent is None:
         return data
