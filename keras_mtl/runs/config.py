@@ -13,6 +13,7 @@ from keras_mtl.data.synth.synthetic import SyntheticConfig
 from keras_mtl.core.errors import ConfigError
 from keras_mtl.features.augment import AugmentConfig
 from keras_mtl.features.logmel import FrontEndConfig
+from keras_mtl.models import normalization
 from keras_mtl.models.mtl import ModelConfig
 
 
@@ -106,6 +107,10 @@ class RunConfig:
     # task -> text file naming clips (paths relative to the task's data root, one a line) that are left
     # out of its training split
     exclude_train: dict | None = None
+    # batch normalisation: batch (batch statistics in training), renorm (Batch Renormalization: training
+    # normalises with the moving statistics inference uses; keras_mtl.models.normalization), auto (renorm
+    # for two or more tasks, whose batches may come from different corpora)
+    batch_norm: str = "auto"
     frontend: FrontEndConfig = dataclasses.field(default_factory=FrontEndConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -118,6 +123,7 @@ class RunConfig:
             raise ConfigError(f"--distribute must be mirrored or multi-worker, not {self.distribute!r}")
         if self.alpha is not None and not 0.0 < float(self.alpha) < 1.0:
             raise ConfigError(f"--alpha must be between 0 and 1 (exclusive), not {self.alpha}")
+        normalization.resolve_mode(self.batch_norm, len(self.tasks))
 
     def task_loss_weights(self) -> dict | None:
         """The configured loss weights: ``alpha`` for the first task and (1 - alpha) / (K - 1) for

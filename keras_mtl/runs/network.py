@@ -6,7 +6,7 @@ import dataclasses
 
 from keras_mtl.core.backend import keras
 from keras_mtl.core.errors import ConfigError
-from keras_mtl.models import architectures
+from keras_mtl.models import architectures, normalization
 from keras_mtl.runs.config import RunConfig
 
 
@@ -34,10 +34,15 @@ def time_resolution(config: RunConfig) -> tuple[int, bool]:
 
 def build_network(config: RunConfig, tasks, feature_mean=None, feature_var=None, weak_output: bool = False) -> keras.Model:
     """The configured network from the registry; input statistics go to architectures that use them;
-    ``weak_output`` adds the clip-level outputs of frame tasks that the mean teacher trains."""
+    ``weak_output`` adds the clip-level outputs of frame tasks that the mean teacher trains; with
+    ``batch_norm`` renorm (the default for two or more tasks) its batch normalisation layers use
+    Batch Renormalization (keras_mtl.models.normalization)."""
     options = architecture_options(config)
     if architectures.get_architecture(config.architecture).input_statistics:
         options.update(feature_mean=feature_mean, feature_var=feature_var)
     if weak_output:
         options["weak_output"] = True
-    return architectures.build(config.architecture, tasks, **options)
+    network = architectures.build(config.architecture, tasks, **options)
+    if normalization.resolve_mode(config.batch_norm, len(tasks)) == "renorm":
+        network = normalization.with_batch_renorm(network)
+    return network
