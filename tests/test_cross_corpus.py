@@ -11,9 +11,10 @@ import pytest
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
 from keras_mtl.models import normalization
+from keras_mtl.models.joint import pooled_batch_norm
 from keras_mtl.models.mtl import ModelConfig, build_model
 from keras_mtl.tasks.registry import parse_task_set
-from keras_mtl.training.strategies import SoftMTL, make_optimizer
+from keras_mtl.training.strategies import CrossSoftMTL, HardMTL, SoftMTL, make_optimizer
 
 SMALL = ModelConfig(channels=(8, 8), pools=((2, 16), (2, 8)), gru_units=8, dropout=0.0, head_dropout=0.0)
 REAL_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-mini"
@@ -35,7 +36,7 @@ def _two_corpora(tasks, n=8, seed=0):
     return {asc.name: (tf.constant(x_asc), tf.constant(y_asc)), sed.name: (tf.constant(x_sed), tf.constant(y_sed))}
 
 
-def _train(mode: str, steps: int = 30):
+def _train(mode: str, steps: int = 60):
     keras.utils.set_random_seed(0)
     tasks = parse_task_set("asc,sed")
     data = _two_corpora(tasks)
@@ -44,37 +45,84 @@ def _train(mode: str, steps: int = 30):
     network = build_model(tasks, SMALL, frames.mean(axis=0), frames.var(axis=0))
     if mode == "renorm":
         network = normalization.with_batch_renorm(network)
-    strategy = SoftMTL(network, tasks)
+    strategy = SoftMTL(network, tasks, joint_batch_norm=mode == "joint")
     strategy.compile(optimizer=make_optimizer(3e-3, total_steps=steps, warmup_fraction=0.0))
     for _ in range(steps):
         strategy.train_step(data)
-    return network, tasks, data
+    return strategy, tasks, data
 
 
-def _train_inference_gap(network, tasks, data) -> dict:
+def _train_inference_gap(strategy, tasks, data) -> dict:
     """Per task, on its own corpus: the largest difference between its outputs normalised as in
-    training (the batch's forward pass in training mode) and as deployed (inference mode)."""
-    gaps = {}
-    for task in tasks:
-        x = data[task.name][0]
-        saved = network.get_weights()
-        trained = network(x, training=True)[task.name].numpy()
-        network.set_weights(saved)  # training mode moved the moving averages
-        deployed = network(x, training=False)[task.name].numpy()
-        gaps[task.name] = float(np.max(np.abs(trained - deployed)))
-    return gaps
+    training (the step's forward pass in training mode) and as deployed (inference mode)."""
+    network = strategy.network
+    saved = network.get_weights()
+    trained = strategy.student_outputs(data, training=True)  # joint: every corpus in one pass
+    network.set_weights(saved)  # training mode moved the moving averages
+    for task in tasks if not trained else ():
+        trained[task.name] = network(data[task.name][0], training=True)
+        network.set_weights(saved)
+    return {
+        task.name: float(
+            np.max(np.abs(trained[task.name][task.name] - network(data[task.name][0], training=False)[task.name]))
+        )
+        for task in tasks
+    }
 
 
-def test_batch_renorm_trains_each_corpus_with_the_statistics_it_is_deployed_with():
-    # Bound: with Batch Renormalization the training forward pass normalises with the moving statistics
-    # (renorm statistics with the layer's momentum are the same running averages), so the two outputs
-    # differ by float rounding alone while the correction stays inside its clipping; 1e-4 on
-    # probabilities in [0, 1]. Plain batch normalisation misses that by orders of magnitude here: each
-    # corpus trains on its own batch statistics and is deployed with their blend.
+def test_each_corpus_trains_with_the_statistics_it_is_deployed_with():
+    # Bounds. Batch Renormalization's training pass normalises with the moving statistics themselves (the
+    # renorm averages, with the layer's momentum, are the same running averages): float rounding alone
+    # while the correction stays inside its clipping, 1e-4 on probabilities in [0, 1]. Joint statistics
+    # normalise with the pooled batch statistics, which the moving averages follow (momentum 0.9, the
+    # learning rate decayed to 0 over 60 steps on fixed batches: measured 0.018 and 0.005): 0.03, where
+    # per-task statistics give 0.34 and 0.17 on the same corpora. Per-task statistics miss
+    # both by far: each corpus trains with its own batch statistics and is deployed with their blend.
     renorm = _train_inference_gap(*_train("renorm"))
-    batch = _train_inference_gap(*_train("batch"))
+    joint = _train_inference_gap(*_train("joint"))
+    per_task = _train_inference_gap(*_train("per-task"))
     assert max(renorm.values()) < 1e-4, renorm
-    assert max(batch.values()) > 0.05, batch
+    assert max(joint.values()) < 0.03, joint
+    assert max(per_task.values()) > 0.1, per_task
+
+
+def test_pooled_batch_norm_equals_batch_norm_over_the_batches_together():
+    keras.utils.set_random_seed(1)
+    layer = keras.layers.BatchNormalization(momentum=0.9, gamma_initializer="random_normal", beta_initializer="ones")
+    reference = keras.layers.BatchNormalization(momentum=0.9, gamma_initializer="random_normal")
+    a = tf.random.normal((3, 5, 4, 6)) * 3.0 + 2.0
+    b = tf.random.normal((2, 5, 4, 6)) * 0.1 - 4.0
+    layer.build(a.shape)
+    reference.build(a.shape)
+    reference.set_weights(layer.get_weights())
+    pooled = pooled_batch_norm(layer, [a, b])
+    together = reference(tf.concat([a, b], axis=0), training=True)
+    np.testing.assert_allclose(tf.concat(pooled, axis=0), together, atol=1e-4)
+    np.testing.assert_allclose(layer.moving_mean, reference.moving_mean, atol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance, reference.moving_variance, rtol=1e-3)
+    # batches of different lengths pool every element: the mean is the mean over all of them
+    c = tf.random.normal((2, 9, 4, 6)) + 7.0
+    pooled = pooled_batch_norm(layer, [a, c])
+    means = tf.reduce_mean(tf.concat([tf.reshape(t, (-1, 6)) for t in pooled], axis=0), axis=0)
+    np.testing.assert_allclose(means, layer.beta, atol=1e-4)
+
+
+@pytest.mark.parametrize("strategy_class", [SoftMTL, HardMTL, CrossSoftMTL])
+def test_the_joint_pass_gives_the_networks_own_outputs_in_inference(strategy_class):
+    keras.utils.set_random_seed(0)
+    tasks = parse_task_set("asc,sed")
+    network = build_model(tasks, SMALL)
+    strategy = strategy_class(network, tasks, joint_batch_norm=True)
+    data = _two_corpora(tasks)
+    joint = strategy.joint({t.name: data[t.name][0] for t in tasks}, training=False)
+    for task in tasks:
+        expected = network(data[task.name][0], training=False)
+        for key, value in joint[task.name].items():
+            np.testing.assert_allclose(value, expected[key], atol=1e-6)
+    strategy.compile(optimizer=make_optimizer(1e-3, total_steps=2, warmup_fraction=0.0))
+    before = network.get_layer("shared/bn1").moving_mean.numpy().copy()
+    strategy.train_step(data)
+    assert not np.allclose(before, network.get_layer("shared/bn1").moving_mean.numpy())
 
 
 def test_batch_renorm_copy_keeps_layers_names_and_outputs_shapes():
@@ -88,15 +136,16 @@ def test_batch_renorm_copy_keeps_layers_names_and_outputs_shapes():
 
 
 def test_batch_norm_mode_resolves_by_task_count_and_refuses_unknown_modes():
-    assert normalization.resolve_mode("auto", 2) == "renorm"
-    assert normalization.resolve_mode("auto", 1) == "batch"
-    assert normalization.resolve_mode("batch", 3) == "batch"
+    assert normalization.resolve_mode("auto", 2) == "joint"
+    assert normalization.resolve_mode("auto", 1) == "per-task"
+    assert normalization.resolve_mode("renorm", 3) == "renorm"
     with pytest.raises(ConfigError, match="batch_norm"):
         normalization.resolve_mode("group", 2)
 
 
 def test_a_renorm_network_saves_and_loads_with_its_statistics(tmp_path):
     network, _, data = _train("renorm", steps=3)
+    network = network.network
     path = tmp_path / "model.keras"
     network.save(path)
     loaded = keras.models.load_model(path, safe_mode=False)

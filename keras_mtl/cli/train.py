@@ -54,6 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "see keras_mtl.training.balancing)",
     )
     p.add_argument(
+        "--batch-norm",
+        help="batch statistics in training: auto (default: joint for 2+ tasks), joint (one set pooled over every "
+        "task's batch, the mixture inference uses), per-task (each task's batch its own), renorm (Batch "
+        "Renormalization)",
+    )
+    p.add_argument(
         "--alpha", type=float, help="loss weight of the first task (soft, cross-soft); the others share 1-alpha"
     )
     p.add_argument(
@@ -126,6 +132,8 @@ def resolve_config(args):
     }
     if args.weighting:
         override["weighting"] = args.weighting.strip().lower()
+    if args.batch_norm:
+        override["batch_norm"] = args.batch_norm.strip().lower()
     if custom:
         override["custom_tasks"] = custom
     training = {}

@@ -1,4 +1,5 @@
-"""Batch normalisation for tasks whose recordings come from different corpora.
+"""Batch normalisation for tasks whose recordings come from different corpora: the modes a run picks
+(``batch_norm``) and Batch Renormalization.
 
 A multi-task step runs each task's batch through the shared encoder in its own forward pass, so
 plain batch normalisation normalises every task with its own corpus's batch statistics while
@@ -18,7 +19,10 @@ from __future__ import annotations
 from keras_mtl.core.backend import keras
 from keras_mtl.core.errors import ConfigError
 
-MODES = ("auto", "batch", "renorm")
+#: joint: one set of batch statistics pooled over every task's batch in each step (keras_mtl.models.joint);
+#: per-task: each task's batch normalised with its own statistics (what separate forward passes give);
+#: renorm: Batch Renormalization; auto: joint for two or more tasks, else per-task (the same for one task)
+MODES = ("auto", "joint", "per-task", "renorm")
 
 #: the correction's bounds (Ioffe 2017's final values): training forward = inference forward while
 #: a batch's statistics stay within a factor of 3 and 5 standard deviations of the moving ones
@@ -26,13 +30,13 @@ RENORM_CLIPPING = {"rmin": 1.0 / 3.0, "rmax": 3.0, "dmax": 5.0}
 
 
 def resolve_mode(mode: str, n_tasks: int) -> str:
-    """``auto``: ``renorm`` for two or more tasks (they may come from different corpora), else ``batch``.
+    """``auto``: ``joint`` for two or more tasks (they may come from different corpora), else ``per-task``.
     ConfigError for a mode not in MODES."""
     mode = str(mode).strip().lower()
     if mode not in MODES:
         raise ConfigError(f"batch_norm must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == "auto":
-        return "renorm" if n_tasks > 1 else "batch"
+        return "joint" if n_tasks > 1 else "per-task"
     return mode
 
 

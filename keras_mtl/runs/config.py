@@ -107,9 +107,9 @@ class RunConfig:
     # task -> text file naming clips (paths relative to the task's data root, one a line) that are left
     # out of its training split
     exclude_train: dict | None = None
-    # batch normalisation: batch (batch statistics in training), renorm (Batch Renormalization: training
-    # normalises with the moving statistics inference uses; keras_mtl.models.normalization), auto (renorm
-    # for two or more tasks, whose batches may come from different corpora)
+    # batch normalisation in training (keras_mtl.models.normalization): joint (statistics pooled over every
+    # task's batch, as inference blends them), per-task (each batch its own), renorm (Batch Renormalization),
+    # auto (joint for two or more tasks, whose batches may come from different corpora)
     batch_norm: str = "auto"
     frontend: FrontEndConfig = dataclasses.field(default_factory=FrontEndConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)

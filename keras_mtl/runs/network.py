@@ -35,8 +35,8 @@ def time_resolution(config: RunConfig) -> tuple[int, bool]:
 def build_network(config: RunConfig, tasks, feature_mean=None, feature_var=None, weak_output: bool = False) -> keras.Model:
     """The configured network from the registry; input statistics go to architectures that use them;
     ``weak_output`` adds the clip-level outputs of frame tasks that the mean teacher trains; with
-    ``batch_norm`` renorm (the default for two or more tasks) its batch normalisation layers use
-    Batch Renormalization (keras_mtl.models.normalization)."""
+    ``batch_norm: renorm`` its batch normalisation layers use Batch Renormalization
+    (keras_mtl.models.normalization; ``joint``, the default for two or more tasks, is the strategies')."""
     options = architecture_options(config)
     if architectures.get_architecture(config.architecture).input_statistics:
         options.update(feature_mean=feature_mean, feature_var=feature_var)

@@ -18,24 +18,28 @@ and microphone, speech alone vs speech in noise. Both tasks are manifests (``--t
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from keras_mtl.core import fileio
+from keras_mtl.core import fileio, paths
 from keras_mtl.core.backend import keras
 from keras_mtl.core.errors import DataError
 from keras_mtl.data.pipeline import make_dataset
 from keras_mtl.models.mtl import task_submodel
-from keras_mtl.runs.folder import open_run
+from keras_mtl.runs.folder import METRICS, open_run
 from keras_mtl.runs.inputs import prepare_data
 from keras_mtl.training.evaluate import evaluate_task
 
 log = logging.getLogger(__name__)
 
+TASKS = ("keywords", "digits")
 WORDS = ("zero", "right", "nine")
+REPORT = "normalization.json"
 SECONDS = 10.0
 RATE = 16000
 FRAME_LEVEL_DBFS = -26.0
@@ -110,8 +114,8 @@ def build(
     takes = [_read_mono(p)[0] for p in long_takes]
     snippets = [[_read_mono(p)[0] for p in g] for g in groups if g]
     word_audio = {split: [] for split in ("train", "test")}
-    for word, paths in words.items():
-        for path in paths:
+    for word, files in words.items():
+        for path in files:
             x, _ = _read_mono(path)
             start, stop = voiced_span(x, RATE)
             split = "test" if _is_test(path.name.split("_")[0]) else "train"  # speaker id
@@ -229,3 +233,58 @@ def normalization_report(run_dir: str | Path) -> dict:
             "gap": {key: batch[key] - inference[key] for key in inference},
         }
     return report
+
+
+def real_mini_dir() -> Path:
+    """The real recordings: ``$KERAS_MTL_REAL_MINI``, else ``shared/data/real-mini`` beside the checkout."""
+    if os.environ.get("KERAS_MTL_REAL_MINI"):
+        return Path(os.environ["KERAS_MTL_REAL_MINI"])
+    return paths.REPO_ROOT.parent / "shared" / "data" / "real-mini"
+
+
+def prepare(out: Path) -> dict:
+    """The experiment's data under ``out/data`` (built once) as settings: its two custom tasks."""
+    source = real_mini_dir()
+    if not source.is_dir():
+        raise DataError(
+            f"{source}: the real recordings are not there (set KERAS_MTL_REAL_MINI to the real-mini folder)"
+        )
+    return {"custom_tasks": build(source, Path(out) / "data")}
+
+
+def write_gap_table(out: Path, rows: list, seeds: list) -> None:
+    """``gaps.md`` and ``gaps.json``: per row, the seed means of each task's figures scored with the moving
+    averages (inference, the export) and with each test batch's own statistics, and the first batch
+    normalisation's shift per task. Each run's report is kept in its folder (``normalization.json``)."""
+    table = {}
+    for row in rows:
+        reports = []
+        for seed in seeds:
+            folder = Path(out) / "rows" / row.name / f"seed{seed}"
+            if not (folder / METRICS).exists():
+                continue
+            if not (folder / REPORT).exists():
+                fileio.write_json(folder / REPORT, normalization_report(folder))
+            reports.append(json.loads((folder / REPORT).read_text()))
+        if reports:
+            table[row.name] = {"label": row.label, "seeds": len(reports), "reports": reports}
+    lines = [
+        "# Scored with the moving averages (inference) and with each test batch's own statistics",
+        "",
+        "| row | task | metric | inference | batch statistics | gap (points) | first-BN shift (std) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in table.items():
+        reports = entry["reports"]
+        for task in reports[0]["tasks"]:
+            shift = np.mean([r["first_bn_shift"].get(task, np.nan) for r in reports])
+            for metric in reports[0]["tasks"][task]["inference"]:
+                inference = np.mean([r["tasks"][task]["inference"][metric] for r in reports])
+                batch = np.mean([r["tasks"][task]["batch_statistics"][metric] for r in reports])
+                lines.append(
+                    f"| {entry['label']} | {task} | {metric} | {inference:.3f} | {batch:.3f} | "
+                    f"{100 * (batch - inference):+.1f} | {shift:.2f} |"
+                )
+    lines += ["", f"Means over the finished seeds of {', '.join(map(str, seeds))}."]
+    fileio.write_json(Path(out) / "gaps.json", table)
+    fileio.write_text(Path(out) / "gaps.md", "\n".join(lines) + "\n")

@@ -14,7 +14,7 @@ from keras_mtl.core import reporting
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError, EvaluationError
 from keras_mtl.data.pipeline import feature_statistics, make_dataset, make_semi_supervised_dataset
-from keras_mtl.models import architectures
+from keras_mtl.models import architectures, normalization
 from keras_mtl.runs.config import RunConfig
 from keras_mtl.runs.folder import (
     default_output_dir,
@@ -54,6 +54,18 @@ def resolve_weighting(config: RunConfig) -> RunConfig:
     fixed_weights = config.alpha is not None or bool(config.loss_weights)
     chosen = DEFAULT_BALANCING if len(config.tasks) > 1 and summing and not fixed_weights else "fixed"
     return dataclasses.replace(config, weighting=chosen)
+
+
+def resolve_batch_norm(config: RunConfig) -> RunConfig:
+    """``config`` with ``batch_norm: auto`` made concrete (keras_mtl.models.normalization.resolve_mode):
+    ``joint`` for two or more tasks trained by a strategy that takes joint statistics, else ``per-task``."""
+    mode = normalization.resolve_mode(config.batch_norm, len(config.tasks))
+    if config.batch_norm == "auto" and mode == "joint":
+        own = architectures.get_architecture(config.architecture).strategy
+        cls = STRATEGIES.get(config.strategy) if own is None else None
+        if cls is None or not cls.joint_statistics:
+            mode = "per-task"
+    return dataclasses.replace(config, batch_norm=mode)
 
 
 def check_strategy_options(config: RunConfig):
@@ -123,7 +135,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
-    config = resolve_weighting(config)
+    config = resolve_batch_norm(resolve_weighting(config))
     strategy_name, strategy_cls = check_strategy_options(config)
     started = time.monotonic()
 
@@ -224,6 +236,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
         "shared": info["profile"]["parts"]["shared"],
         "strategy": strategy_name,
         "weighting": config.weighting,
+        "batch_norm": config.batch_norm,
         "loss_weights": {name: float(w.numpy()) for name, w in strategy.loss_weights.items()},
         "mean_teacher": sorted(data.semi),
         "phases": [p for p in phases if p is not None],

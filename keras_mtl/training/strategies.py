@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
+from keras_mtl.models import normalization
+from keras_mtl.models.joint import JointForward
 from keras_mtl.models.mtl import task_submodel
 from keras_mtl.training import balancing
 from keras_mtl.training.losses import bce
@@ -59,7 +61,10 @@ class StrategyOptions:
     whose batches are semi-supervised (strong/weak/unlabelled; the network must have their
     ``<task>_weak`` output); ``consistency_weight`` scales their student-teacher MSE, ramped up over
     ``rampup_steps`` optimizer steps; ``max_ema_decay`` caps the teacher's EMA decay; ``balancing``
-    a gradient-level method of ``keras_mtl.training.balancing`` (summing strategies; None: the plain sum)."""
+    a gradient-level method of ``keras_mtl.training.balancing`` (summing strategies; None: the plain sum);
+    ``joint_batch_norm``: every training step runs all tasks' batches through the network in one joint
+    forward pass whose shared batch normalisation pools their statistics (keras_mtl.models.joint), so
+    each corpus trains with the mixture statistics inference uses (False: one pass per task)."""
 
     loss_weights: dict | None = None
     mean_teacher_tasks: tuple = ()
@@ -67,6 +72,7 @@ class StrategyOptions:
     rampup_steps: int = 0
     max_ema_decay: float = 0.999
     balancing: str | None = None
+    joint_batch_norm: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "mean_teacher_tasks", tuple(self.mean_teacher_tasks or ()))
@@ -109,6 +115,7 @@ class MultiTaskStrategy(keras.Model):
     sums_losses = False  # the loss is a weighted sum of task losses: loss weights and dynamic weightings apply
     phased = False  # trains in phases (one per task) and takes ``order``
     architecture_only = False  # comes with an architecture (its ``strategy``), not chosen with --strategy
+    joint_statistics = True  # takes ``joint_batch_norm`` (FreezeMTL trains one task per phase and freezes it)
 
     def __init__(self, network: keras.Model, tasks: Sequence, options: StrategyOptions | None = None, **kwargs):
         fields = {f.name for f in dataclasses.fields(self.Options)}
@@ -151,6 +158,12 @@ class MultiTaskStrategy(keras.Model):
         self.cross_weight = float(getattr(options, "cross_weight", 0.0))
         self.max_ema_decay = float(options.max_ema_decay)
         self.heads = {name: self._heads(network, name) for name in self.task_names}
+        self.joint = None
+        if options.joint_batch_norm and len(self.tasks) > 1 and self.joint_statistics:
+            outputs = list(network.output) if self.cross else None
+            self.joint = JointForward(
+                network, {name: outputs or list(self.heads[name].output) for name in self.task_names}
+            )
         self.teacher = None
         if self.cross or self.mean_teacher_tasks:
             self.teacher = keras.models.clone_model(network)
@@ -188,6 +201,7 @@ class MultiTaskStrategy(keras.Model):
             cross_weight=tc.cross_weight,
             order=tuple(config.order or ()),
             balancing=config.weighting if config.weighting in balancing.BALANCERS else None,
+            joint_batch_norm=normalization.resolve_mode(config.batch_norm, len(config.tasks)) == "joint",
         )
         fields = {f.name for f in dataclasses.fields(cls.Options)}
         return cls.Options(**{key: value for key, value in values.items() if key in fields})
@@ -223,15 +237,17 @@ class MultiTaskStrategy(keras.Model):
 
     # -- losses ---------------------------------------------------------------------------------
 
-    def task_step_loss(self, task, features, targets, training: bool):
+    def task_step_loss(self, task, features, targets, training: bool, student=None):
         """(loss, targets, strong predictions) of ``task`` on its own batch, including the
-        mean-teacher consistency and, for the Cross strategies, the distillation of the other tasks."""
+        mean-teacher consistency and, for the Cross strategies, the distillation of the other tasks.
+        ``student``: the network's outputs for the batch when computed already (the joint forward pass)."""
         semi = task.name in self.mean_teacher_tasks and isinstance(targets, dict)
         if self.cross and training:
-            student = self.network(features, training=True)
+            student = self.network(features, training=True) if student is None else student
             teacher = self.teacher(features, training=False)
         else:
-            student = self.heads[task.name](features, training=training)
+            if student is None:
+                student = self.heads[task.name](features, training=training)
             teacher = self.teacher_heads[task.name](features, training=False) if semi and training else None
         prediction = student[task.name]
         if not semi:
@@ -269,9 +285,20 @@ class MultiTaskStrategy(keras.Model):
             loss += self.consistency_weight * sigmoid_rampup(self.optimizer.iterations, self.rampup_steps) * consistency
         return loss, strong_targets, strong_predictions
 
+    def student_outputs(self, data, training: bool) -> dict:
+        """{task: the network's outputs for its batch} from the joint forward pass while training with
+        joint batch statistics; empty otherwise (each task's loss then runs its own pass)."""
+        if not (training and self.joint is not None):
+            return {}
+        return self.joint({name: data[name][0] for name in self.task_names}, training=True)
+
     def task_losses(self, data, training: bool) -> dict:
         """{task: (loss, targets, predictions)} on each task's own batch."""
-        return {task.name: self.task_step_loss(task, *data[task.name], training=training) for task in self.tasks}
+        students = self.student_outputs(data, training)
+        return {
+            task.name: self.task_step_loss(task, *data[task.name], training=training, student=students.get(task.name))
+            for task in self.tasks
+        }
 
     def combine(self, losses: dict):
         return tf.add_n([self.loss_weights[name] * losses[name][0] for name in self.task_names])
@@ -416,7 +443,10 @@ class HardMTL(MultiTaskStrategy):
         """Task ``task``'s turn: its loss on its batch updates the shared encoder and its decoder."""
         features, targets = data[task.name]
         with tf.GradientTape() as tape:
-            loss, strong_targets, predictions = self.task_step_loss(task, features, targets, training=True)
+            # with joint batch statistics every task's batch goes forward, so that the turn's task is
+            # normalised with the statistics of the mixture the moving averages hold
+            student = self.student_outputs(data, training=True).get(task.name)
+            loss, strong_targets, predictions = self.task_step_loss(task, features, targets, True, student)
             total = loss + self.regularization()
         self.apply(tape, total, self.turn_variables(task))
         self._record_task(task.name, loss, strong_targets, predictions)
@@ -485,6 +515,9 @@ class FreezeMTL(MultiTaskStrategy):
     Options = FreezeOptions
     min_tasks = 2
     phased = True
+    # phase 1 trains the encoder on the first task alone and later phases run it frozen (inference mode):
+    # every task is trained and deployed with the first task's statistics already
+    joint_statistics = False
 
     def __init__(self, network: keras.Model, tasks: Sequence, options: FreezeOptions | None = None, **kwargs):
         super().__init__(network, tasks, options, **kwargs)
