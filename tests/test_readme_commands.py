@@ -111,6 +111,10 @@ COMMANDS = {
         RUN,
         ("experiment", "balancing", "--rows", "pcgrad", "--seeds", "0", *TINY),
     ),
+    "python scripts/experiment.py cross-corpus --seeds 0,1,2": (
+        COVERED,
+        "tests/test_cross_corpus.py::test_cross_corpus_experiment_end_to_end",
+    ),
     "python scripts/experiment.py balancing-speech --seeds 0,1,2": (
         RUN,
         ("experiment", "balancing-speech", "--seeds", "0,1,2", "--dry-run"),
