@@ -302,6 +302,9 @@ def row_config(base: dict, row: Row, seed: int, output_dir: Path) -> run_config.
     data = run_config.merge(
         run_config.for_task_set(base, tasks), {**row.settings, "seed": seed, "output_dir": str(output_dir)}
     )
+    if data.get("custom_tasks"):  # the experiment's task definitions that this row trains
+        used = set(data.get("tasks") or ())
+        data["custom_tasks"] = {name: spec for name, spec in data["custom_tasks"].items() if name in used} or None
     return run_config.build(data)
 
 
