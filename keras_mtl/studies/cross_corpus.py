@@ -18,6 +18,7 @@ and microphone, speech alone vs speech in noise. Both tasks are manifests (``--t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from keras_mtl.core import fileio, paths
 from keras_mtl.core.backend import keras
 from keras_mtl.core.errors import DataError
 from keras_mtl.data.pipeline import make_dataset
+from keras_mtl.models.joint import JointForward
 from keras_mtl.models.mtl import task_submodel
 from keras_mtl.runs.folder import METRICS, open_run
 from keras_mtl.runs.inputs import prepare_data
@@ -171,10 +173,14 @@ def build(
 
 class _BatchStatistics:
     """A task path called with batch normalisation on each batch's own statistics (training mode,
-    dropout off, moving averages restored afterwards): how the task was normalised while training."""
+    dropout off, moving averages restored afterwards): how the task was normalised while training with
+    per-task statistics. With ``joint`` (a JointForward) and ``others`` ({task: its test batches}),
+    each batch goes through the joint forward pass beside a batch of every other task: how it was
+    normalised while training with joint statistics."""
 
-    def __init__(self, network, path):
-        self.network, self.path = network, path
+    def __init__(self, network, path, task_name=None, joint=None, others=None):
+        self.network, self.path, self.task_name, self.joint = network, path, task_name, joint
+        self.others = {name: itertools.cycle(batches) for name, batches in (others or {}).items()}
 
     def __call__(self, features, training=False):
         saved = self.network.get_weights()
@@ -183,7 +189,10 @@ class _BatchStatistics:
         for layer in dropouts:
             layer.rate = 0.0
         try:
-            return self.path(features, training=True)
+            if self.joint is None:
+                return self.path(features, training=True)
+            batches = {name: next(batches) for name, batches in self.others.items()}
+            return self.joint({self.task_name: features, **batches}, training=True)[self.task_name][self.task_name]
         finally:
             for layer, rate in zip(dropouts, rates):
                 layer.rate = rate
@@ -215,23 +224,39 @@ def first_bn_shift(network, data, tc) -> dict:
 
 
 def normalization_report(run_dir: str | Path) -> dict:
-    """A finished run's test figures scored two ways, per task: with the moving averages that inference
-    and the export use, and with each test batch's own statistics (as the task saw while training);
-    their gap, and the first batch normalisation's shift per task (``first_bn_shift``)."""
+    """A finished run's test figures scored three ways, per task: ``inference`` with the moving averages
+    that inference and the export use; ``batch_statistics`` with each test batch's own statistics (how
+    per-task statistics trained it); for a run with joint statistics, ``joint_statistics`` with each
+    test batch pooled beside a test batch of every other task (how it trained). ``gap``: the way it
+    trained less inference, in figure units (a large positive gap: the deployed network normalises the
+    task unlike its training). Plus the first batch normalisation's shift per task (``first_bn_shift``)."""
     run = open_run(run_dir)
     data = prepare_data(run.config, run.tasks)
     network = run.network()
     tc = run.config.training
-    report = {"tasks": {}, "first_bn_shift": first_bn_shift(network, data, tc)}
+    joint = run.config.batch_norm == "joint" and len(run.tasks) > 1
+    report = {"batch_norm": run.config.batch_norm, "tasks": {}, "first_bn_shift": first_bn_shift(network, data, tc)}
+    batches = {}
+    if joint:
+        batches = {
+            t.name: [x for x, _ in make_dataset(data.test[t.name], tc.batch_for(t.name), training=False)]
+            for t in run.tasks
+        }
     for task in run.tasks:
         path = task_submodel(network, task.name)
-        inference = _task_figures(evaluate_task(path, task, data, tc))
-        batch = _task_figures(evaluate_task(_BatchStatistics(network, path), task, data, tc))
-        report["tasks"][task.display] = {
-            "inference": inference,
-            "batch_statistics": batch,
-            "gap": {key: batch[key] - inference[key] for key in inference},
+        entry = {
+            "inference": _task_figures(evaluate_task(path, task, data, tc)),
+            "batch_statistics": _task_figures(evaluate_task(_BatchStatistics(network, path), task, data, tc)),
         }
+        trained = "batch_statistics"
+        if joint:
+            others = {name: b for name, b in batches.items() if name != task.name}
+            forward = JointForward(network, {name: [name] for name in batches})
+            scored = _BatchStatistics(network, path, task.name, forward, others)
+            entry["joint_statistics"] = _task_figures(evaluate_task(scored, task, data, tc))
+            trained = "joint_statistics"
+        entry["gap"] = {key: entry[trained][key] - entry["inference"][key] for key in entry["inference"]}
+        report["tasks"][task.display] = entry
     return report
 
 
@@ -253,9 +278,9 @@ def prepare(out: Path) -> dict:
 
 
 def write_gap_table(out: Path, rows: list, seeds: list) -> None:
-    """``gaps.md`` and ``gaps.json``: per row, the seed means of each task's figures scored with the moving
-    averages (inference, the export) and with each test batch's own statistics, and the first batch
-    normalisation's shift per task. Each run's report is kept in its folder (``normalization.json``)."""
+    """``gaps.md`` and ``gaps.json``: per row, the seed means of each task's figures scored as
+    ``normalization_report`` does and the first batch normalisation's shift per task. Each run's report
+    is kept in its folder (``normalization.json``)."""
     table = {}
     for row in rows:
         reports = []
@@ -271,8 +296,8 @@ def write_gap_table(out: Path, rows: list, seeds: list) -> None:
     lines = [
         "# Scored with the moving averages (inference) and with each test batch's own statistics",
         "",
-        "| row | task | metric | inference | batch statistics | gap (points) | first-BN shift (std) |",
-        "|---|---|---|---|---|---|---|",
+        "| row | task | metric | inference | batch statistics | joint statistics | gap (points) | first-BN shift (std) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in table.items():
         reports = entry["reports"]
@@ -281,10 +306,22 @@ def write_gap_table(out: Path, rows: list, seeds: list) -> None:
             for metric in reports[0]["tasks"][task]["inference"]:
                 inference = np.mean([r["tasks"][task]["inference"][metric] for r in reports])
                 batch = np.mean([r["tasks"][task]["batch_statistics"][metric] for r in reports])
+                joint = [
+                    r["tasks"][task]["joint_statistics"][metric]
+                    for r in reports
+                    if "joint_statistics" in r["tasks"][task]
+                ]
+                gap = np.mean([r["tasks"][task]["gap"][metric] for r in reports])
                 lines.append(
                     f"| {entry['label']} | {task} | {metric} | {inference:.3f} | {batch:.3f} | "
-                    f"{100 * (batch - inference):+.1f} | {shift:.2f} |"
+                    f"{f'{np.mean(joint):.3f}' if joint else '-'} | {100 * gap:+.1f} | {shift:.2f} |"
                 )
-    lines += ["", f"Means over the finished seeds of {', '.join(map(str, seeds))}."]
+    lines += [
+        "",
+        f"Means over the finished seeds of {', '.join(map(str, seeds))}. gap: as the run trained (joint statistics "
+        "where it used them, else each batch's own) less inference, in points; positive: the deployed network "
+        "normalises the task unlike its training. first-BN shift: the task's test mean at the first batch "
+        "normalisation from the moving mean, in moving standard deviations.",
+    ]
     fileio.write_json(Path(out) / "gaps.json", table)
     fileio.write_text(Path(out) / "gaps.md", "\n".join(lines) + "\n")
