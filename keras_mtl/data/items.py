@@ -6,6 +6,8 @@ import dataclasses
 import math
 from pathlib import Path
 
+from keras_mtl.core.errors import DataError
+
 
 @dataclasses.dataclass(frozen=True)
 class Event:
@@ -31,6 +33,21 @@ class AudioItem:
     tags: tuple[str, ...] | None = None
     duration: float | None = None
     offset: float = 0.0
+
+
+def check_event_inside(event: Event, duration: float, where: str, recording: str) -> None:
+    """DataError (naming ``where``, e.g. ``file:line``) for an event that starts at or after the end
+    of its ``duration``-second recording, or ends far past it (more than 1 s and half its length):
+    times in milliseconds or samples, not seconds. Events that run a little past the end (as in
+    DESED) are kept; the frame targets cut them at the end."""
+    late = event.onset >= duration - 1e-6
+    long = event.offset > duration + max(1.0, 0.5 * duration)
+    if late or long:
+        what = "starts after the end" if late else "ends long after the end"
+        raise DataError(
+            f"{where}: event {event.label!r} {event.onset:g}-{event.offset:g} s {what} of {recording} "
+            f"({duration:.2f} s); are the times in milliseconds or samples? (DCASE tables give seconds)"
+        )
 
 
 def merge_overlapping(events) -> tuple[Event, ...]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from keras_mtl.models import architectures
 from keras_mtl.runs.config import RunConfig
+from keras_mtl.data.audio import audio_seconds
+from keras_mtl.data.items import check_event_inside
 from keras_mtl.data.readers import corpora
 from keras_mtl.data.synth import speech_synth, synthetic
 from keras_mtl.data.pipeline import FeatureExtractor, TaskSplit
@@ -106,6 +108,7 @@ def prepare_data(config: RunConfig, tasks) -> PreparedData:
                 for split in semi_splits[task.name])
     for task in tasks:
         _check_disjoint(task, *items[task.name])
+        check_labels(task, *items[task.name])
     extractor = FeatureExtractor(config.frontend, config.cache_dir or default_cache_dir())
     factor, ceil = time_resolution(config)
     train, test = {}, {}
@@ -148,6 +151,34 @@ def exclude_items(items: list, root: Path, listing: Path) -> list:
     if not kept:
         raise DataError(f"{listing}: leaves no clip in the split")
     return kept
+
+
+def _item_classes(task, item) -> set:
+    if task.level == "frame":
+        return {event.label for event in item.events or ()}
+    return {item.label} if item.label is not None else set()
+
+
+def check_labels(task, train_items, test_items) -> None:
+    """Labels against the recordings and the splits, for every reader: DataError for a strong event
+    outside its recording (``check_event_inside``); a warning naming each class that has test
+    clips but no training clip (the network cannot learn it, yet it is scored)."""
+    if task.level == "frame":
+        for item in (*train_items, *test_items):
+            if item.events:
+                duration = item.duration if item.duration else audio_seconds(item.path)
+                for event in item.events:
+                    check_event_inside(event, duration, str(item.path), Path(item.path).name)
+    trained = set().union(*(_item_classes(task, item) for item in train_items)) if train_items else set()
+    tested: dict[str, int] = {}
+    for item in test_items:
+        for label in _item_classes(task, item):
+            tested[label] = tested.get(label, 0) + 1
+    for label in sorted(set(tested) - trained):
+        log.warning(
+            "%s: class %r has %d %s clip(s) and no %s clip: its output cannot be trained, yet it is scored",
+            task.display, label, tested[label], task.test_split, task.train_split,
+        )
 
 
 def _check_disjoint(task, train_items, test_items) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from keras_mtl.core import fileio
 from keras_mtl.core.errors import DataError
 from keras_mtl.data.audio import audio_seconds
-from keras_mtl.data.items import AudioItem, Event
+from keras_mtl.data.items import AudioItem, Event, check_event_inside
 from keras_mtl.data.readers.desed import merge_strong_labels, parse_event
 from keras_mtl.data.readers.tables import MANIFEST, iter_audio_files, read_table
 
@@ -69,12 +69,15 @@ def read_frame_manifest(manifest: str | Path) -> dict[str, list[AudioItem]]:
     manifest = Path(manifest)
     events: dict[str, list[Event]] = defaultdict(list)
     info: dict[str, tuple[Path, str]] = {}
+    durations: dict[str, float] = {}
     for row in read_table(manifest, required=("filename", "onset", "offset", "event_label"), fmt=MANIFEST):
         filename = row.get("filename")
         if filename not in info:
             info[filename] = (_audio_path(manifest, row, filename), _split_of(row, manifest, filename))
+            durations[filename] = audio_seconds(info[filename][0])
         event = parse_event(row, manifest)
         if event is not None:
+            check_event_inside(event, durations[filename], f"{manifest}:{row.line}", filename)
             events[filename].append(event)
     merged = merge_strong_labels(events, manifest)
     out: dict[str, list[AudioItem]] = {s: [] for s in SPLITS}
@@ -86,7 +89,7 @@ def read_frame_manifest(manifest: str | Path) -> dict[str, list[AudioItem]]:
                 key=filename,
                 events=found,
                 tags=tuple(sorted({e.label for e in found})),
-                duration=audio_seconds(path),
+                duration=durations[filename],
             )
         )
     return out
