@@ -3,17 +3,22 @@ each test builds its own input and checks the behaviour for the whole kind."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import subprocess
+import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from keras_mtl.core.errors import DataError
+from keras_mtl.core.errors import ConfigError, DataError
 from keras_mtl.data.items import AudioItem, Event
 from keras_mtl.data.readers import manifest
+from keras_mtl.runs.folder import claim_run_folder
 from keras_mtl.runs.inputs import check_labels
 from keras_mtl.tasks.registry import parse_task_set
+from tests.conftest import keras_mtl_command
 
 
 def _wav(path, seconds=2.0, rate=16000):
@@ -76,3 +81,60 @@ def test_a_class_with_test_clips_and_no_training_clip_is_named(tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         check_labels(sed, train, test)
     assert "sed: class 'Cat' has 1" in caplog.text and "'Dog'" not in caplog.text
+
+
+# ------------------------------------------------------------ 1. a run's results are never lost or mixed
+def _digest(folder):
+    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_finished_run_given_as_output_dir_is_refused_before_data_is_read(tiny_run, tiny_env, tmp_path):
+    # r2-A01: another experiment (other task, other seed) into a finished run's folder
+    before = _digest(tiny_run.path)
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            *keras_mtl_command(),
+            "train",
+            "--task-set",
+            "asc",
+            "--preset",
+            "tiny",
+            "--epochs",
+            "1",
+            "--seed",
+            "7",
+            "--data-root",
+            "/nonexistent/data",
+            "--output-dir",
+            str(tiny_run.path),
+        ],
+        capture_output=True,
+        text=True,
+        env=tiny_env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {tiny_run.path}: holds a finished run") and "--overwrite" in last
+    assert "Traceback" not in result.stderr and time.monotonic() - started < 120
+    assert _digest(tiny_run.path) == before  # not a byte changed; the data root was never looked at
+
+
+def test_an_unfinished_run_folder_is_refused_with_the_resume_hint_and_overwrite_replaces_it(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "config.yaml").write_text("tasks: [asc]\n")
+    (run / "notes.txt").write_text("the user's own file")
+    with pytest.raises(ConfigError, match=r"holds an unfinished run \(config\.yaml, checkpoint\).*--resume"):
+        claim_run_folder(run, tmp_path / "default")
+    assert claim_run_folder(run, tmp_path / "default", overwrite=True) == run
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # the old run is gone, nothing else
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
+    default = tmp_path / "runs" / "20261204-180000-asc-soft"
+    folders = [claim_run_folder(None, default) for _ in range(3)]
+    assert [f.name for f in folders] == [default.name, f"{default.name}-2", f"{default.name}-3"]
+    assert all(f.is_dir() for f in folders)

@@ -106,6 +106,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--dry-run", action="store_true", help="build the model, print its summary and profile, do not train"
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run an --output-dir holds (without it, a folder holding a run is refused before any "
+        "data is read)",
+    )
+    p.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="continue an interrupted run from its last epoch checkpoint (its config.yaml; other options ignored)",
@@ -221,7 +227,7 @@ def main(argv=None) -> int:
             f"peak activations (int8, batch 1, 1 s): {total['int8_activation_bytes']:,} bytes"
         )
         return 0
-    metrics = train(config, resume=bool(args.resume))
+    metrics = train(config, resume=bool(args.resume), overwrite=args.overwrite)
     print()
     print(reporting.results_table(metrics))
     print(f"\nrun folder: {metrics['output_dir']}  ({metrics['seconds']['total']:.0f} s)")

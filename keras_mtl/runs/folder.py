@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -37,9 +38,47 @@ TRAINING = "training.json"
 
 
 def default_output_dir(config: RunConfig) -> Path:
-    """``runs/<time>-<tasks>-<strategy>/``."""
+    """``runs/<time>-<tasks>-<strategy>/`` (``claim_run_folder`` adds ``-2``, ``-3``, ... when taken)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return runs_dir() / f"{stamp}-{'+'.join(config.tasks)}-{config.strategy}"
+
+
+#: what a run writes into its folder: one of them there means the folder holds a run
+RUN_FILES = (CONFIG, NETWORK, METRICS, HISTORY, TRAINING, "checkpoint")
+
+
+def claim_run_folder(path: str | Path | None, default: Path, overwrite: bool = False) -> Path:
+    """The folder a new run writes, made before any data is read. ``path`` None: ``default``, or the
+    first free ``default-2``, ``default-3``, ... (made atomically, so runs started in the same second
+    never share one). A given folder that holds a run (``RUN_FILES``) is refused with a ConfigError
+    naming what it holds, unless ``overwrite``: then that run is removed first, so two runs never mix."""
+    if path is None:
+        for index in range(1, 1000):
+            candidate = default if index == 1 else default.with_name(f"{default.name}-{index}")
+            try:
+                candidate.mkdir(parents=True, exist_ok=False)
+                return candidate
+            except FileExistsError:
+                continue
+        raise ConfigError(f"{default}: no free run folder name; pass --output-dir")
+    path = Path(path)
+    held = [name for name in RUN_FILES if (path / name).exists()]
+    if held:
+        if not overwrite:
+            finished = (path / METRICS).exists()
+            hint = "" if finished else f" (continue it with --resume {path})"
+            raise ConfigError(
+                f"{path}: holds {'a finished' if finished else 'an unfinished'} run ({', '.join(held)}){hint}; "
+                "pass another --output-dir, or --overwrite to replace it"
+            )
+        for name in held:
+            target = path / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot make the run folder ({exc.strerror or exc})") from None
+    return path
 
 
 @dataclasses.dataclass

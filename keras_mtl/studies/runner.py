@@ -13,8 +13,16 @@ from keras_mtl.training.fit import check_strategy_options, train
 log = logging.getLogger(__name__)
 
 
+def train_unfinished(config: RunConfig) -> dict:
+    """Train a study's run into its folder, replacing what an interrupted earlier attempt left there
+    (the runner calls it only for folders without metrics.json)."""
+    return train(config, overwrite=True)
+
+
 def run_all(
-    jobs: Sequence[tuple[str, RunConfig]], dry_run: bool = False, train_run: Callable[[RunConfig], dict] = train
+    jobs: Sequence[tuple[str, RunConfig]],
+    dry_run: bool = False,
+    train_run: Callable[[RunConfig], dict] = train_unfinished,
 ) -> list[Path]:
     """Train each (label, configuration) whose run folder (``config.output_dir``) has no metrics.json
     yet, in order, with a progress line each; so rerunning a study resumes it. Every configuration's

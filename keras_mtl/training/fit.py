@@ -17,6 +17,7 @@ from keras_mtl.data.pipeline import feature_statistics, make_dataset, make_semi_
 from keras_mtl.models import architectures, normalization
 from keras_mtl.runs.config import RunConfig
 from keras_mtl.runs.folder import (
+    claim_run_folder,
     default_output_dir,
     describe_run,
     latest_checkpoint,
@@ -66,6 +67,19 @@ def resolve_batch_norm(config: RunConfig) -> RunConfig:
         if cls is None or not cls.joint_statistics:
             mode = "per-task"
     return dataclasses.replace(config, batch_norm=mode)
+
+
+def _run_folder(config: RunConfig, resume: bool, overwrite: bool) -> Path:
+    """This process's run folder, claimed before any data is read (the chief's, or ``<run>/worker-N``)."""
+    out = Path(config.output_dir) if config.output_dir else None
+    if config.distribute == "multi-worker":
+        chief, role = worker_role()
+        if not chief:
+            out = (out or default_output_dir(config)) / role  # workers other than the chief keep theirs apart
+    if resume:
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    return claim_run_folder(out, default_output_dir(config), overwrite)
 
 
 def check_strategy_options(config: RunConfig):
@@ -127,9 +141,11 @@ def fit_network(
     return strategy
 
 
-def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dict:
+def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwrite: bool = False) -> dict:
     """Run one experiment; returns the metrics dict (also written to the run folder).
-    ``resume``: continue the run in ``config.output_dir`` from its last epoch checkpoint."""
+    ``resume``: continue the run in ``config.output_dir`` from its last epoch checkpoint. A new run's
+    folder is claimed before any data is read (``claim_run_folder``): one that holds a run is a
+    ConfigError unless ``overwrite``."""
     distribution = make_distribution(config)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -143,6 +159,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
         network = build_network(config, tasks)
         return describe_run(network, tasks, config, output_dir=None)
 
+    out = _run_folder(config, resume, overwrite)
     data = prepare_data(config, tasks)
     prep_seconds = time.monotonic() - started
     mean, var = feature_statistics(list(data.train.values()))
@@ -166,12 +183,6 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False) -> dic
         train_ds = train_ds.with_options(shard)
     val_ds = {t.name: make_dataset(data.test[t.name], tc.batch_for(t.name), training=False) for t in tasks}
 
-    out = Path(config.output_dir) if config.output_dir else default_output_dir(config)
-    if config.distribute == "multi-worker":
-        chief, role = worker_role()
-        if not chief:
-            out = out / role  # workers other than the chief keep their files apart
-    out.mkdir(parents=True, exist_ok=True)
     info = describe_run(network, tasks, config, output_dir=out)
     log.info("run folder: %s", out)
     log.info(
