@@ -138,3 +138,34 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
     folders = [claim_run_folder(None, default) for _ in range(3)]
     assert [f.name for f in folders] == [default.name, f"{default.name}-2", f"{default.name}-3"]
     assert all(f.is_dir() for f in folders)
+
+
+# ------------------------------------------------------------------ 5. tools count the network that trains
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--preset", "seed004", "--task-set", "asc"],  # r2-B03: Georgiev DNN
+        ["--preset", "seed002", "--task-set", "sed"],  # the MTL-VAE
+        ["--architecture", "cp_mobile_rnn", "--task-set", "asc,sed"],  # an architecture profile.py did not take
+        ["--preset", "board", "--task-set", "asc,sed"],
+    ],
+)
+def test_profile_counts_the_network_training_builds(args, capsys):
+    from keras_mtl.cli import profile
+    from keras_mtl.cli.train import parse_args, resolve_config
+    from keras_mtl.runs.network import build_network
+    from keras_mtl.tasks.registry import resolve_tasks
+
+    assert profile.main(args) == 0
+    printed = capsys.readouterr().out
+    count = int(printed.split("Keras parameter count (incl. non-trainable): ")[1].split()[0].replace(",", ""))
+    config = resolve_config(parse_args(args))  # what train.py --dry-run builds
+    network = build_network(config, resolve_tasks(list(config.tasks), config.custom_tasks))
+    assert count == network.count_params()
+
+
+def test_profile_refuses_a_builder_option_the_architecture_does_not_have():
+    from keras_mtl.cli import profile
+
+    with pytest.raises(ConfigError, match="--shared-blocks is an option of the mtl builder, not of georgiev_dnn"):
+        profile.main(["--preset", "seed004", "--task-set", "asc", "--shared-blocks", "1"])

@@ -23,6 +23,10 @@ def main(argv=None) -> int:
         help="mtl: the multi-task builder with --preset/--task-set; cp_mobile: the DCASE 2024 baseline",
     )
     p.add_argument("--preset", default="default", help=f"built-in configuration: {', '.join(cli.preset_names())}")
+    p.add_argument(
+        "--architecture",
+        help="model family from the registry (default: the preset's); the network is built as training builds it",
+    )
     p.add_argument("--task-set", default="asc,sed")
     p.add_argument("--shared-blocks", type=int, help="number of shared conv blocks (default: all)")
     p.add_argument("--seconds", type=float, default=1.0, help="audio length the MACs are counted for")
@@ -42,16 +46,22 @@ def main(argv=None) -> int:
         frontend = FrontEndConfig(sample_rate=32000, window_length=3072, hop_length=500, fft_length=4096, n_mels=256)
         task_names = ["asc"]
     else:
-        from keras_mtl.models.mtl import build_model
+        from keras_mtl.core.errors import ConfigError
+        from keras_mtl.runs.network import build_network
         from keras_mtl.tasks.registry import parse_task_set
 
         tasks = parse_task_set(args.task_set)
         preset = run_config.for_task_set(run_config.load_preset(args.preset), [t.name for t in tasks])
-        config = run_config.build(preset)
-        model_config = config.model
+        if args.architecture:
+            preset = {**preset, "architecture": args.architecture.strip()}
+        config = run_config.build({**preset, "tasks": [t.name for t in tasks]})
         if args.shared_blocks is not None:
-            model_config = dataclasses.replace(model_config, shared_blocks=args.shared_blocks)
-        model = build_model(tasks, model_config)
+            if config.architecture != "mtl":
+                raise ConfigError(f"--shared-blocks is an option of the mtl builder, not of {config.architecture}")
+            config = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, shared_blocks=args.shared_blocks)
+            )
+        model = build_network(config, tasks)  # the one builder training uses (train.py --dry-run)
         frontend = config.frontend
         task_names = [t.name for t in tasks]
     layers = profiling.profile(model, frontend, seconds=args.seconds)
