@@ -169,3 +169,17 @@ def test_profile_refuses_a_builder_option_the_architecture_does_not_have():
 
     with pytest.raises(ConfigError, match="--shared-blocks is an option of the mtl builder, not of georgiev_dnn"):
         profile.main(["--preset", "seed004", "--task-set", "asc", "--shared-blocks", "1"])
+
+
+# --------------------------------------------------------------------- 2. every option acts or is refused
+@pytest.mark.parametrize(
+    "extra",
+    [["--epochs", "3"], ["--learning-rate", "0.01"], ["--batch-size", "8"], ["--task-set", "asc"], ["--dry-run"]],
+)
+def test_options_given_with_resume_are_refused_by_name(extra):
+    # r2-A02 (--epochs 3 was silently dropped) and the other options --resume cannot honour
+    from keras_mtl.cli.train import parse_args
+
+    with pytest.raises(ConfigError, match=rf"--resume continues RUN with its own config.yaml: {extra[0]} cannot"):
+        parse_args(["--resume", "RUN", *extra])
+    assert parse_args(["--resume", "RUN", "-q"]).resume == "RUN"  # logging options go with it

@@ -114,10 +114,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue an interrupted run from its last epoch checkpoint (its config.yaml; other options ignored)",
+        help="continue an interrupted run from its last epoch checkpoint, with its own config.yaml (any other "
+        "training option with it is refused)",
     )
     cli.add_logging_options(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.resume:
+        defaults = vars(p.parse_args([]))
+        given = [
+            "--" + key.replace("_", "-")
+            for key, value in vars(args).items()
+            if key not in RESUME_KEEPS and value != defaults.get(key)
+        ]
+        if given:
+            from keras_mtl.core.errors import ConfigError
+
+            raise ConfigError(
+                f"--resume continues {args.resume} with its own config.yaml: {', '.join(given)} cannot be changed "
+                "there; start a new run (--config RUN/config.yaml with your changes) for other settings"
+            )
+    return args
+
+
+#: the options that may go with --resume: where to log, not what to train
+RESUME_KEEPS = ("resume", "verbose", "quiet")
 
 
 def resolve_config(args):
