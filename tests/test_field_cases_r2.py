@@ -126,11 +126,12 @@ def test_an_unfinished_run_folder_is_refused_with_the_resume_hint_and_overwrite_
     run = tmp_path / "run"
     (run / "checkpoint").mkdir(parents=True)
     (run / "config.yaml").write_text("tasks: [asc]\n")
-    (run / "notes.txt").write_text("the user's own file")
+    (run / "export").mkdir()
+    (run / "export" / "encoder_step.tflite").write_bytes(b"an older run's export")
     with pytest.raises(ConfigError, match=r"holds an unfinished run \(config\.yaml, checkpoint\).*--resume"):
         claim_run_folder(run, tmp_path / "default")
     assert claim_run_folder(run, tmp_path / "default", overwrite=True) == run
-    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # the old run is gone, nothing else
+    assert list(run.iterdir()) == []  # the old run is gone with what was derived from it
 
 
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
@@ -183,3 +184,25 @@ def test_options_given_with_resume_are_refused_by_name(extra):
     with pytest.raises(ConfigError, match=rf"--resume continues RUN with its own config.yaml: {extra[0]} cannot"):
         parse_args(["--resume", "RUN", *extra])
     assert parse_args(["--resume", "RUN", "-q"]).resume == "RUN"  # logging options go with it
+
+
+# ------------------------------------------------------------------------- 4. derived files are never stale
+def test_the_feature_cache_misses_a_file_replaced_with_the_same_name_size_and_mtime(tmp_path):
+    # r2-A08: release 2 unpacked over release 1 (other takes of the same length, the archive's dates kept)
+    import os
+
+    from keras_mtl.features.cache import FeatureCache
+    from keras_mtl.features.logmel import FrontEndConfig
+
+    cache = FeatureCache(tmp_path / "cache", FrontEndConfig())
+    wav = _wav(tmp_path / "corpus" / "a.wav", seconds=1.0)
+    stat = wav.stat()
+    cache.store(wav, 16000, np.ones((101, 128), np.float32))
+    assert cache.load(wav, 16000) is not None
+    other = tmp_path / "release2.wav"
+    sf.write(other, 0.3 * np.sin(np.arange(16000) / 5.0).astype(np.float32), 16000)
+    assert other.stat().st_size == stat.st_size
+    os.replace(other, wav)  # as unzip -o / tar x do: the new file in place ...
+    os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... with the archive's modification time
+    assert wav.stat().st_mtime_ns == stat.st_mtime_ns and wav.stat().st_size == stat.st_size
+    assert cache.load(wav, 16000) is None

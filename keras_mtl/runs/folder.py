@@ -51,7 +51,8 @@ def claim_run_folder(path: str | Path | None, default: Path, overwrite: bool = F
     """The folder a new run writes, made before any data is read. ``path`` None: ``default``, or the
     first free ``default-2``, ``default-3``, ... (made atomically, so runs started in the same second
     never share one). A given folder that holds a run (``RUN_FILES``) is refused with a ConfigError
-    naming what it holds, unless ``overwrite``: then that run is removed first, so two runs never mix."""
+    naming what it holds, unless ``overwrite``: then everything in it is removed first (the run, its
+    exports and reports), so two runs never mix."""
     if path is None:
         for index in range(1, 1000):
             candidate = default if index == 1 else default.with_name(f"{default.name}-{index}")
@@ -71,9 +72,8 @@ def claim_run_folder(path: str | Path | None, default: Path, overwrite: bool = F
                 f"{path}: holds {'a finished' if finished else 'an unfinished'} run ({', '.join(held)}){hint}; "
                 "pass another --output-dir, or --overwrite to replace it"
             )
-        for name in held:
-            target = path / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        for target in path.iterdir():  # the whole folder: an old export or plot must not pass for the new run's
+            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
