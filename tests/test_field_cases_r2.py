@@ -206,3 +206,49 @@ def test_the_feature_cache_misses_a_file_replaced_with_the_same_name_size_and_mt
     os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... with the archive's modification time
     assert wav.stat().st_mtime_ns == stat.st_mtime_ns and wav.stat().st_size == stat.st_size
     assert cache.load(wav, 16000) is None
+
+
+# ------------------------------------------------------------- 6. operating-system errors are user errors
+def test_a_folder_that_cannot_be_written_is_one_error_before_the_work(tmp_path):
+    from keras_mtl.core.errors import WriteError
+    from keras_mtl.core.fileio import ensure_writable
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(WriteError, match=r"a-file/export: cannot write there \(Not a directory\); pass --output-dir"):
+        ensure_writable(blocker / "export", "; pass --output-dir DIR")
+    assert ensure_writable(tmp_path / "new" / "folder").is_dir() and not list((tmp_path / "new" / "folder").iterdir())
+
+
+def test_export_into_a_place_that_cannot_be_written_stops_before_calibration(tiny_run, tiny_env, tmp_path):
+    # r2-B05 in another form: the export folder cannot be made (a file stands where its parent would be)
+    blocker = tmp_path / "results"
+    blocker.write_text("")
+    started = time.monotonic()
+    result = subprocess.run(
+        [*keras_mtl_command(), "export", str(tiny_run.path), "--output-dir", str(blocker / "export")],
+        capture_output=True,
+        text=True,
+        env=tiny_env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1] == f"error: {blocker / 'export'}: cannot write there (Not a directory)"
+    )
+    assert "calibrat" not in result.stderr.lower() and time.monotonic() - started < 120
+
+
+def test_any_write_failure_naming_a_file_is_one_error_line(capsys):
+    import errno
+
+    from keras_mtl.cli.common import run_main
+
+    def full_disk():
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/r/metrics.json")
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(full_disk)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: /runs/r/metrics.json: No space left on device\n"

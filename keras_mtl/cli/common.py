@@ -31,11 +31,17 @@ def preset_names() -> list[str]:
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Call ``main``; a UserError becomes ``error: <message>`` on stderr and exit code 2."""
+    """Call ``main``; a UserError, or an OSError about a file (read-only, no permission, no space),
+    becomes ``error: <message>`` on stderr and exit code 2."""
     try:
         code = main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # a file the command could not read or write: name it, no traceback
+        if exc.filename is None:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -15,3 +15,7 @@ class ConfigError(UserError):
 
 class EvaluationError(UserError):
     """Evaluation of a trained run failed; the run folder keeps the trained network and history."""
+
+
+class WriteError(UserError):
+    """A file or folder cannot be written (read-only, no permission, no space, too large)."""

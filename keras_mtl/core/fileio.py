@@ -10,6 +10,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from keras_mtl.core.errors import WriteError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -31,6 +33,21 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink()
+
+
+def ensure_writable(folder: str | os.PathLike, hint: str = "") -> Path:
+    """``folder``, made if missing, after a probe file was written into it and removed: a folder that
+    cannot be written is a WriteError naming it (and ``hint``, e.g. the option that writes elsewhere)
+    before any long work starts."""
+    folder = Path(folder)
+    probe = folder / f".keras-mtl-write-probe.{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise WriteError(f"{folder}: cannot write there ({exc.strerror or exc}){hint}") from None
+    return folder
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -62,6 +62,7 @@ def export_run(
     run_dir = Path(run_dir)
     config, tasks, network, plan = load_run(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "export"
+    fileio.ensure_writable(out, "" if out_dir else "; pass --output-dir DIR")  # before minutes of work
     data = prepare_data(config, tasks)
     settings = dict(calibration_clips=calibration_clips, verify_samples=verify_samples, max_eval_clips=max_eval_clips)
     if qat_epochs <= 0:

@@ -74,11 +74,7 @@ def claim_run_folder(path: str | Path | None, default: Path, overwrite: bool = F
             )
         for target in path.iterdir():  # the whole folder: an old export or plot must not pass for the new run's
             shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot make the run folder ({exc.strerror or exc})") from None
-    return path
+    return fileio.ensure_writable(path, "; pass another --output-dir")
 
 
 @dataclasses.dataclass

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_mtl.core import fileio
 from keras_mtl.data.pipeline import TaskSplit, make_dataset
 from keras_mtl.models.mtl import task_submodel
 from keras_mtl.runs.folder import METRICS, describe_run, open_run, read_training_facts, task_result, write_metrics
@@ -51,6 +52,7 @@ def evaluate_run(run_dir: str | Path) -> dict:
     evaluation failed); returns the new metrics.
     ConfigError if the folder holds no finished run."""
     run = open_run(run_dir)
+    fileio.ensure_writable(run.path)  # metrics.json is rewritten there: known before the evaluation
     data = prepare_data(run.config, run.tasks)
     network = run.network()
     info = describe_run(network, run.tasks, run.config, output_dir=None)
