@@ -45,6 +45,8 @@ class TrainingConfig:
     rampup_fraction: float = 0.25  # sigmoid ramp-up of the consistency over this share of the steps
     ema_decay: float = 0.999  # the teacher's largest EMA decay
     cross_weight: float = 1.0  # cross-task distillation weight (cross-soft, cross-hard)
+    # GradNorm keeps every task's weight at least this share of an equal one (1/K); 0: the paper's method
+    gradnorm_min_share: float = 0.0
     kl_weight: float = 1.0  # mtl-vae: weight of the KL term after the warm-up
     kl_warmup_fraction: float = 0.0  # mtl-vae: the KL weight rises linearly from 0 over this share of the steps
 
@@ -66,6 +68,8 @@ class TrainingConfig:
             raise ConfigError("training.weight_decay must be >= 0 and training.warmup_fraction in [0, 1)")
         if self.kl_weight < 0 or not 0.0 <= self.kl_warmup_fraction <= 1.0:
             raise ConfigError("training.kl_weight must be >= 0 and training.kl_warmup_fraction in [0, 1]")
+        if not 0.0 <= self.gradnorm_min_share <= 1.0:
+            raise ConfigError("training.gradnorm_min_share must be in [0, 1]")
         if self.steps_per_epoch is not None and int(self.steps_per_epoch) < 1:
             raise ConfigError("training.steps_per_epoch must be at least 1")
 

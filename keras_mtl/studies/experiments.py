@@ -214,6 +214,11 @@ EXPERIMENTS = {
                 "joint, the default: GradNorm, joint batch statistics",
                 {"tasks": list(cross_corpus.TASKS)},
             ),
+            Row(
+                "joint-floor",
+                "joint batch statistics, GradNorm with every weight >= a quarter of an equal share",
+                {"tasks": list(cross_corpus.TASKS), "training": {"gradnorm_min_share": 0.25}},
+            ),
         ),
         columns=(
             ("keywords:frame_roc_auc", "keywords frame ROC-AUC"),

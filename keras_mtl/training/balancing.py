@@ -17,7 +17,7 @@ gradnorm     Chen et al., "GradNorm", ICML 2018: loss weights w_k (sum 1) moved 
              mean(G) * r_k^alpha, r_k the task's loss ratio L_k / L_k(first step) over its mean (alpha 1.5);
              |g_k| is taken over all shared variables, not only the last shared layer (they are computed
              anyway); step size 0.025 on the sign of |G_k - target_k| times |g_k| / mean |g|; every
-             weight stays at least 0.25 / K (a quarter of an equal share: issue 28).
+             weight stays at least ``gradnorm_min_share`` / K (training.gradnorm_min_share; 1e-3 at least).
 famo         Liu et al., "FAMO: fast adaptive multitask optimization", NeurIPS 2023: one backward pass of
              sum_k z_k log L_k / c (z = softmax(xi), c = sum_k z_k / L_k, both held constant), so every
              task's loss falls at a similar rate; after each step an Adam step (learning rate beta) of xi
@@ -142,15 +142,12 @@ class CAGrad(Balancer):
 class GradNorm(Balancer):
     alpha = 1.5
     step_size = 0.025
-    # every task keeps at least this share of an equal weight (1/K): without it a task whose gradients are
-    # large (a clip task's cross-entropy beside a frame task's BCE) was driven to 1-3% of the loss and lost
-    # 7 points of accuracy on the cross-corpus benchmark (issue 28: digits 0.883 -> 0.913 with the floor,
-    # the frame task's segment-F1 0.625 -> 0.673)
-    min_share = 0.25
 
     def __init__(self, strategy):
         super().__init__(strategy)
         count = len(strategy.task_names)
+        # every task keeps at least this share of an equal weight (1/K): StrategyOptions.gradnorm_min_share
+        self.min_share = float(getattr(strategy.options, "gradnorm_min_share", 0.0))
         self.weights = [strategy.loss_weights[name] for name in strategy.task_names]
         for weight in self.weights:
             weight.assign(1.0 / count)
@@ -170,7 +167,7 @@ class GradNorm(Balancer):
         ratios = current / tf.maximum(initial, 1e-12)
         target = tf.reduce_mean(w * norms) * (ratios / tf.reduce_mean(ratios)) ** self.alpha
         step = tf.sign(w * norms - tf.stop_gradient(target)) * norms / tf.reduce_mean(norms)
-        floor = self.min_share / float(len(self.weights))
+        floor = max(self.min_share / float(len(self.weights)), 1e-3)
         above = tf.maximum(w - self.step_size * step - floor, 0.0)  # the weights less the floor, on the simplex
         new = floor + (1.0 - floor * len(self.weights)) * above / tf.maximum(tf.reduce_sum(above), 1e-12)
         for weight, value in zip(self.weights, tf.unstack(new)):

@@ -64,7 +64,8 @@ class StrategyOptions:
     a gradient-level method of ``keras_mtl.training.balancing`` (summing strategies; None: the plain sum);
     ``joint_batch_norm``: every training step runs all tasks' batches through the network in one joint
     forward pass whose shared batch normalisation pools their statistics (keras_mtl.models.joint), so
-    each corpus trains with the mixture statistics inference uses (False: one pass per task)."""
+    each corpus trains with the mixture statistics inference uses (False: one pass per task);
+    ``gradnorm_min_share``: GradNorm keeps every task's weight at least this share of an equal one (1/K)."""
 
     loss_weights: dict | None = None
     mean_teacher_tasks: tuple = ()
@@ -73,6 +74,7 @@ class StrategyOptions:
     max_ema_decay: float = 0.999
     balancing: str | None = None
     joint_batch_norm: bool = False
+    gradnorm_min_share: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "mean_teacher_tasks", tuple(self.mean_teacher_tasks or ()))
@@ -202,6 +204,7 @@ class MultiTaskStrategy(keras.Model):
             order=tuple(config.order or ()),
             balancing=config.weighting if config.weighting in balancing.BALANCERS else None,
             joint_batch_norm=normalization.resolve_mode(config.batch_norm, len(config.tasks)) == "joint",
+            gradnorm_min_share=tc.gradnorm_min_share,
         )
         fields = {f.name for f in dataclasses.fields(cls.Options)}
         return cls.Options(**{key: value for key, value in values.items() if key in fields})
