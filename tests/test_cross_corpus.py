@@ -138,11 +138,21 @@ def test_batch_renorm_copy_keeps_layers_names_and_outputs_shapes():
 
 
 def test_batch_norm_mode_resolves_by_task_count_and_refuses_unknown_modes():
-    assert normalization.resolve_mode("auto", 2) == "joint"
-    assert normalization.resolve_mode("auto", 1) == "per-task"
+    assert normalization.resolve_mode("joint", 2) == "joint"
+    assert normalization.resolve_mode("joint", 1) == "per-task"  # one task: the same thing
     assert normalization.resolve_mode("renorm", 3) == "renorm"
-    with pytest.raises(ConfigError, match="batch_norm"):
+    with pytest.raises(ConfigError, match="batch_norm must be one of per-task, joint, renorm"):
         normalization.resolve_mode("group", 2)
+
+
+def test_joint_statistics_with_a_strategy_that_trains_one_task_at_a_time_is_refused():
+    from keras_mtl.runs import config as run_config
+    from keras_mtl.training.fit import resolve_batch_norm
+
+    base = {"tasks": ["asc", "sed"], "batch_norm": "joint"}
+    assert resolve_batch_norm(run_config.build({**base, "strategy": "hard"})).batch_norm == "joint"
+    with pytest.raises(ConfigError, match="--batch-norm joint .* --strategy freeze trains them one at a time"):
+        resolve_batch_norm(run_config.build({**base, "strategy": "freeze", "order": ["asc", "sed"]}))
 
 
 def test_a_renorm_network_saves_and_loads_with_its_statistics(tmp_path):
@@ -194,7 +204,7 @@ def test_an_unknown_batch_norm_mode_is_one_error_line(tiny_env, tmp_path):
         timeout=300,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: batch_norm must be one of auto, joint")
+    assert result.stderr.strip().splitlines()[-1].startswith("error: batch_norm must be one of per-task, joint")
     assert "Traceback" not in result.stderr
 
 
@@ -204,7 +214,7 @@ def test_cross_corpus_experiment_end_to_end(tiny_env, tmp_path):
     from tests.conftest import keras_mtl_command
 
     out = tmp_path / "experiment"
-    args = ["experiment", "cross-corpus", "--rows", "single-digits,default", "--seeds", "0", "--preset", "tiny"]
+    args = ["experiment", "cross-corpus", "--rows", "single-digits,joint", "--seeds", "0", "--preset", "tiny"]
     result = subprocess.run(
         [*keras_mtl_command(), *args, "--epochs", "1", "--output-dir", str(out)],
         capture_output=True,
@@ -214,9 +224,9 @@ def test_cross_corpus_experiment_end_to_end(tiny_env, tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((out / "rows" / "default" / "seed0" / "metrics.json").read_text())
+    metrics = json.loads((out / "rows" / "joint" / "seed0" / "metrics.json").read_text())
     assert metrics["batch_norm"] == "joint" and set(metrics["tasks"]) == {"keywords", "digits"}
     gaps = json.loads((out / "gaps.json").read_text())
-    assert set(gaps["default"]["reports"][0]["tasks"]) == {"keywords", "digits"}
+    assert set(gaps["joint"]["reports"][0]["tasks"]) == {"keywords", "digits"}
     assert "keywords frame ROC-AUC" in (out / "table.md").read_text()
     assert "batch statistics" in (out / "gaps.md").read_text()

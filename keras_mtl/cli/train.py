@@ -55,8 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--batch-norm",
-        help="batch statistics in training: auto (default: joint for 2+ tasks), joint (one set pooled over every "
-        "task's batch, the mixture inference uses), per-task (each task's batch its own), renorm (Batch "
+        help="batch statistics in training: per-task (default: each task's batch its own), joint (one set pooled "
+        "over every task's batch, the mixture inference uses: tasks from different corpora), renorm (Batch "
         "Renormalization)",
     )
     p.add_argument(

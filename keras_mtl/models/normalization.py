@@ -19,10 +19,10 @@ from __future__ import annotations
 from keras_mtl.core.backend import keras
 from keras_mtl.core.errors import ConfigError
 
-#: joint: one set of batch statistics pooled over every task's batch in each step (keras_mtl.models.joint);
-#: per-task: each task's batch normalised with its own statistics (what separate forward passes give);
-#: renorm: Batch Renormalization; auto: joint for two or more tasks, else per-task (the same for one task)
-MODES = ("auto", "joint", "per-task", "renorm")
+#: per-task (the default): each task's batch normalised with its own statistics (what one forward pass per
+#: task gives); joint: one set of batch statistics pooled over every task's batch in each step
+#: (keras_mtl.models.joint); renorm: Batch Renormalization
+MODES = ("per-task", "joint", "renorm")
 
 #: the correction's bounds (Ioffe 2017's final values): training forward = inference forward while
 #: a batch's statistics stay within a factor of 3 and 5 standard deviations of the moving ones
@@ -30,14 +30,12 @@ RENORM_CLIPPING = {"rmin": 1.0 / 3.0, "rmax": 3.0, "dmax": 5.0}
 
 
 def resolve_mode(mode: str, n_tasks: int) -> str:
-    """``auto``: ``joint`` for two or more tasks (they may come from different corpora), else ``per-task``.
-    ConfigError for a mode not in MODES."""
+    """The mode a run of ``n_tasks`` tasks trains with: ``mode``, or ``per-task`` for one task (the modes
+    differ only when batches of several tasks meet). ConfigError for a mode not in MODES."""
     mode = str(mode).strip().lower()
     if mode not in MODES:
         raise ConfigError(f"batch_norm must be one of {', '.join(MODES)}, not {mode!r}")
-    if mode == "auto":
-        return "joint" if n_tasks > 1 else "per-task"
-    return mode
+    return "per-task" if n_tasks < 2 and mode == "joint" else mode
 
 
 def with_batch_renorm(model: keras.Model) -> keras.Model:

@@ -111,10 +111,10 @@ class RunConfig:
     # task -> text file naming clips (paths relative to the task's data root, one a line) that are left
     # out of its training split
     exclude_train: dict | None = None
-    # batch normalisation in training (keras_mtl.models.normalization): joint (statistics pooled over every
-    # task's batch, as inference blends them), per-task (each batch its own), renorm (Batch Renormalization),
-    # auto (joint for two or more tasks, whose batches may come from different corpora)
-    batch_norm: str = "auto"
+    # batch normalisation in training (keras_mtl.models.normalization): per-task (each batch its own), joint
+    # (statistics pooled over every task's batch, as inference blends them: tasks from different corpora),
+    # renorm (Batch Renormalization)
+    batch_norm: str = "per-task"
     frontend: FrontEndConfig = dataclasses.field(default_factory=FrontEndConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

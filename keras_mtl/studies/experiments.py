@@ -200,9 +200,9 @@ EXPERIMENTS = {
             Row("single-keywords", "single-task keywords (frame)", {"tasks": ["keywords"]}),
             Row("single-digits", "single-task digits (clip)", {"tasks": ["digits"]}),
             Row(
-                "per-task",
-                "joint, GradNorm, per-task batch statistics (before issue 28)",
-                {"tasks": list(cross_corpus.TASKS), "batch_norm": "per-task"},
+                "default",
+                "joint, the default: GradNorm, per-task batch statistics",
+                {"tasks": list(cross_corpus.TASKS)},
             ),
             Row(
                 "renorm",
@@ -210,14 +210,14 @@ EXPERIMENTS = {
                 {"tasks": list(cross_corpus.TASKS), "batch_norm": "renorm"},
             ),
             Row(
-                "default",
-                "joint, the default: GradNorm, joint batch statistics",
-                {"tasks": list(cross_corpus.TASKS)},
+                "joint",
+                "joint, GradNorm, joint batch statistics (--batch-norm joint)",
+                {"tasks": list(cross_corpus.TASKS), "batch_norm": "joint"},
             ),
             Row(
                 "joint-floor",
                 "joint batch statistics, GradNorm with every weight >= a quarter of an equal share",
-                {"tasks": list(cross_corpus.TASKS), "training": {"gradnorm_min_share": 0.25}},
+                {"tasks": list(cross_corpus.TASKS), "batch_norm": "joint", "training": {"gradnorm_min_share": 0.25}},
             ),
         ),
         columns=(

@@ -58,14 +58,18 @@ def resolve_weighting(config: RunConfig) -> RunConfig:
 
 
 def resolve_batch_norm(config: RunConfig) -> RunConfig:
-    """``config`` with ``batch_norm: auto`` made concrete (keras_mtl.models.normalization.resolve_mode):
-    ``joint`` for two or more tasks trained by a strategy that takes joint statistics, else ``per-task``."""
+    """``config`` with its batch normalisation mode for its task count (normalization.resolve_mode);
+    ConfigError for ``joint`` with a strategy that trains one task at a time on a frozen encoder."""
     mode = normalization.resolve_mode(config.batch_norm, len(config.tasks))
-    if config.batch_norm == "auto" and mode == "joint":
+    if mode == "joint":
         own = architectures.get_architecture(config.architecture).strategy
         cls = STRATEGIES.get(config.strategy) if own is None else None
         if cls is None or not cls.joint_statistics:
-            mode = "per-task"
+            raise ConfigError(
+                f"--batch-norm joint pools the batches of tasks trained together; "
+                f"{'the architecture ' + config.architecture if own else '--strategy ' + config.strategy} "
+                "trains them one at a time (use per-task)"
+            )
     return dataclasses.replace(config, batch_norm=mode)
 
 
