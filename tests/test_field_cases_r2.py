@@ -88,6 +88,7 @@ def _digest(folder):
     return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_finished_run_given_as_output_dir_is_refused_before_data_is_read(tiny_run, tiny_env, tmp_path):
     # r2-A01: another experiment (other task, other seed) into a finished run's folder
     before = _digest(tiny_run.path)
@@ -220,6 +221,7 @@ def test_a_folder_that_cannot_be_written_is_one_error_before_the_work(tmp_path):
     assert ensure_writable(tmp_path / "new" / "folder").is_dir() and not list((tmp_path / "new" / "folder").iterdir())
 
 
+@pytest.mark.slow
 def test_export_into_a_place_that_cannot_be_written_stops_before_calibration(tiny_run, tiny_env, tmp_path):
     # r2-B05 in another form: the export folder cannot be made (a file stands where its parent would be)
     blocker = tmp_path / "results"
