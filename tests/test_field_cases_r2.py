@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import subprocess
 import time
 
@@ -254,3 +255,98 @@ def test_any_write_failure_naming_a_file_is_one_error_line(capsys):
         run_main(full_disk)
     assert stop.value.code == 2
     assert capsys.readouterr().err == "error: /runs/r/metrics.json: No space left on device\n"
+
+
+# ------------------------------------------- 7. a configuration that cannot be deployed is known before training
+@pytest.mark.parametrize(
+    ("args", "yaml", "hop"),
+    [
+        (["--architecture", "cp_mobile_rnn", "--task-set", "asc,sed"], "", 200),  # time pooling 8, 100 frames/s
+        (["--architecture", "cp_mobile_rnn", "--task-set", "asc,sed", "--preset", "board"], "", 400),  # 50 frames/s
+        (["--task-set", "asc,sed"], "model:\n  pools: [[4, 4], [4, 4], [1, 2], [1, 2], [1, 2]]\n", 200),  # mtl, 16
+    ],
+    ids=["cp_mobile_rnn", "cp_mobile_rnn-board", "mtl-time-pool-16"],
+)
+def test_a_network_whose_export_cannot_run_by_the_second_is_refused_before_training(args, yaml, hop, tmp_path):
+    # r2-B08's kind: trained first, refused by export afterwards; now train and --dry-run refuse it at once
+    # and name a hop that fits, which then passes
+    from keras_mtl.cli.train import parse_args, resolve_config
+    from keras_mtl.runs.network import check_deployable
+
+    (tmp_path / "given.yaml").write_text(yaml or "{}\n")
+    config = resolve_config(parse_args([*args, "--config", str(tmp_path / "given.yaml")]))
+    with pytest.raises(ConfigError, match=rf"is not a multiple of \d+, .*frontend\.hop_length: {hop} "):
+        check_deployable(config)
+    (tmp_path / "fixed.yaml").write_text(f"{yaml}frontend:\n  hop_length: {hop}\n")
+    check_deployable(resolve_config(parse_args([*args, "--config", str(tmp_path / "fixed.yaml")])))
+
+
+def test_a_time_pooling_no_hop_fits_says_so():
+    from keras_mtl.features.logmel import FrontEndConfig
+    from keras_mtl.runs.network import check_streamable
+
+    with pytest.raises(ConfigError, match="no hop at 16000 Hz gives a multiple of 3 frames a second: change the time"):
+        check_streamable(FrontEndConfig(), 3)
+    check_streamable(FrontEndConfig(), 4)
+
+
+def test_train_refuses_an_undeployable_network_before_reading_data(tmp_path):
+    from tests.test_train_cli import assert_one_line_error, run_train
+
+    out = tmp_path / "run"
+    for extra in (["--dry-run"], ["--output-dir", str(out)]):
+        result = run_train("--architecture", "cp_mobile_rnn", "--task-set", "asc,sed", *extra, env_dirs=tmp_path)
+        assert result.returncode == 2
+        assert_one_line_error(result, "pools time by 8", "frontend.hop_length: 200 (12.5 ms, 80 frames a second)")
+    assert not out.exists() and not (tmp_path / "data").exists()  # nothing read, nothing written
+
+
+def test_whole_clip_networks_export_with_any_hop():
+    # r2-B08 itself: CP-Mobile's task runs over one whole clip on the device, so 100 frames a second export
+    from keras_mtl.deploy.streaming import plan_streaming
+    from keras_mtl.features.logmel import FrontEndConfig
+    from keras_mtl.models import architectures
+
+    for name, task_set, options in (("cp_mobile", "asc", {"base_channels": 8}), ("georgiev_dnn", "asc", {})):
+        tasks = parse_task_set(task_set)
+        network = architectures.build(name, tasks, **options)
+        factor = architectures.get_architecture(name).time_pool_factor(options)
+        plan = plan_streaming(network, tasks, FrontEndConfig(), factor, name)
+        assert [p.kind for p in plan.pieces] == ["clip_model"]
+
+
+@pytest.mark.slow
+def test_a_cp_mobile_run_trains_and_exports(tmp_path):
+    # r2-B08 end to end: a one-epoch CP-Mobile run on a tone manifest, then export.py
+    from tests.test_train_cli import run_train
+
+    folder = tmp_path / "tone"
+    folder.mkdir()
+    rng, t = np.random.default_rng(0), np.arange(16000) / 16000
+    rows = ["filename,label,split"]
+    for c, f0 in enumerate((220, 440, 880)):
+        for k in range(6):
+            sf.write(
+                folder / f"t{c}_{k}.wav", 0.3 * np.sin(2 * np.pi * f0 * t) + 0.02 * rng.standard_normal(16000), 16000
+            )
+            rows.append(f"t{c}_{k}.wav,tone{c},{'test' if k >= 4 else 'train'}")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    trained = run_train(
+        "--task-set", "tone", "--task", f"tone=clip:{folder / 'manifest.csv'}", "--architecture", "cp_mobile",
+        "--preset", "tiny", "--epochs", "1", "--output-dir", str(run), env_dirs=tmp_path,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    exported = subprocess.run(
+        [*keras_mtl_command(), "export", str(run), "--calibration-clips", "4"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            **os.environ,
+            "KERAS_MTL_DATA_DIR": str(tmp_path / "data"),
+            "KERAS_MTL_CACHE_DIR": str(tmp_path / "cache"),
+        },
+    )
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (run / "export" / "tone_model.tflite").is_file()

@@ -35,6 +35,7 @@ from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
 from keras_mtl.deploy.encoder_step import EncoderStep, build_encoder_step
 from keras_mtl.models.architectures import get_architecture
+from keras_mtl.runs.network import check_streamable
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,8 @@ def plan_streaming(
     if encoder not in ("auto", "step", "window"):
         raise ConfigError(f"encoder must be auto, step or window, not {encoder!r}")
     hop_frames = int(round(1.0 / frontend.frame_seconds))  # one second of frames
-    if hop_frames % time_pool_factor:
-        raise ConfigError(
-            f"one second ({hop_frames} frames) is not a multiple of the model's time pooling "
-            f"({time_pool_factor}); the encoder cannot be run window by window"
-        )
+    if get_architecture(architecture).windowed:  # whole-clip networks run no encoder by the second
+        check_streamable(frontend, time_pool_factor, architecture)
     n_mels = int(network.input.shape[-1])
     branches: list[str] = []
     streams = {task.name: get_architecture(architecture).stream(network, task) for task in tasks}

@@ -84,6 +84,13 @@ class Architecture:
     # (network, task) -> TaskStream: how the task's decoder streams on a device
     stream: Callable = _attention_and_recurrent_heads
 
+    @property
+    def windowed(self) -> bool:
+        """Whether the device runs the encoder over a stream (by steps or one-second windows), so that
+        one second of frames must be a multiple of the time pooling; False when every task's whole
+        path runs over one clip (CP-Mobile, the Georgiev DNN)."""
+        return self.stream is not _whole_clip
+
     def output_frames(self, options: dict, input_frames: int) -> int:
         factor = self.time_pool_factor(options)
         return -(-input_frames // factor) if self.ceil_frames else input_frames // factor

@@ -26,7 +26,7 @@ from keras_mtl.runs.folder import (
     write_training_facts,
 )
 from keras_mtl.runs.inputs import PreparedData, prepare_data
-from keras_mtl.runs.network import build_network
+from keras_mtl.runs.network import build_network, check_deployable
 from keras_mtl.tasks.registry import resolve_tasks
 from keras_mtl.training import weighting
 from keras_mtl.training.callbacks import BatchLossWriter, EpochCheckpoint, EpochValidation, HistoryWriter, checkpoint_of
@@ -157,6 +157,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
     tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
     config = resolve_batch_norm(resolve_weighting(config))
     strategy_name, strategy_cls = check_strategy_options(config)
+    check_deployable(config)  # a network that trains but cannot export is refused before any work
     started = time.monotonic()
 
     if dry_run:
