@@ -97,6 +97,20 @@ def tiny_run(tmp_path_factory, tiny_env) -> TrainedRun:
     return TrainedRun(out, tiny_env, result.stdout, result.stderr)
 
 
+@pytest.fixture(scope="session")
+def exported(tiny_run):
+    """The shared tiny ASC+SED run, exported by scripts/export.py into its export/ folder (once per session)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "export.py"), str(tiny_run.path), "--calibration-clips", "4"],
+        capture_output=True,
+        text=True,
+        env=tiny_run.env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tiny_run.path / "export"
+
+
 def keras_mtl_command() -> list[str]:
     """The installed ``keras-mtl`` console command of this interpreter's environment."""
     return [str(Path(sys.executable).parent / "keras-mtl")]

@@ -224,20 +224,6 @@ def test_c_array_round_trip(tmp_path):
     assert "extern const unsigned int g_encoder_model_data_size;" in header.read_text()
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_run):
-    """The shared tiny ASC+SED run (conftest), exported by scripts/export.py into its export/ folder."""
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "export.py"), str(tiny_run.path), "--calibration-clips", "4"],
-        capture_output=True,
-        text=True,
-        env=tiny_run.env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return tiny_run.path / "export"
-
-
 @pytest.mark.slow
 def test_export_report_tflm_agrees_with_litert(exported):
     report = json.loads((exported / "export_report.json").read_text())

@@ -17,6 +17,7 @@ VERBS = {
     "train": ("train", "train a multi-task model and write a run folder"),
     "evaluate": ("evaluate", "re-evaluate a finished run folder on its test splits (rewrites metrics.json)"),
     "export": ("export", "export a run as streaming int8 TFLite models and C arrays, verified on the host"),
+    "predict": ("predict", "run a run's or an export's model on recordings or the microphone: events, labels, plots"),
     "firmware": ("firmware", "build the Cortex-M firmware for an export and run it in QEMU on a recording"),
     "compress": ("compress", "compress a run: lottery tickets (lth), sparse sharing (lt4rec) or QAT"),
     "profile": ("profile", "per-layer parameters and MACs per second of audio of a configured model"),
