@@ -289,3 +289,29 @@ def test_live_prints_findings_from_a_replaced_input_stream(tiny_run):
         len(windows) == 21 and windows[0].startswith("0.00-1.00 s  asc: ") and windows[-1].startswith("20.00-21.00 s")
     )
     assert result.labels["asc"][0] in predictor.tasks[0].classes
+
+
+def test_live_without_an_input_device_is_one_error_line(tmp_path):
+    # this machine and CI have no microphone (and often no PortAudio): one error line, exit 2
+    from keras_mtl.core.errors import DataError
+    from keras_mtl.deploy.predict import microphone_blocks
+
+    try:
+        blocks = microphone_blocks(16000)
+    except DataError as error:
+        assert str(error).startswith("no audio input")
+    else:  # a machine with a microphone: the stream gives blocks
+        assert next(blocks).dtype == np.float32
+
+
+def test_predict_options_that_do_not_go_together_are_refused():
+    from keras_mtl.cli import predict as cli
+    from keras_mtl.core.errors import ConfigError
+
+    for args, message in (
+        (["RUN"], "give INPUT recordings"),
+        (["RUN", "a.wav", "--live"], "--live listens to the microphone"),
+        (["RUN", "a.wav", "--seconds", "3"], "--seconds goes with --live"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            cli.main(args)

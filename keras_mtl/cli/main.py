@@ -56,3 +56,7 @@ def main(argv: list[str] | None = None) -> int | None:
 def run(argv: list[str] | None = None) -> None:
     """The console entry point: a user error is one ``error:`` line and exit code 2."""
     common.run_main(lambda: main(argv))
+
+
+if __name__ == "__main__":
+    run()

@@ -42,6 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--live", action="store_true", help="listen to the default input device and print findings")
     p.add_argument("--seconds", type=float, help="with --live: stop after this many seconds of audio")
     p.add_argument("--device", help="with --live: the input device (a sounddevice name or index)")
+    p.add_argument(
+        "--benchmark",
+        metavar="MINUTES",
+        help="measure instead: generate recordings of these lengths (e.g. 1,60) and report the real-time factor "
+        "and peak memory of predict on each (one process per length)",
+    )
     cli.add_logging_options(p)
     return p.parse_args(argv)
 
@@ -51,6 +57,8 @@ def main(argv=None) -> int:
     cli.setup_logging(args.verbose, args.quiet)
     from keras_mtl.core.errors import ConfigError
 
+    if args.benchmark:
+        return benchmark(args)
     if args.live and args.inputs:
         raise ConfigError("--live listens to the microphone: give no INPUT with it")
     if not args.live and not args.inputs:
@@ -73,6 +81,23 @@ def main(argv=None) -> int:
     report = predictor.predict(args.inputs, output, args.scores, args.plot)
     predict.write_summary(report)
     return 1 if report["failed"] else 0
+
+
+def benchmark(args) -> int:
+    from keras_mtl.core.errors import ConfigError
+    from keras_mtl.deploy.predict import load_model
+    from keras_mtl.studies import predict_speed
+
+    if args.inputs or args.live:
+        raise ConfigError("--benchmark makes its own recordings: give no INPUT and no --live with it")
+    try:
+        minutes = [float(m) for m in args.benchmark.split(",") if m.strip()]
+    except ValueError:
+        raise ConfigError(f"--benchmark {args.benchmark!r}: expected comma-separated minutes, e.g. 1,60") from None
+    rate = load_model(args.model).frontend.sample_rate
+    rows = predict_speed.measure(args.model, minutes, rate, predict_speed.default_command())
+    print(predict_speed.table(rows, args.model))
+    return 0
 
 
 def results_folder(given: str | None, model: str, overwrite: bool) -> Path:

@@ -267,15 +267,17 @@ class FrameEvents:
 
     def _detect(self, filtered: np.ndarray) -> None:
         active = filtered > self.task.threshold
-        for offset, row in enumerate(active):
-            index = self.done + offset
-            starts = np.flatnonzero(row & (self.open < 0))
-            self.open[starts] = index
-            for c in np.flatnonzero(~row & (self.open >= 0)):
-                self.events.append(
-                    (float(self.open[c] * self.frame_seconds), float(index * self.frame_seconds), self.task.classes[c])
-                )
-                self.open[c] = -1
+        for c, label in enumerate(self.task.classes):
+            column = np.concatenate([[self.open[c] >= 0], active[:, c]]).astype(np.int8)
+            for k in np.flatnonzero(np.diff(column)):  # a change between row k - 1 and row k of this part
+                index = self.done + int(k)
+                if column[k + 1]:
+                    self.open[c] = index
+                else:
+                    self.events.append(
+                        (float(self.open[c] * self.frame_seconds), float(index * self.frame_seconds), label)
+                    )
+                    self.open[c] = -1
         self.done += len(filtered)
 
 
@@ -342,6 +344,7 @@ class Predictor:
         self.hop = hop
         self.batch = 1 << max(0, int(batch) - 1).bit_length()  # rounded up to a power of two
         self._logmel = LogMel(self.frontend)  # always called on (windows, samples)
+        self._full: dict[int, bool] = {}  # group index -> a full batch has run (its shapes are traced)
         rate = self.frontend.sample_rate
         groups: dict[tuple, _Group] = {}
         for task in self.tasks:
@@ -391,7 +394,9 @@ class Predictor:
             # one batched log-mel call (equal to one call per window, bit for bit), rounded to float16
             # as the training cache stores features
             audio = np.stack([w.audio for w in windows])
-            size = 1 << (len(windows) - 1).bit_length()  # batches of 1, 2, 4, ...: a few traced shapes only
+            # batches of 1, 2, 4, ... windows: a few traced shapes only; once a full batch ran, every batch is full
+            size = self.batch if self._full.get(index) else 1 << (len(windows) - 1).bit_length()
+            self._full[index] = self._full.get(index) or size == self.batch
             if size > len(windows):
                 audio = np.concatenate([audio, np.zeros((size - len(windows), audio.shape[1]), np.float32)])
             features = self._logmel(audio).astype(np.float16).astype(np.float32)
@@ -624,7 +629,8 @@ class Predictor:
 
 def microphone_blocks(sample_rate: int, block_seconds: float = 0.5, device=None) -> Iterator[np.ndarray]:
     """float32 mono blocks from the default input device (or ``device``) at ``sample_rate``, through
-    the sounddevice package (PortAudio). DataError when PortAudio or an input device is missing."""
+    the sounddevice package (PortAudio). DataError, at the call, when PortAudio or an input device is
+    missing."""
     try:
         import sounddevice  # optional: PortAudio is a system library that a server may not have
     except (ImportError, OSError) as exc:
@@ -635,6 +641,10 @@ def microphone_blocks(sample_rate: int, block_seconds: float = 0.5, device=None)
         sounddevice.check_input_settings(device=device, channels=1, samplerate=sample_rate, dtype="float32")
     except (sounddevice.PortAudioError, ValueError) as exc:
         raise DataError(f"no audio input device: {exc}") from None
+    return _input_stream(sounddevice, sample_rate, block_seconds, device)
+
+
+def _input_stream(sounddevice, sample_rate: int, block_seconds: float, device) -> Iterator[np.ndarray]:
     blocks: queue.Queue = queue.Queue()
 
     def callback(indata, frames, when, status):
