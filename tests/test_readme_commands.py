@@ -16,7 +16,7 @@ from tests.conftest import REPO, keras_mtl_command
 
 READMES = (REPO / "README.md", REPO / "microcontroller" / "README.md")
 PREFIXES = ("python scripts/", "python3 -m venv", "cmake ", "qemu-system-arm ", "TF_CONFIG=", "keras-mtl ")
-VERBS = ("train", "evaluate", "export", "firmware", "compress", "profile", "synergy", "analyze", "experiment")
+VERBS = ("train", "evaluate", "export", "firmware", "compress", "profile", "synergy", "analyze", "experiment", "predict")
 
 
 def documented_commands() -> list[str]:
@@ -171,6 +171,23 @@ COMMANDS = {
     ),
     "python scripts/analyze_tasks.py --tasks gc,ac,scr,vad --preset seed001 --epochs 10 --reuse "
     "runs/synergy-gc-ac-scr-vad": (COVERED, "tests/test_analysis.py::test_reuse_takes_matching_synergy_runs_only"),
+    "python scripts/predict.py runs/<run> my_clip.wav": (
+        RUN,
+        ("predict", "{run}", "{corpus}/desed/audio/validation/validation_16k/validation_00000.wav", "--output", "{out}"),
+    ),
+    "python scripts/predict.py runs/<run> recordings/ --output results --plot --scores": (
+        RUN,
+        ("predict", "{run}", "{corpus}/tau22/audio", "--output", "{out}", "--plot", "--scores"),
+    ),
+    "python scripts/predict.py runs/<run>/export recordings/ --output results-int8": (
+        COVERED,
+        "tests/test_predict.py::test_predict_on_an_export_gives_the_int8_findings_of_the_export_report",
+    ),
+    "python scripts/predict.py runs/<run> --live": (
+        COVERED,
+        "tests/test_predict.py::test_live_prints_findings_from_a_replaced_input_stream",
+    ),
+    "python scripts/predict.py runs/<run> --benchmark 1,60": (RUN, ("predict", "{run}", "--benchmark", "0.1")),
     "python scripts/export.py runs/<run>": (
         COVERED,
         "tests/test_export.py::test_export_report_tflm_agrees_with_litert",

@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: the JSON written beside the TSV files, one per run of the command
 REPORT = "predict.json"
+#: seconds of audio at most in one batch of windows (a float network's memory is set by it)
+BATCH_SECONDS = 64.0
 #: columns at most in a --plot picture's spectrogram (longer recordings are averaged down to it)
 PLOT_COLUMNS = 3000
 
@@ -327,13 +329,15 @@ class _Group:
     spec: stream.WindowSpec
     tasks: list
     seconds: float
+    batch: int  # windows per call
 
 
 class Predictor:
     """A run or export folder ready to answer every task on recordings (see the module docstring).
 
     ``hop``: seconds between clip-task windows on recordings longer than the clip (default: the clip
-    length); ``batch``: windows per call of the float network."""
+    length); ``batch``: windows per call of the float network, at most BATCH_SECONDS of audio (rounded
+    to powers of two: memory is set by the batch, not by the recording's length)."""
 
     def __init__(self, model: str | os.PathLike, hop: float | None = None, batch: int = 16):
         self.model = load_model(model)
@@ -353,7 +357,9 @@ class Predictor:
                 spec = stream.WindowSpec(length, length, task.pad_mode, tiling=True)
             else:
                 spec = stream.WindowSpec(length, int(round((hop or task.clip_seconds) * rate)), task.pad_mode)
-            groups.setdefault((task.level, spec), _Group(spec, [], task.clip_seconds)).tasks.append(task)
+            windows = max(1, min(self.batch, int(BATCH_SECONDS // task.clip_seconds)))
+            batch = 1 << (windows.bit_length() - 1)  # a power of two, at most `windows`
+            groups.setdefault((task.level, spec), _Group(spec, [], task.clip_seconds, batch)).tasks.append(task)
         self.groups = list(groups.values())
 
     # ------------------------------------------------------------------ one recording
@@ -395,8 +401,8 @@ class Predictor:
             # as the training cache stores features
             audio = np.stack([w.audio for w in windows])
             # batches of 1, 2, 4, ... windows: a few traced shapes only; once a full batch ran, every batch is full
-            size = self.batch if self._full.get(index) else 1 << (len(windows) - 1).bit_length()
-            self._full[index] = self._full.get(index) or size == self.batch
+            size = group.batch if self._full.get(index) else 1 << (len(windows) - 1).bit_length()
+            self._full[index] = self._full.get(index) or size == group.batch
             if size > len(windows):
                 audio = np.concatenate([audio, np.zeros((size - len(windows), audio.shape[1]), np.float32)])
             features = self._logmel(audio).astype(np.float16).astype(np.float32)
@@ -429,7 +435,7 @@ class Predictor:
         def take(windows: Iterator) -> None:
             for index, window in windows:
                 pending[index].append(window)
-                if len(pending[index]) >= self.batch:  # a power of two (see __init__)
+                if len(pending[index]) >= self.groups[index].batch:
                     flush(index)
 
         for block in blocks:

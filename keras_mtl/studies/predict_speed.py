@@ -61,7 +61,9 @@ def measure(model: str | os.PathLike, minutes: list[float], sample_rate: int, co
             write_recording(audio, length * 60.0, sample_rate)
             out = folder / f"out-{length:g}"
             started = time.monotonic()
-            process = subprocess.Popen([*command, "predict", str(model), str(audio), "--output", str(out), "-q"])
+            process = subprocess.Popen(
+                [*command, "predict", str(model), str(audio), "--output", str(out), "-q"], stdout=subprocess.DEVNULL
+            )
             _, status, usage = os.wait4(process.pid, 0)
             wall = time.monotonic() - started
             process.returncode = os.waitstatus_to_exitcode(status)
