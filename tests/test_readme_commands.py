@@ -16,7 +16,18 @@ from tests.conftest import REPO, keras_mtl_command
 
 READMES = (REPO / "README.md", REPO / "microcontroller" / "README.md")
 PREFIXES = ("python scripts/", "python3 -m venv", "cmake ", "qemu-system-arm ", "TF_CONFIG=", "keras-mtl ")
-VERBS = ("train", "evaluate", "export", "firmware", "compress", "profile", "synergy", "analyze", "experiment", "predict")
+VERBS = (
+    "train",
+    "evaluate",
+    "export",
+    "firmware",
+    "compress",
+    "profile",
+    "synergy",
+    "analyze",
+    "experiment",
+    "predict",
+)
 
 
 def documented_commands() -> list[str]:
@@ -173,7 +184,13 @@ COMMANDS = {
     "runs/synergy-gc-ac-scr-vad": (COVERED, "tests/test_analysis.py::test_reuse_takes_matching_synergy_runs_only"),
     "python scripts/predict.py runs/<run> my_clip.wav": (
         RUN,
-        ("predict", "{run}", "{corpus}/desed/audio/validation/validation_16k/validation_00000.wav", "--output", "{out}"),
+        (
+            "predict",
+            "{run}",
+            "{corpus}/desed/audio/validation/validation_16k/validation_00000.wav",
+            "--output",
+            "{out}",
+        ),
     ),
     "python scripts/predict.py runs/<run> recordings/ --output results --plot --scores": (
         RUN,
