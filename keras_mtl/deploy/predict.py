@@ -466,17 +466,29 @@ class Predictor:
         return result
 
     def predict_file(
-        self, path: str | os.PathLike, name: str | None = None, keep_scores: bool = False, plot: bool = False
+        self,
+        path: str | os.PathLike,
+        name: str | None = None,
+        keep_scores: bool = False,
+        plot: bool = False,
+        progress: bool = False,
     ) -> FileResult:
-        """Every task on one recording (any length, rate, channels). DataError when it cannot be read."""
+        """Every task on one recording (any length, rate, channels). DataError when it cannot be read.
+        ``progress``: a bar over the recording's seconds when it is longer than a minute."""
         seconds, _ = stream.file_info(path)
         frames = int(seconds * self.frontend.sample_rate / self.frontend.hop_length) + 1 if plot else None
-        result = self.run_stream(
-            stream.audio_blocks(path, self.frontend.sample_rate),
-            str(name or Path(path).name),
-            keep_scores,
-            plot_frames=frames,
-        )
+        blocks = stream.audio_blocks(path, self.frontend.sample_rate)
+        bar = None
+        if progress and seconds > 60:
+            bar = tqdm(
+                total=round(seconds), desc=str(name or Path(path).name)[-30:], unit="s", leave=False, disable=None
+            )
+            blocks = _counted(blocks, bar, self.frontend.sample_rate)
+        try:
+            result = self.run_stream(blocks, str(name or Path(path).name), keep_scores, plot_frames=frames)
+        finally:
+            if bar is not None:
+                bar.close()
         result.file = str(path)
         return result
 
@@ -503,7 +515,7 @@ class Predictor:
         for path, name in bar:
             bar.set_postfix_str(name[-40:])
             try:
-                result = self.predict_file(path, name, keep_scores=scores, plot=plot)
+                result = self.predict_file(path, name, keep_scores=scores, plot=plot, progress=progress)
             except (UserError, OSError) as exc:
                 message = str(exc) if isinstance(exc, UserError) else f"{path}: {exc.strerror or exc}"
                 log.error("%s (skipped)", message)
@@ -631,6 +643,12 @@ class Predictor:
             write(f"{onset:.2f}-{offset:.2f} s  {task.display}: {label}")
 
         return self.run_stream(bounded(), "live", on_window=window, on_event=event)
+
+
+def _counted(blocks: Iterable[np.ndarray], bar, sample_rate: int) -> Iterator[np.ndarray]:
+    for block in blocks:
+        bar.update(round(len(block) / sample_rate))
+        yield block
 
 
 def microphone_blocks(sample_rate: int, block_seconds: float = 0.5, device=None) -> Iterator[np.ndarray]:
