@@ -1,4 +1,4 @@
-"""Every command README.md and microcontroller/README.md document is run by a test in its smallest
+"""Every command README.md and the docs/ pages document is run by a test in its smallest
 form (tiny preset, one epoch, dry runs): here, or by the named test that already runs it. A README
 command without an entry below fails the first test, so a documented command cannot silently break."""
 
@@ -14,8 +14,18 @@ import pytest
 
 from tests.conftest import REPO, keras_mtl_command
 
-READMES = (REPO / "README.md", REPO / "microcontroller" / "README.md")
-PREFIXES = ("python scripts/", "python3 -m venv", "cmake ", "qemu-system-arm ", "TF_CONFIG=", "keras-mtl ")
+READMES = (REPO / "README.md", REPO / "microcontroller" / "README.md", *sorted((REPO / "docs").rglob("*.md")))
+PREFIXES = (
+    "python scripts/",
+    "python3 -m venv",
+    "cmake ",
+    "qemu-system-arm ",
+    "TF_CONFIG=",
+    "keras-mtl ",
+    "mkdocs ",
+    "pip install ",
+    "python -m build",
+)
 VERBS = (
     "train",
     "evaluate",
@@ -47,7 +57,7 @@ def documented_commands() -> list[str]:
                 continue
             pending = ""
             command = re.split(r"\s{2,}#|\s#\s", text)[0].strip()
-            if command.startswith("keras-mtl ") and command.split()[1] not in VERBS:
+            if command.startswith("keras-mtl ") and command.split()[1] not in (*VERBS, "--version"):
                 continue  # firmware output shown in the README, not a command
             if command.startswith(PREFIXES):
                 found.append(command)
@@ -182,6 +192,22 @@ COMMANDS = {
     ),
     "python scripts/analyze_tasks.py --tasks gc,ac,scr,vad --preset seed001 --epochs 10 --reuse "
     "runs/synergy-gc-ac-scr-vad": (COVERED, "tests/test_analysis.py::test_reuse_takes_matching_synergy_runs_only"),
+    "python scripts/train.py --task-set knock --task knock=clip:knocks.csv": (
+        RUN,
+        ("train", "--task-set", "knock", "--task", "knock=clip:{manifest}", *TINY),
+    ),
+    "python scripts/predict.py runs/<run> recordings/ --plot": (
+        RUN,
+        ("predict", "{run}", "{corpus}/tau22/audio", "--output", "{out}", "--plot"),
+    ),
+    "mkdocs serve": (COVERED, "tests/test_docs.py::test_mkdocs_builds_strictly"),  # serves what it builds
+    "mkdocs build --strict": (COVERED, "tests/test_docs.py::test_mkdocs_builds_strictly"),
+    "pip install .": (COVERED, "tests/test_docs.py::test_the_wheel_installs_and_runs_on_its_own"),
+    "keras-mtl --version": (COVERED, "tests/test_docs.py::test_the_wheel_installs_and_runs_on_its_own"),
+    "keras-mtl train --task-set asc --preset tiny --epochs 1": (
+        COVERED,
+        "tests/test_docs.py::test_the_wheel_installs_and_runs_on_its_own",
+    ),
     "python scripts/predict.py runs/<run> my_clip.wav": (
         RUN,
         (

@@ -38,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
         + "\n".join(f"  {verb:<14} {line}" for verb, (_, line) in VERBS.items())
         + "\n\n'keras-mtl VERB --help' lists a verb's options.",
     )
+    p.add_argument("--version", action="store_true", help="print the version and exit")
     p.add_argument("verb", choices=list(VERBS), metavar="VERB", help="one of the verbs below")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the verb's options")
     return p
@@ -45,6 +46,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int | None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--version":
+        from keras_mtl import __version__
+
+        print(f"keras-mtl {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         parser().print_help()
         return 0 if argv else 2
