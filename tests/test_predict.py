@@ -315,3 +315,26 @@ def test_predict_options_that_do_not_go_together_are_refused():
     ):
         with pytest.raises(ConfigError, match=message):
             cli.main(args)
+
+
+@pytest.mark.slow
+def test_an_hour_long_recording_is_read_in_bounded_memory(tiny_run, tmp_path, monkeypatch):
+    # generated here (115 MB of 16-bit audio); the recording is never held whole: the window cutter keeps
+    # at most the longest window plus one block, and the output grows only with the findings
+    from keras_mtl.deploy.predict import Predictor
+    from keras_mtl.studies.predict_speed import write_recording
+
+    write_recording(tmp_path / "hour.wav", 3600.0, 16000)
+    most = {"buffer": 0, "block": 0}
+    feed = stream.WindowCutter.feed
+
+    def watched(self, block):
+        most["block"] = max(most["block"], len(block))
+        yield from feed(self, block)
+        most["buffer"] = max(most["buffer"], len(self.buffer))
+
+    monkeypatch.setattr(stream.WindowCutter, "feed", watched)
+    result = Predictor(tiny_run.path).predict_file(tmp_path / "hour.wav")
+    assert result.seconds == pytest.approx(3600.0)
+    assert len(result.windows["asc"]) == 3600  # 1 s windows
+    assert most["block"] <= stream.BLOCK_SECONDS * 16000 and most["buffer"] <= 10 * 16000 + most["block"]

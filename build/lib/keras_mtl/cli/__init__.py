@@ -1,0 +1,1 @@
+"""The keras-mtl command and its verbs."""

@@ -1,0 +1,1 @@
+"""The built-in synthetic data: procedural sounds and scenes, espeak-ng speech, VAD mixtures."""

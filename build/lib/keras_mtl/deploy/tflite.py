@@ -1,0 +1,168 @@
+"""int8 TFLite: full-integer conversion, the LiteRT and TFLite-Micro interpreters with inputs and outputs
+by name, and the smallest TFLite-Micro arena a model runs with."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from keras_mtl.core.backend import keras, tf, tracing_for_tflite
+from keras_mtl.deploy import agreement
+from keras_mtl.deploy.streaming import Piece
+
+log = logging.getLogger(__name__)
+
+
+def convert_int8(model: keras.Model, representative: Callable[[], Iterable[dict[str, np.ndarray]]]) -> bytes:
+    """Full-integer post-training quantisation: int8 weights, activations, inputs and outputs."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    # samples by input name: a list would be matched to the inputs in the converter's own order
+    converter.representative_dataset = lambda: (
+        {name: np.asarray(x, np.float32) for name, x in sample.items()} for sample in representative()
+    )
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    # one weight scale per FULLY_CONNECTED: the CMSIS-NN FULLY_CONNECTED of the firmware's pinned
+    # TFLite-Micro tree (2023) applies the first channel's scale to every channel of a per-channel FC
+    # and computes wrong outputs (measured: up to 9 LSB); convolutions keep per-channel scales
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+    with tracing_for_tflite():
+        return converter.convert()
+
+
+def operators(flatbuffer: bytes) -> list[str]:
+    """Builtin operator names used by a .tflite model."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    model = runtime.convert_bytearray_to_object(bytearray(flatbuffer))
+    names = {value: name for name, value in vars(runtime.schema_fb.BuiltinOperator).items() if not name.startswith("_")}
+    return sorted({names.get(runtime.get_builtin_code_from_operator_code(code), "?") for code in model.operatorCodes})
+
+
+class Int8Model:
+    """A quantised model run by LiteRT ("litert"; "litert-reference": its reference kernels, no
+    XNNPACK) or TFLite-Micro ("tflm"), with inputs and outputs by name (the Keras names, from the
+    model's signature) and float in/out conversion."""
+
+    def __init__(self, flatbuffer: bytes, runtime_name: str = "litert", arena_size: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.flatbuffer = flatbuffer
+        self.runtime = runtime_name
+        litert = Interpreter(model_content=flatbuffer)
+        litert.allocate_tensors()
+        signature = litert._get_full_signature_list()["serving_default"]
+        names_in = {index: name for name, index in signature["inputs"].items()}
+        names_out = {index: name for name, index in signature["outputs"].items()}
+        # subgraph order, the order TFLite-Micro numbers its inputs and outputs in
+        self.inputs = [dict(d, key=names_in[d["index"]]) for d in litert.get_input_details()]
+        self.outputs = [dict(d, key=names_out[d["index"]]) for d in litert.get_output_details()]
+        if runtime_name == "litert":
+            self.interpreter = litert
+        elif runtime_name == "litert-reference":
+            self.interpreter = agreement.reference_interpreter(flatbuffer)
+        elif runtime_name == "tflm":
+            from tflite_micro.python.tflite_micro import runtime
+
+            self.interpreter = runtime.Interpreter.from_bytes(flatbuffer, arena_size=arena_size)
+        else:
+            raise ValueError(f"unknown runtime {runtime_name!r}")
+
+        self._in_q = {d["key"]: _scale_zero(d) for d in self.inputs}
+        self._out_q = {d["key"]: _scale_zero(d) for d in self.outputs}
+        # state outputs fed back as the same input with the same quantisation: the round trip through float
+        # is the identity there, so `run` hands them back as int8 and takes them as they are
+        self._kept_int8 = {f"new_{name}" for name, q in self._in_q.items() if self._out_q.get(f"new_{name}") == q}
+
+    def input_names(self) -> list[str]:
+        return [d["key"] for d in self.inputs]
+
+    def output_names(self) -> list[str]:
+        return [d["key"] for d in self.outputs]
+
+    def run_int8(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for position, detail in enumerate(self.inputs):
+            value = np.asarray(inputs[detail["key"]], np.int8).reshape(detail["shape"])
+            if self.runtime != "tflm":
+                self.interpreter.set_tensor(detail["index"], value)
+            else:
+                self.interpreter.set_input(value, position)
+        self.interpreter.invoke()
+        if self.runtime != "tflm":
+            return {d["key"]: self.interpreter.get_tensor(d["index"]).copy() for d in self.outputs}
+        return {d["key"]: np.array(self.interpreter.get_output(i)) for i, d in enumerate(self.outputs)}
+
+    def input_quantization(self, name: str) -> tuple[float, int]:
+        return self._in_q[name]
+
+    def output_quantization(self, name: str) -> tuple[float, int]:
+        return self._out_q[name]
+
+    def quantize(self, name: str, value: np.ndarray) -> np.ndarray:
+        return quantize(value, *self.input_quantization(name))
+
+    def dequantize(self, name: str, value: np.ndarray) -> np.ndarray:
+        scale, zero = self.output_quantization(name)
+        return (value.astype(np.float32) - zero) * scale
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Float in, float out: quantise the inputs, invoke, dequantise the outputs; except a state (output
+        ``new_X`` fed back as input ``X`` with the same scale and zero point), which comes out int8 and is
+        taken back as it is: the same values as its float round trip, without the numpy work per step."""
+        raw = self.run_int8(
+            {name: value if value.dtype == np.int8 else self.quantize(name, value) for name, value in inputs.items()}
+        )
+        return {name: value if name in self._kept_int8 else self.dequantize(name, value) for name, value in raw.items()}
+
+
+def quantize(value: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return np.clip(np.round(np.asarray(value, np.float32) / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+def _scale_zero(detail: dict) -> tuple[float, int]:
+    scale, zero = detail["quantization"]
+    return float(scale), int(zero)
+
+
+def minimum_arena(flatbuffer: bytes, sample_inputs: dict[str, np.ndarray], upper: int | None = None) -> int:
+    """Smallest TFLite-Micro arena (bytes, multiple of 16) with which the model allocates and runs."""
+
+    def works(size: int) -> bool:
+        try:
+            model = Int8Model(flatbuffer, "tflm", arena_size=size)
+            model.run_int8(sample_inputs)
+            return True
+        except RuntimeError:  # TFLite-Micro reports a too-small arena as a failed allocation
+            return False
+
+    high = upper or max(16 * 1024, 4 * len(flatbuffer))
+    with agreement.quiet_native_stderr():
+        return _search_arena(works, high)
+
+
+def _search_arena(works, high: int) -> int:
+    while not works(high):
+        high *= 2
+        if high > 64 * 1024 * 1024:
+            raise RuntimeError("TFLite-Micro could not allocate this model with 64 MiB of arena")
+    low = 0
+    while high - low > 16:
+        middle = (low + high) // 2 // 16 * 16
+        if middle <= low:
+            break
+        if works(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def int8_call(models: dict[str, Int8Model]) -> Callable[[Piece, dict], dict]:
+    def call(piece: Piece, inputs: dict) -> dict:
+        return models[piece.name].run(inputs)
+
+    return call

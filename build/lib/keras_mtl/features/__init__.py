@@ -1,0 +1,1 @@
+"""The audio front end: log-mel features, SpecAugment-style masking, the feature cache."""

@@ -1,0 +1,100 @@
+"""Log-mel front end (tf.signal): one FrontEndConfig for training, evaluation and the firmware headers."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+
+from keras_mtl.core.backend import tf
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontEndConfig:
+    """One front-end configuration, used for training, evaluation and firmware headers.
+
+    Defaults follow the seed papers: 16 kHz, 128 ms Hann window, 10 ms hop, 128 mel bands,
+    power spectrum, natural log with a floor. Frames are centred (the signal is zero-padded
+    by half a window on both sides), so frame ``i`` is centred at ``i * hop`` samples.
+    """
+
+    sample_rate: int = 16000
+    window_length: int = 2048
+    hop_length: int = 160
+    fft_length: int = 2048
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: float | None = None
+    log_floor: float = 1e-6
+    center: bool = True
+
+    def __post_init__(self):
+        if self.window_length > self.fft_length:
+            raise ValueError("window_length must not exceed fft_length")
+        if self.hop_length <= 0 or self.n_mels <= 0 or self.sample_rate <= 0:
+            raise ValueError("sample_rate, hop_length and n_mels must be positive")
+
+    @property
+    def upper_edge_hz(self) -> float:
+        return float(self.f_max if self.f_max is not None else self.sample_rate / 2)
+
+    @property
+    def frame_seconds(self) -> float:
+        return self.hop_length / self.sample_rate
+
+    def n_frames(self, n_samples: int) -> int:
+        """Number of feature frames for a signal of ``n_samples`` samples."""
+        if self.center:
+            return 1 + n_samples // self.hop_length
+        return max(0, 1 + (n_samples - self.window_length) // self.hop_length)
+
+    def fingerprint(self) -> str:
+        """Short stable hash of the configuration (the feature-cache key)."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def mel_weight_matrix(config: FrontEndConfig) -> np.ndarray:
+    """The (fft_length // 2 + 1, n_mels) HTK-mel triangular filterbank used by the front end."""
+    matrix = tf.signal.linear_to_mel_weight_matrix(
+        num_mel_bins=config.n_mels,
+        num_spectrogram_bins=config.fft_length // 2 + 1,
+        sample_rate=config.sample_rate,
+        lower_edge_hertz=config.f_min,
+        upper_edge_hertz=config.upper_edge_hz,
+        dtype=tf.float64,
+    )
+    return matrix.numpy()
+
+
+class LogMel:
+    """Waveform (samples,) or (batch, samples) at ``config.sample_rate`` -> log-mel (..., frames, n_mels)."""
+
+    def __init__(self, config: FrontEndConfig):
+        self.config = config
+        self._mel = tf.constant(mel_weight_matrix(config), dtype=tf.float32)
+        self._fn = tf.function(self._compute, reduce_retracing=True)
+
+    def _compute(self, waveform):
+        cfg = self.config
+        waveform = tf.convert_to_tensor(waveform, tf.float32)
+        if cfg.center:
+            pad = cfg.fft_length // 2
+            paddings = [[0, 0]] * (len(waveform.shape) - 1) + [[pad, pad]]
+            waveform = tf.pad(waveform, paddings)
+        stft = tf.signal.stft(
+            waveform,
+            frame_length=cfg.window_length,
+            frame_step=cfg.hop_length,
+            fft_length=cfg.fft_length,
+            window_fn=tf.signal.hann_window,
+            pad_end=False,
+        )
+        power = tf.math.real(stft) ** 2 + tf.math.imag(stft) ** 2
+        mel = tf.tensordot(power, self._mel, axes=1)
+        return tf.math.log(tf.maximum(mel, cfg.log_floor))
+
+    def __call__(self, waveform) -> np.ndarray:
+        return self._fn(np.asarray(waveform, dtype=np.float32)).numpy()

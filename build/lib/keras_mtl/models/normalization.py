@@ -1,0 +1,56 @@
+"""Batch normalisation for tasks whose recordings come from different corpora: the modes a run picks
+(``batch_norm``) and Batch Renormalization.
+
+A multi-task step runs each task's batch through the shared encoder in its own forward pass, so
+plain batch normalisation normalises every task with its own corpus's batch statistics while
+training, but the moving averages that inference and the int8 export use are a blend of all the
+corpora: a task whose corpus sits far from the blend sees, deployed, inputs it never trained on.
+
+Batch Renormalization (Ioffe 2017, "Batch Renormalization: Towards Reducing Minibatch Dependence in
+Batch-Normalized Models") normalises in training with the moving statistics, through the batch
+statistics corrected by r = sigma_B / sigma and d = (mu_B - mu) / sigma (no gradient through r, d):
+the forward pass of every task in training is the one inference runs, and gradients still flow as
+through batch normalisation. At inference it is plain batch normalisation with its moving
+statistics, so it folds into the convolution before it in TFLite as before.
+"""
+
+from __future__ import annotations
+
+from keras_mtl.core.backend import keras
+from keras_mtl.core.errors import ConfigError
+
+#: per-task (the default): each task's batch normalised with its own statistics (what one forward pass per
+#: task gives); joint: one set of batch statistics pooled over every task's batch in each step
+#: (keras_mtl.models.joint); renorm: Batch Renormalization
+MODES = ("per-task", "joint", "renorm")
+
+#: the correction's bounds (Ioffe 2017's final values): training forward = inference forward while
+#: a batch's statistics stay within a factor of 3 and 5 standard deviations of the moving ones
+RENORM_CLIPPING = {"rmin": 1.0 / 3.0, "rmax": 3.0, "dmax": 5.0}
+
+
+def resolve_mode(mode: str, n_tasks: int) -> str:
+    """The mode a run of ``n_tasks`` tasks trains with: ``mode``, or ``per-task`` for one task (the modes
+    differ only when batches of several tasks meet). ConfigError for a mode not in MODES."""
+    mode = str(mode).strip().lower()
+    if mode not in MODES:
+        raise ConfigError(f"batch_norm must be one of {', '.join(MODES)}, not {mode!r}")
+    return "per-task" if n_tasks < 2 and mode == "joint" else mode
+
+
+def with_batch_renorm(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` (same layers and names, freshly initialised) whose BatchNormalization
+    layers use Batch Renormalization, with the layer's own momentum for the renorm statistics (so
+    training normalises with the same moving averages inference uses). Other layers are unchanged."""
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization) and not config.get("renorm"):
+            config.update(renorm=True, renorm_clipping=dict(RENORM_CLIPPING), renorm_momentum=config["momentum"])
+        return type(layer).from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def uses_batch_renorm(model: keras.Model) -> bool:
+    return any(getattr(layer, "renorm", False) for layer in model.layers)

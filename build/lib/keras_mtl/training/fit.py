@@ -1,0 +1,287 @@
+"""One training run: data -> features -> network -> strategy -> DCASE metrics -> run folder
+(keras_mtl.runs.folder), with per-epoch checkpoints for --resume."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+
+from keras_mtl.core import reporting
+from keras_mtl.core.backend import keras, tf
+from keras_mtl.core.errors import ConfigError, EvaluationError
+from keras_mtl.data.pipeline import feature_statistics, make_dataset, make_semi_supervised_dataset
+from keras_mtl.models import architectures, normalization
+from keras_mtl.runs.config import RunConfig
+from keras_mtl.runs.folder import (
+    claim_run_folder,
+    default_output_dir,
+    describe_run,
+    latest_checkpoint,
+    save_network,
+    write_metrics,
+    write_training_facts,
+)
+from keras_mtl.runs.inputs import PreparedData, prepare_data
+from keras_mtl.runs.network import build_network, check_deployable
+from keras_mtl.tasks.registry import resolve_tasks
+from keras_mtl.training import weighting
+from keras_mtl.training.callbacks import BatchLossWriter, EpochCheckpoint, EpochValidation, HistoryWriter, checkpoint_of
+from keras_mtl.training.distribution import make_distribution, worker_role
+from keras_mtl.training.evaluate import evaluate_tasks
+from keras_mtl.training.registry import STRATEGIES, strategy_of
+from keras_mtl.training.strategies import SoftMTL, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+#: the balancing of ``--weighting auto`` (the default) for two or more tasks whose losses are summed: on
+#: the balancing experiments it kept ASC and SED within 5% of their single-task models where fixed
+#: weights lost 40% of SED's event-F1 (issue 19 note)
+DEFAULT_BALANCING = "gradnorm"
+
+
+def resolve_weighting(config: RunConfig) -> RunConfig:
+    """``config`` with ``weighting: auto`` made concrete: DEFAULT_BALANCING when two or more tasks are
+    trained by a strategy that sums their losses with no fixed weights given (--alpha, loss_weights)
+    and no architecture with its own strategy; otherwise fixed."""
+    if config.weighting != "auto":
+        return config
+    own = architectures.get_architecture(config.architecture).strategy
+    summing = own is None and config.strategy in STRATEGIES and STRATEGIES[config.strategy].sums_losses
+    fixed_weights = config.alpha is not None or bool(config.loss_weights)
+    chosen = DEFAULT_BALANCING if len(config.tasks) > 1 and summing and not fixed_weights else "fixed"
+    return dataclasses.replace(config, weighting=chosen)
+
+
+def resolve_batch_norm(config: RunConfig) -> RunConfig:
+    """``config`` with its batch normalisation mode for its task count (normalization.resolve_mode);
+    ConfigError for ``joint`` with a strategy that trains one task at a time on a frozen encoder."""
+    mode = normalization.resolve_mode(config.batch_norm, len(config.tasks))
+    if mode == "joint":
+        own = architectures.get_architecture(config.architecture).strategy
+        cls = STRATEGIES.get(config.strategy) if own is None else None
+        if cls is None or not cls.joint_statistics:
+            raise ConfigError(
+                f"--batch-norm joint pools the batches of tasks trained together; "
+                f"{'the architecture ' + config.architecture if own else '--strategy ' + config.strategy} "
+                "trains them one at a time (use per-task)"
+            )
+    return dataclasses.replace(config, batch_norm=mode)
+
+
+def _run_folder(config: RunConfig, resume: bool, overwrite: bool) -> Path:
+    """This process's run folder, claimed before any data is read (the chief's, or ``<run>/worker-N``)."""
+    out = Path(config.output_dir) if config.output_dir else None
+    if config.distribute == "multi-worker":
+        chief, role = worker_role()
+        if not chief:
+            out = (out or default_output_dir(config)) / role  # workers other than the chief keep theirs apart
+    if resume:
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    return claim_run_folder(out, default_output_dir(config), overwrite)
+
+
+def check_strategy_options(config: RunConfig):
+    """(name, class) of the run's strategy; ConfigError for options that do not fit together, before
+    any data is read (the strategy and the weighting check their own)."""
+    config = resolve_weighting(config)
+    name, cls = strategy_of(config)
+    weighting.check_weighting(config.weighting, name, cls)
+    if (config.alpha is not None or config.loss_weights) and config.weighting != "fixed":
+        raise ConfigError(f"--alpha (loss_weights) fixes the task weights; --weighting {config.weighting} changes them")
+    return name, cls
+
+
+def training_batches(task, data: PreparedData, tc, augment, seed: int) -> tf.data.Dataset:
+    """A task's endless training batches: semi-supervised ones for mean-teacher tasks."""
+    if task.name in data.semi:
+        weak, unlabeled, strong_real = data.semi[task.name]
+        return make_semi_supervised_dataset(
+            data.train[task.name],
+            weak,
+            unlabeled,
+            tc.semi_supervised_batches(task.name),
+            augment,
+            seed,
+            strong_real=strong_real,
+        )
+    return make_dataset(data.train[task.name], tc.batch_for(task.name), training=True, augment=augment, seed=seed)
+
+
+def fit_network(
+    network: keras.Model,
+    tasks,
+    data: PreparedData,
+    config: RunConfig,
+    epochs: int | None = None,
+    strategy_cls=None,
+    callbacks=(),
+    **strategy_options,
+):
+    """Trains ``network`` on ``tasks`` (SoftMTL unless ``strategy_cls``) with a fresh optimizer, the
+    run's batches, learning-rate schedule and loss weights; ``strategy_options`` override fields of the
+    strategy's options. Returns the fitted strategy. For procedures that train a network several
+    times (compression, QAT)."""
+    tc = config.training
+    epochs = tc.epochs if epochs is None else int(epochs)
+    names = [t.name for t in tasks]
+    steps = tc.steps_per_epoch or max(math.ceil(len(data.train[n]) / tc.batch_for(n)) for n in names)
+    cls = strategy_cls or SoftMTL
+    options = cls.options_from(config, steps * epochs, [n for n in names if n in data.semi])
+    if list(config.tasks) != names:
+        options = dataclasses.replace(options, loss_weights=None)
+    strategy = cls(network, tasks, dataclasses.replace(options, **strategy_options))
+    strategy.compile(optimizer=make_optimizer(tc.learning_rate, steps * epochs, tc.weight_decay, tc.warmup_fraction))
+    augment = config.augment if tc.augment else None
+    batches = tf.data.Dataset.zip({t.name: training_batches(t, data, tc, augment, config.seed) for t in tasks})
+    strategy.fit(
+        batches, epochs=epochs, steps_per_epoch=steps, callbacks=list(callbacks), verbose=1 if interactive() else 2
+    )
+    return strategy
+
+
+def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run one experiment; returns the metrics dict (also written to the run folder).
+    ``resume``: continue the run in ``config.output_dir`` from its last epoch checkpoint. A new run's
+    folder is claimed before any data is read (``claim_run_folder``): one that holds a run is a
+    ConfigError unless ``overwrite``."""
+    distribution = make_distribution(config)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
+    config = resolve_batch_norm(resolve_weighting(config))
+    strategy_name, strategy_cls = check_strategy_options(config)
+    check_deployable(config)  # a network that trains but cannot export is refused before any work
+    started = time.monotonic()
+
+    if dry_run:
+        network = build_network(config, tasks)
+        return describe_run(network, tasks, config, output_dir=None)
+
+    out = _run_folder(config, resume, overwrite)
+    data = prepare_data(config, tasks)
+    prep_seconds = time.monotonic() - started
+    mean, var = feature_statistics(list(data.train.values()))
+
+    def scope():  # a fresh context each time: a strategy scope cannot be entered twice
+        return distribution.scope() if distribution is not None else contextlib.nullcontext()
+
+    with scope():
+        network = build_network(config, tasks, feature_mean=mean, feature_var=var, weak_output=bool(data.semi))
+
+    tc = config.training
+    steps = tc.steps_per_epoch or max(math.ceil(len(data.train[t.name]) / tc.batch_for(t.name)) for t in tasks)
+    options = strategy_cls.options_from(config, steps * tc.epochs, list(data.semi))
+    with scope():
+        strategy = strategy_cls(network, tasks, options)
+    augment = config.augment if tc.augment else None
+    train_ds = tf.data.Dataset.zip({t.name: training_batches(t, data, tc, augment, config.seed) for t in tasks})
+    if distribution is not None:  # each worker takes every N-th batch: batch sizes are per worker
+        shard = tf.data.Options()
+        shard.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds = train_ds.with_options(shard)
+    val_ds = {t.name: make_dataset(data.test[t.name], tc.batch_for(t.name), training=False) for t in tasks}
+
+    info = describe_run(network, tasks, config, output_dir=out)
+    log.info("run folder: %s", out)
+    log.info(
+        "training %s on %s: %d epochs x %d steps%s",
+        strategy_name,
+        "+".join(t.display for t in tasks),
+        tc.epochs,
+        steps,
+        f"; semi-supervised batches for {', '.join(data.semi)}" if data.semi else "",
+    )
+
+    history_writer = HistoryWriter(out / "history.csv")
+    weighting_callback = weighting.make_weighting(config.weighting, strategy)
+    checkpointer = EpochCheckpoint(out / "checkpoint", strategy, weighting_callback, history_writer)
+    callbacks = [EpochValidation(strategy, val_ds), weighting_callback, history_writer, checkpointer]
+    if not resume:  # a resumed run's batch log would have a hole
+        callbacks.insert(0, BatchLossWriter(out / "batch_loss.csv"))
+    saved = latest_checkpoint(out) if resume else None
+    if resume and saved is None:
+        log.warning("%s has no checkpoint yet: training from the start", out)
+    fit_started = time.monotonic()
+    phases = strategy.phases()
+    for index, phase in enumerate(phases):
+        first_epoch = index * tc.epochs
+        if saved is not None and saved[1]["epochs_done"] >= (index + 1) * tc.epochs:
+            continue  # a finished phase
+        strategy.begin_phase(index)
+        with scope():
+            strategy.compile(
+                optimizer=make_optimizer(tc.learning_rate, steps * tc.epochs, tc.weight_decay, tc.warmup_fraction)
+            )
+        checkpointer.phase = index
+        if saved is not None:
+            folder, state = saved
+            strategy.optimizer.build(strategy.optimized_variables())
+            # at a phase boundary (FreezeMTL) the new phase's optimizer starts fresh
+            checkpoint_of(strategy, optimizer=state["epochs_done"] > first_epoch).read(
+                str(folder / "state")
+            ).expect_partial()
+            weighting_callback.restore(state["weighting"])
+            history_writer.rows = list(state["history"])
+            first_epoch = state["epochs_done"]
+            log.info("resumed %s after epoch %d", out, first_epoch)
+            saved = None
+        if phase is not None:
+            log.info("phase %d/%d: training %s", index + 1, len(phases), phase)
+            history_writer.extra = {"phase": phase}
+        # a resumed phase goes on where the data order left off: its finished epochs' batches are skipped
+        done_in_phase = (first_epoch - index * tc.epochs) * steps
+        strategy.fit(
+            train_ds.skip(done_in_phase) if done_in_phase else train_ds,
+            initial_epoch=first_epoch,
+            epochs=(index + 1) * tc.epochs,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=1 if interactive() else 2,
+        )
+    fit_seconds = time.monotonic() - fit_started
+
+    facts = {
+        "model": info["profile"]["total"],
+        "shared": info["profile"]["parts"]["shared"],
+        "strategy": strategy_name,
+        "weighting": config.weighting,
+        "batch_norm": config.batch_norm,
+        "loss_weights": {name: float(w.numpy()) for name, w in strategy.loss_weights.items()},
+        "mean_teacher": sorted(data.semi),
+        "phases": [p for p in phases if p is not None],
+        "epochs": tc.epochs * len(phases),
+        "steps_per_epoch": steps,
+        "seconds": {"data": round(prep_seconds, 1), "training": round(fit_seconds, 1)},
+        "data_roots": {k: str(v) for k, v in data.roots.items()},
+        "output_dir": str(out),
+    }
+    # everything training made is on disk before evaluation, which can fail on labels a metric rejects
+    save_network(out, network)
+    write_training_facts(out, facts)
+    reporting.plot_history(history_writer.rows, tasks, out / "training_curves.png")
+    try:
+        results = evaluate_tasks(strategy.paths, tasks, data, tc, info["profile"])
+    except Exception as exc:
+        log.debug("evaluation failed", exc_info=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise EvaluationError(
+            f"{out}: training finished and the network is saved, but evaluation failed "
+            f"({type(exc).__name__}: {first}); fix the cause, then run: keras-mtl evaluate {out}"
+        ) from exc
+    facts["seconds"]["total"] = round(time.monotonic() - started, 1)
+    metrics = {"tasks": results, **facts}
+    write_metrics(out, metrics)
+    return metrics
+
+
+def interactive() -> bool:
+    import sys
+
+    return sys.stdout.isatty()
