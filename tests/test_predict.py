@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,3 +339,82 @@ def test_an_hour_long_recording_is_read_in_bounded_memory(tiny_run, tmp_path, mo
     assert result.seconds == pytest.approx(3600.0)
     assert len(result.windows["asc"]) == 3600  # 1 s windows
     assert most["block"] <= stream.BLOCK_SECONDS * 16000 and most["buffer"] <= 10 * 16000 + most["block"]
+
+
+# ------------------------------------------------------ a stand-in model: the recording's edges
+class _SilenceDetector:
+    """A model stand-in: one frame task whose score is high where the log-mel is near the floor
+    (silence, and the zero padding beyond a recording's end), so padded frames would make events."""
+
+    kind, batched, path, description = "stand-in", True, "stand-in", "stand-in"
+
+    def __init__(self, clip_seconds=10.0):
+        from keras_mtl.features.logmel import FrontEndConfig
+
+        self.tasks = [_task(7, ("quiet",)).__class__(**{**_task(7, ("quiet",)).__dict__, "clip_seconds": clip_seconds})]
+        self.frontend = FrontEndConfig()
+        self.frame_seconds = 0.04
+
+    def scores(self, tasks, features):
+        level = (
+            features[:, : features.shape[1] // 4 * 4].reshape(len(features), -1, 4, features.shape[2]).mean(axis=(2, 3))
+        )
+        return {tasks[0].name: (1.0 / (1.0 + np.exp(level + 8.0)))[..., None]}
+
+
+@pytest.mark.parametrize("seconds", [25.3, 24.99, 7.0, 30.0])
+def test_events_end_with_the_recording_as_evaluation_cuts_it(seconds):
+    from keras_mtl.deploy.predict import Predictor
+    from keras_mtl.features.logmel import LogMel
+
+    rate = 16000
+    audio = (0.1 * np.random.default_rng(3).standard_normal(int(seconds * rate))).astype(np.float32)
+    audio[int(3 * rate) : int(4 * rate)] = 0.0  # a silent stretch: one event inside
+    audio[-int(0.3 * rate) :] = 0.0  # silence up to the very end: an event that ends with the recording
+    model = _SilenceDetector()
+    result = Predictor(model).run_stream([audio[i : i + 7000] for i in range(0, len(audio), 7000)])
+    # evaluation: every window's scores, stitched, cut to the recording, then post-processed
+    task, logmel = model.tasks[0], LogMel(model.frontend)
+    spec = stream.WindowSpec(10 * rate, 10 * rate, "zeros", tiling=True)
+    parts = []
+    for _, window in stream.windows([audio], [spec], rate):
+        features = logmel(window.audio[None]).astype(np.float16).astype(np.float32)
+        parts.append(model.scores([task], features)[task.name][0][:250])
+    frames = int(np.ceil(seconds / 0.04 - 1e-6))
+    stitched = np.concatenate(parts)[:frames]
+    expected = metrics.frames_to_events(metrics.postprocess(stitched, 7, 0.5), task.classes, 0.04, seconds)
+    assert result.events[task.name] == expected
+    assert expected[-1][1] == pytest.approx(seconds) and len(expected) >= 2
+
+
+def test_names_stay_inside_the_output_and_apart(tmp_path):
+    from keras_mtl.deploy.predict import collect_inputs, inside_name
+
+    assert inside_name("sub/a.wav") == "sub/a.wav"
+    assert not Path(inside_name("/data/rec/a.wav")).is_absolute() and ".." not in Path(inside_name("../x/a.wav")).parts
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        sf.write(tmp_path / folder / "a.wav", np.zeros(1600, np.float32), 16000)
+    found = collect_inputs([tmp_path / "one" / "a.wav", tmp_path / "two" / "a.wav"])
+    assert [name for _, name in found] == ["a.wav", str(tmp_path / "two" / "a.wav")]
+    (tmp_path / "bad.csv").write_bytes(b"filename\n\xff\xfe\x00 not text\n")
+    from keras_mtl.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bad.csv: not a readable manifest"):
+        collect_inputs([tmp_path / "bad.csv"])
+
+
+def test_overwrite_removes_only_what_earlier_predictions_wrote(tmp_path):
+    from keras_mtl.cli.predict import results_folder
+
+    out = tmp_path / "results"
+    (out / "scores" / "sed").mkdir(parents=True)
+    for name in ("sed.tsv", "asc.tsv", "asc_windows.tsv", "my_manifest.tsv", "notes.txt"):
+        (out / name).write_text("x")
+    (out / "predict.json").write_text(json.dumps({"tasks": {"sed": {"name": "sed"}, "asc": {"name": "asc"}}}))
+    from keras_mtl.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="holds earlier predictions"):
+        results_folder(str(out), "RUN", overwrite=False)
+    assert results_folder(str(out), "RUN", overwrite=True) == out
+    assert sorted(p.name for p in out.iterdir()) == ["my_manifest.tsv", "notes.txt"]

@@ -79,8 +79,21 @@ def main(argv=None) -> int:
     predictor = predict.Predictor(args.model, hop=args.hop)
     log.info("%s: %d recordings -> %s", predictor.model.description, len(files), output)
     report = predictor.predict(args.inputs, output, args.scores, args.plot)
-    predict.write_summary(report)
+    write_summary(report)
     return 1 if report["failed"] else 0
+
+
+def write_summary(report: dict) -> None:
+    """The command's closing lines: recordings, failures, the results folder, the speed."""
+    speed = f"{report['real_time_factor']}x real time" if report["real_time_factor"] else "no audio"
+    print(
+        f"{report['files_total'] - report['failed']} of {report['files_total']} recordings "
+        f"({report['audio_seconds']:.1f} s of audio) in {report['processing_seconds']:.1f} s ({speed}); "
+        f"results in {report['output_dir']}"
+    )
+    for entry in report["files"]:
+        if entry["status"] == "failed":
+            print(f"failed: {entry['error']}")
 
 
 def benchmark(args) -> int:
@@ -101,8 +114,9 @@ def benchmark(args) -> int:
 
 
 def results_folder(given: str | None, model: str, overwrite: bool) -> Path:
-    """The --output folder: one holding earlier results is refused without --overwrite (their files
-    would mix with these); the default is new for every run of the command."""
+    """The --output folder, writable: one holding earlier results is refused without --overwrite (their
+    files would mix with these), which removes only what they wrote; the default is new every time."""
+    from keras_mtl.core import fileio
     from keras_mtl.core.errors import ConfigError
     from keras_mtl.deploy.predict import REPORT
 
@@ -112,14 +126,27 @@ def results_folder(given: str | None, model: str, overwrite: bool) -> Path:
         while folder.exists():
             n += 1
             folder = base.with_name(f"{base.name}-{n}")
-        return folder
+        return fileio.ensure_writable(folder)
     folder = Path(given)
-    if (folder / REPORT).exists() and not overwrite:
+    earlier = folder / REPORT
+    if earlier.exists() and not overwrite:
         raise ConfigError(f"{folder}: holds earlier predictions ({REPORT}); pass another --output, or --overwrite")
-    if overwrite and folder.is_dir():
+    if overwrite and earlier.is_file():  # only what the earlier predictions wrote, never the user's own files
+        import json
         import shutil
 
-        for entry in folder.iterdir():
-            if entry.name.endswith(".tsv") or entry.name in (REPORT, "scores", "plots"):
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    return folder
+        try:
+            tasks = json.loads(earlier.read_text()).get("tasks", {}).values()
+        except (ValueError, AttributeError):
+            tasks = []
+        for name in [f"{t['name']}{end}" for t in tasks for end in (".tsv", "_windows.tsv")] + [
+            "scores",
+            "plots",
+            REPORT,
+        ]:
+            entry = folder / name
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            elif entry.exists():
+                entry.unlink()
+    return fileio.ensure_writable(folder, "; pass --output DIR")  # before the model loads

@@ -339,8 +339,9 @@ class Predictor:
     length); ``batch``: windows per call of the float network, at most BATCH_SECONDS of audio (rounded
     to powers of two: memory is set by the batch, not by the recording's length)."""
 
-    def __init__(self, model: str | os.PathLike, hop: float | None = None, batch: int = 16):
-        self.model = load_model(model)
+    def __init__(self, model, hop: float | None = None, batch: int = 16):
+        # a run or export folder, or a loaded model (FloatModel, Int8Export, or one with their interface)
+        self.model = model if hasattr(model, "scores") else load_model(model)
         self.tasks = self.model.tasks
         self.frontend = self.model.frontend
         if hop is not None and hop <= 0:
@@ -371,11 +372,13 @@ class Predictor:
         on_window: Callable | None = None,
         on_event: Callable | None = None,
         plot_frames: int | None = None,
+        immediate: bool = False,
     ) -> FileResult:
         """Every task over a stream of float32 mono blocks at the front end's sample rate.
         ``on_window(task, row)`` gets each clip-task window as it is scored, ``on_event(task, event)``
         each frame-task event as it closes (live use). ``plot_frames``: log-mel frames expected, to keep
-        a spectrogram for `plot` averaged down to PLOT_COLUMNS."""
+        a spectrogram for `plot` averaged down to PLOT_COLUMNS. ``immediate``: score every window as soon
+        as it is complete (live use), not in batches."""
         rate = self.frontend.sample_rate
         result = FileResult(name, name, 0.0)
         frames = {
@@ -416,9 +419,14 @@ class Predictor:
                 for task in group.tasks:
                     scores = outputs[task.name][k]
                     if task.level == "frame":
-                        frames[task.name].add(scores[: per_window[task.name]])
+                        # the window's frames that start inside the recording (a last, padded window has fewer):
+                        # evaluation stitches a recording's windows and cuts them to it before post-processing
+                        end = (window.start + window.covered) / rate / self.model.frame_seconds
+                        inside = int(np.ceil(end - 1e-6)) - int(round(window.start / rate / self.model.frame_seconds))
+                        kept = scores[: min(per_window[task.name], max(0, inside))]
+                        frames[task.name].add(kept)
                         if raw is not None:
-                            raw[task.name].append(np.asarray(scores[: per_window[task.name]], np.float32))
+                            raw[task.name].append(np.asarray(kept, np.float32))
                         if on_event is not None:
                             for event in frames[task.name].events[closed[task.name] :]:
                                 on_event(task, event)
@@ -435,7 +443,7 @@ class Predictor:
         def take(windows: Iterator) -> None:
             for index, window in windows:
                 pending[index].append(window)
-                if len(pending[index]) >= self.groups[index].batch:
+                if immediate or len(pending[index]) >= self.groups[index].batch:
                     flush(index)
 
         for block in blocks:
@@ -512,26 +520,33 @@ class Predictor:
         started = time.monotonic()
         results, audio_seconds = [], 0.0
         bar = tqdm(files, desc="predict", unit="file", disable=None if progress else True)
-        for path, name in bar:
-            bar.set_postfix_str(name[-40:])
-            try:
-                result = self.predict_file(path, name, keep_scores=scores, plot=plot, progress=progress)
-            except (UserError, OSError) as exc:
-                message = str(exc) if isinstance(exc, UserError) else f"{path}: {exc.strerror or exc}"
-                log.error("%s (skipped)", message)
-                results.append(FileResult(str(path), name, 0.0, error=message))
-                continue
-            audio_seconds += result.seconds
-            results.append(result)
-            if scores:
-                self._write_scores(out, result)
-            if plot:
-                plot_result(result, self, out / "plots" / f"{_safe(name)}.png")
-        bar.close()
-        elapsed = time.monotonic() - started
-        self._write_tables(out, results)
-        report = self._report(results, out, scores, plot, audio_seconds, elapsed)
-        fileio.write_json(out / REPORT, report)
+        interrupted = True
+        try:
+            for path, name in bar:
+                bar.set_postfix_str(name[-40:])
+                try:
+                    result = self.predict_file(path, name, keep_scores=scores, plot=plot, progress=progress)
+                except (UserError, OSError) as exc:
+                    message = str(exc) if isinstance(exc, UserError) else f"{path}: {exc.strerror or exc}"
+                    log.error("%s (skipped)", message)
+                    results.append(FileResult(str(path), name, 0.0, error=message))
+                    continue
+                audio_seconds += result.seconds
+                if scores:
+                    self._write_scores(out, result)
+                if plot:
+                    plot_result(result, self, out / "plots" / f"{_safe(name)}.png")
+                result.scores, result.spectrogram = {}, None  # written: memory does not grow with the files
+                results.append(result)
+            interrupted = False
+        finally:  # an interrupted command keeps the tables of the recordings it finished
+            bar.close()
+            elapsed = time.monotonic() - started
+            self._write_tables(out, results)
+            report = self._report(results, out, scores, plot, audio_seconds, elapsed)
+            report["interrupted"] = interrupted
+            report["files_given"] = len(files)
+            fileio.write_json(out / REPORT, report)
         return report
 
     def _write_tables(self, out: Path, results: list[FileResult]) -> None:
@@ -565,7 +580,7 @@ class Predictor:
             rows = [
                 [f"{edges[i]:.3f}", f"{edges[i + 1]:.3f}", *(f"{v:.6f}" for v in row)] for i, row in enumerate(values)
             ]
-            stem = str(Path(result.name).with_suffix(""))
+            stem = str(Path(inside_name(result.name)).with_suffix(""))
             _write_tsv(out / "scores" / task.name / f"{stem}.tsv", ["onset", "offset", *task.classes], rows)
 
     def _report(self, results, out: Path, scores: bool, plot: bool, audio_seconds: float, elapsed: float) -> dict:
@@ -618,12 +633,13 @@ class Predictor:
 
     # ------------------------------------------------------------------ the microphone
     def live(
-        self, blocks: Iterable[np.ndarray], write: Callable[[str], None] = print, seconds: float | None = None
+        self, blocks: Iterable[np.ndarray], write: Callable[[str], None] | None = None, seconds: float | None = None
     ) -> FileResult:
         """Every task on a live stream (``microphone_blocks``, or any iterable of float32 mono blocks at
         the front end's sample rate), writing each finding as it comes: a line per clip-task window
         and per frame-task event. ``seconds``: stop after that much audio."""
         limit = None if seconds is None else int(seconds * self.frontend.sample_rate)
+        write = write or log.info
 
         def bounded():
             taken = 0
@@ -642,7 +658,7 @@ class Predictor:
             onset, offset, label = found
             write(f"{onset:.2f}-{offset:.2f} s  {task.display}: {label}")
 
-        return self.run_stream(bounded(), "live", on_window=window, on_event=event)
+        return self.run_stream(bounded(), "live", on_window=window, on_event=event, immediate=True)
 
 
 def _counted(blocks: Iterable[np.ndarray], bar, sample_rate: int) -> Iterator[np.ndarray]:
@@ -706,6 +722,11 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, str]
             found.append((path, path.name))
         else:
             raise ConfigError(f"{path}: no such file or folder")
+    seen: set[str] = set()
+    for index, (path, name) in enumerate(found):  # two recordings with one name: the later one by its path
+        if name in seen:
+            found[index] = (path, str(path))
+        seen.add(found[index][1])
     if not found:
         raise ConfigError(
             f"no recording in {', '.join(map(str, inputs))} (audio: {', '.join(sorted(audio_extensions()))})"
@@ -719,6 +740,13 @@ def audio_extensions() -> set[str]:
 
 
 def _manifest(path: Path) -> list[tuple[Path, str]]:
+    try:
+        return _manifest_rows(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: not a readable manifest ({type(exc).__name__}: {exc})") from None
+
+
+def _manifest_rows(path: Path) -> list[tuple[Path, str]]:
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         if "filename" not in (reader.fieldnames or []):
@@ -737,6 +765,13 @@ def _write_tsv(path: Path, header: list[str], rows: list[list]) -> None:
             writer.writerows(rows)
 
 
+def inside_name(name: str) -> str:
+    """``name`` as a path inside an output folder: relative names as they are, an absolute name or one
+    that climbs out (``..``) flattened into one file name."""
+    path = Path(name)
+    return _safe(name.lstrip("/\\")) if path.is_absolute() or ".." in path.parts else name
+
+
 def _safe(name: str) -> str:
     return name.replace("/", "__").replace("\\", "__")
 
@@ -751,7 +786,9 @@ class _Spectrogram:
         self.carry: np.ndarray | None = None
 
     def add(self, features: np.ndarray, covered: int, frontend: FrontEndConfig, spec: stream.WindowSpec) -> None:
-        keep = min(len(features), -(-min(covered, spec.step) // frontend.hop_length))
+        # each window up to where the next one starts; a last, padded window up to the recording's end
+        span = covered if covered < spec.length else min(covered, spec.step)
+        keep = min(len(features), -(-span // frontend.hop_length))
         part = features[:keep] if self.carry is None else np.concatenate([self.carry, features[:keep]])
         whole = len(part) // self.factor * self.factor
         if whole:
@@ -821,15 +858,3 @@ def plot_result(result: FileResult, predictor: Predictor, path: Path) -> None:
     axes[-1].set_xlabel("time (s)")
     axes[-1].set_xlim(0, max(duration, 1e-3))
     reporting.save_figure(fig, path)
-
-
-def write_summary(report: dict, write: Callable[[str], None] = print) -> None:
-    """The command's closing lines: files, failures, output folder, speed."""
-    write(
-        f"{report['files_total'] - report['failed']} of {report['files_total']} recordings "
-        f"({report['audio_seconds']:.1f} s of audio) in {report['processing_seconds']:.1f} s "
-        f"({report['real_time_factor']}x real time); results in {report['output_dir']}"
-    )
-    for entry in report["files"]:
-        if entry["status"] == "failed":
-            write(f"failed: {entry['error']}")

@@ -87,7 +87,7 @@ def measure(model: str | os.PathLike, minutes: list[float], sample_rate: int, co
 
 def table(rows: list[SpeedRow], model: str) -> str:
     lines = [
-        f"keras-mtl predict {model} (2 CPU cores unless stated otherwise)",
+        f"keras-mtl predict {model} ({os.cpu_count()} CPU cores)",
         "",
         "| recording | processing s | real-time factor | wall s (whole command) | peak memory MB |",
         "|---|---|---|---|---|",
