@@ -109,6 +109,35 @@ def test_pooled_batch_norm_normalises_with_the_mixture_of_the_tasks_batches():
     np.testing.assert_allclose((means[0] + means[1]) / 2.0, layer.beta, atol=1e-4)
 
 
+def test_the_exact_gradient_of_pooled_statistics_is_batch_norm_s_own_gradient():
+    # training.joint_bn_gradient: exact: the gradient of a loss on one task's output reaches the other
+    # task's batch through the pooled statistics, as plain batch normalisation over both together does
+    keras.utils.set_random_seed(2)
+    layer = keras.layers.BatchNormalization(gamma_initializer="random_normal")
+    reference = keras.layers.BatchNormalization(gamma_initializer="random_normal")
+    a = tf.random.normal((3, 5, 4, 6)) * 3.0 + 2.0
+    b = tf.random.normal((3, 5, 4, 6)) * 0.5 - 1.0
+    layer.build(a.shape)
+    reference.build(a.shape)
+    reference.set_weights(layer.get_weights())
+    weights = tf.random.normal((3, 5, 4, 6))
+    gradients = {}
+    for exact in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            out_a, _ = pooled_batch_norm(layer, [a, b], exact_gradient=exact)
+            loss = tf.reduce_sum(out_a * weights)
+        gradients[exact] = tape.gradient(loss, [a, b])
+    with tf.GradientTape() as tape:
+        tape.watch([a, b])
+        together = reference(tf.concat([a, b], axis=0), training=True)
+        loss = tf.reduce_sum(together[:3] * weights)
+    expected = tape.gradient(loss, [a, b])
+    np.testing.assert_allclose(gradients[True][0], expected[0], atol=1e-4)
+    np.testing.assert_allclose(gradients[True][1], expected[1], atol=1e-4)
+    assert gradients[False][1] is None or float(tf.reduce_max(tf.abs(gradients[False][1]))) == 0.0
+
+
 @pytest.mark.parametrize("strategy_class", [SoftMTL, HardMTL, CrossSoftMTL])
 def test_the_joint_pass_gives_the_networks_own_outputs_in_inference(strategy_class):
     keras.utils.set_random_seed(0)

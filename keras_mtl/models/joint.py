@@ -34,7 +34,8 @@ class JointForward:
     one call of one layer), which cannot be walked this way.
     """
 
-    def __init__(self, network: keras.Model, paths: Mapping[str, list]):
+    def __init__(self, network: keras.Model, paths: Mapping[str, list], exact_gradient: bool = False):
+        self.exact_gradient = exact_gradient
         config = network.get_config()
         self.layers = {layer.name: layer for layer in network.layers}
         self.order = [entry["name"] for entry in config["layers"]]
@@ -79,7 +80,7 @@ class JointForward:
                 continue
             inputs = {task: self._inputs(values[task], name) for task in tasks}
             if training and len(tasks) > 1 and _pools(layer):
-                results = pooled_batch_norm(layer, [inputs[task] for task in tasks])
+                results = pooled_batch_norm(layer, [inputs[task] for task in tasks], self.exact_gradient)
                 for task, result in zip(tasks, results):
                     values[task][name] = result
             else:
@@ -104,7 +105,7 @@ def _pools(layer) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization) and not layer.renorm and layer.trainable
 
 
-def pooled_batch_norm(layer: keras.layers.BatchNormalization, inputs: list) -> list:
+def pooled_batch_norm(layer: keras.layers.BatchNormalization, inputs: list, exact_gradient: bool = False) -> list:
     """``layer`` applied to every tensor of ``inputs`` with the mean and variance of their mixture, each
     tensor (task) an equal share of it whatever its length (per channel: the mean of the tensors' means,
     and the mean of their second moments less its square), its moving averages moved once by them.
@@ -116,7 +117,8 @@ def pooled_batch_norm(layer: keras.layers.BatchNormalization, inputs: list) -> l
     The values are the pooled statistics; the gradient of output k flows through tensor k's own share
     of them and not into the other tensors (their shares are constants for it): each task's loss keeps
     a gradient graph of its own batch, so per-task gradients (GradNorm, PCGrad, ...) cost what they did
-    with one pass per task."""
+    with one pass per task. ``exact_gradient``: every tensor's share is differentiable for every output
+    (the exact gradient of the joint pass; a task's gradient then runs through every task's batch)."""
     rank = len(inputs[0].shape)
     axes = sorted(a % rank for a in layer.axis)
     reduce = [a for a in range(rank) if a not in axes]
@@ -130,14 +132,19 @@ def pooled_batch_norm(layer: keras.layers.BatchNormalization, inputs: list) -> l
     firsts = [tf.reduce_sum(x, axis=reduce) / n for x, n in zip(xs, counts)]
     seconds = [tf.reduce_sum(tf.square(x), axis=reduce) / n for x, n in zip(xs, counts)]
     total = float(len(xs))
-    first_all, second_all = tf.stop_gradient(tf.add_n(firsts)), tf.stop_gradient(tf.add_n(seconds))
+    first_all, second_all = tf.add_n(firsts), tf.add_n(seconds)
+    if not exact_gradient:
+        first_all, second_all = tf.stop_gradient(first_all), tf.stop_gradient(second_all)
     gamma = tf.reshape(layer.gamma, shape) if layer.gamma is not None else None
     beta = tf.reshape(layer.beta, shape) if layer.beta is not None else None
     outputs = []
     for i, x in enumerate(xs):
         # the pooled sums, with this tensor's own share differentiable
-        m1 = (first_all + firsts[i] - tf.stop_gradient(firsts[i])) / total
-        m2 = (second_all + seconds[i] - tf.stop_gradient(seconds[i])) / total
+        if exact_gradient:
+            m1, m2 = first_all / total, second_all / total
+        else:
+            m1 = (first_all + firsts[i] - tf.stop_gradient(firsts[i])) / total
+            m2 = (second_all + seconds[i] - tf.stop_gradient(seconds[i])) / total
         variance = tf.maximum(m2 - tf.square(m1), 0.0)
         y = tf.nn.batch_normalization(x, tf.reshape(m1, shape), tf.reshape(variance, shape), beta, gamma, layer.epsilon)
         outputs.append(tf.cast(y, inputs[i].dtype))

@@ -47,6 +47,9 @@ class TrainingConfig:
     cross_weight: float = 1.0  # cross-task distillation weight (cross-soft, cross-hard)
     # GradNorm keeps every task's weight at least this share of an equal one (1/K); 0: the paper's method
     gradnorm_min_share: float = 0.0
+    # --batch-norm joint: the gradient of each task's loss through the pooled statistics: "own" (through its
+    # own batch's share only: per-task gradients cost one pass each) or "exact" (through every task's share)
+    joint_bn_gradient: str = "own"
     kl_weight: float = 1.0  # mtl-vae: weight of the KL term after the warm-up
     kl_warmup_fraction: float = 0.0  # mtl-vae: the KL weight rises linearly from 0 over this share of the steps
 
@@ -70,6 +73,8 @@ class TrainingConfig:
             raise ConfigError("training.kl_weight must be >= 0 and training.kl_warmup_fraction in [0, 1]")
         if not 0.0 <= self.gradnorm_min_share <= 1.0:
             raise ConfigError("training.gradnorm_min_share must be in [0, 1]")
+        if self.joint_bn_gradient not in ("own", "exact"):
+            raise ConfigError(f"training.joint_bn_gradient must be own or exact, not {self.joint_bn_gradient!r}")
         if self.steps_per_epoch is not None and int(self.steps_per_epoch) < 1:
             raise ConfigError("training.steps_per_epoch must be at least 1")
 

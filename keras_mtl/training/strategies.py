@@ -65,7 +65,9 @@ class StrategyOptions:
     ``joint_batch_norm``: every training step runs all tasks' batches through the network in one joint
     forward pass whose shared batch normalisation pools their statistics (keras_mtl.models.joint), so
     each corpus trains with the mixture statistics inference uses (False: one pass per task);
-    ``gradnorm_min_share``: GradNorm keeps every task's weight at least this share of an equal one (1/K)."""
+    ``gradnorm_min_share``: GradNorm keeps every task's weight at least this share of an equal one (1/K);
+    ``joint_bn_exact``: with ``joint_batch_norm``, each task's loss differentiates through every task's share
+    of the pooled statistics (the exact gradient of the joint pass), not its own share alone."""
 
     loss_weights: dict | None = None
     mean_teacher_tasks: tuple = ()
@@ -75,6 +77,7 @@ class StrategyOptions:
     balancing: str | None = None
     joint_batch_norm: bool = False
     gradnorm_min_share: float = 0.0
+    joint_bn_exact: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "mean_teacher_tasks", tuple(self.mean_teacher_tasks or ()))
@@ -164,7 +167,9 @@ class MultiTaskStrategy(keras.Model):
         if options.joint_batch_norm and len(self.tasks) > 1 and self.joint_statistics:
             outputs = list(network.output) if self.cross else None
             self.joint = JointForward(
-                network, {name: outputs or list(self.heads[name].output) for name in self.task_names}
+                network,
+                {name: outputs or list(self.heads[name].output) for name in self.task_names},
+                exact_gradient=options.joint_bn_exact,
             )
         self.teacher = None
         if self.cross or self.mean_teacher_tasks:
@@ -205,6 +210,7 @@ class MultiTaskStrategy(keras.Model):
             balancing=config.weighting if config.weighting in balancing.BALANCERS else None,
             joint_batch_norm=normalization.resolve_mode(config.batch_norm, len(config.tasks)) == "joint",
             gradnorm_min_share=tc.gradnorm_min_share,
+            joint_bn_exact=tc.joint_bn_gradient == "exact",
         )
         fields = {f.name for f in dataclasses.fields(cls.Options)}
         return cls.Options(**{key: value for key, value in values.items() if key in fields})
