@@ -198,7 +198,7 @@ COMMANDS = {
     ),
     "python scripts/predict.py runs/<run> recordings/ --plot": (
         RUN,
-        ("predict", "{run}", "{corpus}/tau22/audio", "--output", "{out}", "--plot"),
+        ("predict", "{run}", "{corpus}/desed/audio/validation", "--output", "{out}", "--plot"),
     ),
     "mkdocs serve": (COVERED, "tests/test_docs.py::test_mkdocs_builds_strictly"),  # serves what it builds
     "mkdocs build --strict": (COVERED, "tests/test_docs.py::test_mkdocs_builds_strictly"),
@@ -220,7 +220,7 @@ COMMANDS = {
     ),
     "python scripts/predict.py runs/<run> recordings/ --output results --plot --scores": (
         RUN,
-        ("predict", "{run}", "{corpus}/tau22/audio", "--output", "{out}", "--plot", "--scores"),
+        ("predict", "{run}", "{corpus}/desed/audio/validation", "--output", "{out}", "--plot", "--scores"),
     ),
     "python scripts/predict.py runs/<run>/export recordings/ --output results-int8": (
         COVERED,
