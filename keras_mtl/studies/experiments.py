@@ -219,6 +219,15 @@ EXPERIMENTS = {
                 "joint batch statistics, GradNorm with every weight >= a quarter of an equal share",
                 {"tasks": list(cross_corpus.TASKS), "batch_norm": "joint", "training": {"gradnorm_min_share": 0.25}},
             ),
+            Row(
+                "joint-exact",
+                "joint batch statistics, the exact gradient through them (training.joint_bn_gradient: exact), floor",
+                {
+                    "tasks": list(cross_corpus.TASKS),
+                    "batch_norm": "joint",
+                    "training": {"gradnorm_min_share": 0.25, "joint_bn_gradient": "exact"},
+                },
+            ),
         ),
         columns=(
             ("keywords:frame_roc_auc", "keywords frame ROC-AUC"),
