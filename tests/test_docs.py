@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -108,9 +109,13 @@ def test_every_third_party_import_is_a_runtime_dependency():
 def test_the_wheel_installs_and_runs_on_its_own(tmp_path):
     # the wheel from this checkout, in a fresh venv, run outside the source tree; its dependencies are
     # this environment's (a .pth file), so nothing is downloaded: their declaration is checked above
+    source = tmp_path / "source"  # a copy: setuptools writes build/ and egg-info beside the sources
+    shutil.copytree(REPO / "keras_mtl", source / "keras_mtl", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     wheels = tmp_path / "wheels"
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
         capture_output=True,
         text=True,
         timeout=600,

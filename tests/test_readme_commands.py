@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from keras_mtl.cli import main as cli_main
 from tests.conftest import REPO, keras_mtl_command
 
 READMES = (REPO / "README.md", REPO / "microcontroller" / "README.md", *sorted((REPO / "docs").rglob("*.md")))
@@ -26,18 +27,7 @@ PREFIXES = (
     "pip install ",
     "python -m build",
 )
-VERBS = (
-    "train",
-    "evaluate",
-    "export",
-    "firmware",
-    "compress",
-    "profile",
-    "synergy",
-    "analyze",
-    "experiment",
-    "predict",
-)
+VERBS = tuple(cli_main.VERBS)  # a line "keras-mtl X" with another X is program output shown in a page
 
 
 def documented_commands() -> list[str]:

@@ -1,1 +1,0 @@
-"""The keras-mtl command and its verbs."""

@@ -1,1 +1,0 @@
-"""Compression of trained multi-task networks: lottery tickets (LTH) and sparse sharing (LT4REC)."""

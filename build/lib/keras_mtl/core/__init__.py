@@ -1,1 +1,0 @@
-"""Foundations every other package may use: the TensorFlow/tf_keras backend, user errors, atomic file writes, paths, plotting."""

@@ -1,1 +1,0 @@
-"""Readers of the published corpus layouts (TAU22, DESED, Speech Commands, Common Voice, VAD, manifests)."""

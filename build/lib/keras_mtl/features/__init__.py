@@ -1,1 +1,0 @@
-"""The audio front end: log-mel features, SpecAugment-style masking, the feature cache."""

@@ -1,1 +1,0 @@
-"""Networks: the shared encoder and task heads, the architecture registry, task trees, CP-Mobile, the MTL-VAE, profiling."""

@@ -1,1 +1,0 @@
-"""A run: its configuration and presets, its prepared inputs, its network, and the run folder it writes and reads."""
