@@ -290,6 +290,7 @@ def test_a_time_pooling_no_hop_fits_says_so():
     check_streamable(FrontEndConfig(), 4)
 
 
+@pytest.mark.slow
 def test_train_refuses_an_undeployable_network_before_reading_data(tmp_path):
     from tests.test_train_cli import assert_one_line_error, run_train
 
