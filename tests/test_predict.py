@@ -362,6 +362,60 @@ class _SilenceDetector:
         return {tasks[0].name: (1.0 / (1.0 + np.exp(level + 8.0)))[..., None]}
 
 
+class _FeatureEcho(_SilenceDetector):
+    """A stand-in with a frame task (10 s windows) and a clip task (1 s windows) whose scores are sums of
+    the features they get: any feature value that differs shows in them."""
+
+    def __init__(self):
+        super().__init__()
+        from keras_mtl.tasks.registry import ClipClassificationTask
+
+        self.tasks.append(
+            ClipClassificationTask(
+                name="scene",
+                classes=("x", "y"),
+                clip_seconds=1.0,
+                corpus="",
+                train_split="",
+                test_split="",
+            )  # fmt: skip
+        )
+
+    def scores(self, tasks, features):
+        out = {}
+        for task in tasks:
+            if task.level == "clip":
+                weights = np.arange(features.shape[1] * features.shape[2], dtype=np.float64) % 7 + 1
+                flat = features.reshape(len(features), -1).astype(np.float64)
+                out[task.name] = np.stack([flat.sum(axis=1), flat @ weights], axis=1)
+            else:
+                out.update(super().scores([task], features))
+        return out
+
+
+@pytest.mark.parametrize("hop", [None, 0.5, 0.33, 0.3337])
+def test_clip_windows_sharing_the_frame_task_s_frames_get_the_features_they_would_compute(hop, monkeypatch):
+    # 0.3337 s is not a whole number of hops: windows after the first compute their own; the last are padded
+    from keras_mtl.deploy.predict import Predictor
+    from keras_mtl.features.logmel import LogMel
+
+    edges = []
+    frames = LogMel.frames
+    monkeypatch.setattr(LogMel, "frames", lambda self, segments: edges.append(len(segments)) or frames(self, segments))
+
+    rng = np.random.default_rng(3)
+    audio = (0.1 * rng.standard_normal(int(23.37 * 16000)) * np.linspace(0.01, 1, int(23.37 * 16000))).astype("f4")
+    blocks = [audio[i : i + 7001] for i in range(0, len(audio), 7001)]
+    shared = Predictor(_FeatureEcho(), hop=hop).run_stream(iter(blocks), keep_scores=True)
+    assert edges  # windows took the frame task's frames (but their edges); at 0.3337 s only the first one
+    own = Predictor(_FeatureEcho(), hop=hop, share_frames=False).run_stream(iter(blocks), keep_scores=True)
+    assert len(shared.windows["scene"]) == len(own.windows["scene"]) > 20
+    for a, b in zip(shared.windows["scene"], own.windows["scene"]):
+        assert a[:2] == b[:2] and np.array_equal(a[-1], b[-1])  # onset, offset, the window's scores
+    assert np.array_equal(shared.labels["scene"][1], own.labels["scene"][1])
+    assert np.array_equal(shared.scores["sed"], own.scores["sed"]) and shared.events == own.events
+
+
 @pytest.mark.parametrize("seconds", [25.3, 24.99, 7.0, 30.0])
 def test_events_end_with_the_recording_as_evaluation_cuts_it(seconds):
     from keras_mtl.deploy.predict import Predictor

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 #: the JSON written beside the TSV files, one per run of the command
 REPORT = "predict.json"
 #: seconds of audio at most in one batch of windows (a float network's memory is set by it)
-BATCH_SECONDS = 64.0
+BATCH_SECONDS = 128.0
 #: columns at most in a --plot picture's spectrogram (longer recordings are averaged down to it)
 PLOT_COLUMNS = 3000
 
@@ -337,9 +337,11 @@ class Predictor:
 
     ``hop``: seconds between clip-task windows on recordings longer than the clip (default: the clip
     length); ``batch``: windows per call of the float network, at most BATCH_SECONDS of audio (rounded
-    to powers of two: memory is set by the batch, not by the recording's length)."""
+    to powers of two: memory is set by the batch, not by the recording's length); ``share_frames``: clip
+    tasks' windows take the log-mel frames the frame tasks' windows computed (the same values; off:
+    every window computes its own, for comparisons)."""
 
-    def __init__(self, model, hop: float | None = None, batch: int = 16):
+    def __init__(self, model, hop: float | None = None, batch: int = 16, share_frames: bool = True):
         # a run or export folder, or a loaded model (FloatModel, Int8Export, or one with their interface)
         self.model = model if hasattr(model, "scores") else load_model(model)
         self.tasks = self.model.tasks
@@ -347,8 +349,10 @@ class Predictor:
         if hop is not None and hop <= 0:
             raise ConfigError(f"--hop must be positive seconds, not {hop}")
         self.hop = hop
+        self.share_frames = share_frames
         self.batch = 1 << max(0, int(batch) - 1).bit_length()  # rounded up to a power of two
-        self._logmel = LogMel(self.frontend)  # always called on (windows, samples)
+        # always called on (windows, samples); values rounded to float16 as the training cache stores them
+        self._logmel = LogMel(self.frontend, float16_values=True)
         self._full: dict[int, bool] = {}  # group index -> a full batch has run (its shapes are traced)
         rate = self.frontend.sample_rate
         groups: dict[tuple, _Group] = {}
@@ -364,6 +368,50 @@ class Predictor:
         self.groups = list(groups.values())
 
     # ------------------------------------------------------------------ one recording
+    def _window_features(self, windows: list, size: int, lent: list) -> np.ndarray:
+        """(size, frames, mels) log-mel of ``windows`` (zero windows after them up to ``size``), as one
+        batched LogMel call computes them (bit for bit; float32 holding float16 values). A full window that lies inside one of the
+        ``lent`` windows (start, covered, features), at a whole number of hops from its start, takes
+        that window's frames except the few its own edges change (those whose samples reach past the
+        window): recomputed from the window's padded audio (LogMel.frames). Frame tasks' windows lend
+        their frames to clip tasks' windows so that the FFTs run once per stretch of audio."""
+        hop, left = self.frontend.hop_length, self._logmel.left_padding
+        length = len(windows[0].audio)
+        count = 1 + (length + 2 * left - self.frontend.window_length) // hop  # the frames LogMel gives
+        starts = np.arange(count) * hop - left
+        edges = np.flatnonzero((starts < 0) | (starts + self.frontend.window_length > length))
+        borrowed = []
+        for window in windows:
+            source = None
+            if window.covered == length:
+                for start, covered, values in lent:
+                    offset = window.start - start
+                    if 0 <= offset and offset % hop == 0 and window.start + length <= start + covered:
+                        source = values[offset // hop : offset // hop + count]
+                        break
+            borrowed.append(source if source is not None and len(source) == count else None)
+        if any(source is None for source in borrowed):
+            audio = np.stack([w.audio for w in windows])
+            if size > len(windows):
+                audio = np.concatenate([audio, np.zeros((size - len(windows), length), np.float32)])
+            direct = self._logmel(audio)
+            if all(source is None for source in borrowed):
+                return direct
+        else:  # the windows after ``windows`` only fill the batch: their outputs are dropped
+            direct = np.zeros((size, count, self.frontend.n_mels), np.float32)
+        features = np.array(direct, np.float32)
+        mine = [k for k, source in enumerate(borrowed) if source is not None]
+        padded = np.pad(np.stack([windows[k].audio for k in mine]), [[0, 0], [left, left]])
+        width = self.frontend.window_length
+        segments = np.stack([padded[:, e * hop : e * hop + width] for e in edges], axis=1)  # (windows, edges, W)
+        calls = size  # the batch's shape: no other shape traced
+        segments = np.concatenate([segments, np.zeros((calls - len(mine), *segments.shape[1:]), np.float32)])
+        edge_values = self._logmel.frames(segments.reshape(-1, width)).reshape(calls, len(edges), -1)
+        for row, k in enumerate(mine):
+            features[k] = borrowed[k]
+            features[k, edges] = edge_values[row]
+        return features
+
     def run_stream(
         self,
         blocks: Iterable[np.ndarray],
@@ -396,19 +444,23 @@ class Predictor:
         plot_group = next((i for i, g in enumerate(self.groups) if g.spec.tiling), 0)
         closed = {name: 0 for name in frames}
 
-        def flush(index: int) -> None:
-            group, windows = self.groups[index], pending[index]
+        # the frame-task group's log-mel frames, lent to clip-task windows that lie inside its windows
+        tiling = next((i for i, g in enumerate(self.groups) if g.spec.tiling), None)
+        lending = self.share_frames and tiling is not None and not immediate and len(self.groups) > 1
+        lent: list[tuple[int, int, np.ndarray]] = []  # (start, covered, raw log-mel) of the last tiling batch
+
+        def flush(index: int, windows: list | None = None) -> None:
+            group = self.groups[index]
+            if windows is None:
+                windows, pending[index] = pending[index], []
             if not windows:
                 return
-            # one batched log-mel call (equal to one call per window, bit for bit), rounded to float16
-            # as the training cache stores features
-            audio = np.stack([w.audio for w in windows])
             # batches of 1, 2, 4, ... windows: a few traced shapes only; once a full batch ran, every batch is full
             size = group.batch if self._full.get(index) else 1 << (len(windows) - 1).bit_length()
             self._full[index] = self._full.get(index) or size == group.batch
-            if size > len(windows):
-                audio = np.concatenate([audio, np.zeros((size - len(windows), audio.shape[1]), np.float32)])
-            features = self._logmel(audio).astype(np.float16).astype(np.float32)
+            features = self._window_features(windows, size, lent if index != tiling else [])
+            if lending and index == tiling:
+                lent[:] = [(w.start, w.covered, values) for w, values in zip(windows, features)]
             if spectrogram is not None and index == plot_group:
                 for window, values in zip(windows, features):
                     spectrogram.add(values, window.covered, self.frontend, group.spec)
@@ -435,7 +487,20 @@ class Predictor:
                         row = clips[task.name].add(onset, (window.start + window.covered) / rate, scores)
                         if on_window is not None:
                             on_window(task, row)
-            pending[index] = []
+            if lending and index == tiling:
+                lend(final=False)
+
+        def lend(final: bool) -> None:
+            # clip-task windows up to the end of the frame task's last batch, in batches, with its frames
+            end = lent[-1][0] + lent[-1][1] if lent else 0
+            for other in range(len(self.groups)):
+                if other == tiling:
+                    continue
+                ready = [w for w in pending[other] if final or w.start + w.covered <= end]
+                pending[other] = pending[other][len(ready) :]
+                batch = self.groups[other].batch
+                for first in range(0, len(ready), batch):
+                    flush(other, ready[first : first + batch])
 
         received = 0
         cutter = stream.WindowCutter([g.spec for g in self.groups], rate)
@@ -443,6 +508,8 @@ class Predictor:
         def take(windows: Iterator) -> None:
             for index, window in windows:
                 pending[index].append(window)
+                if lending and index != tiling:
+                    continue  # flushed with the frame task's batch that covers it (lend)
                 if immediate or len(pending[index]) >= self.groups[index].batch:
                     flush(index)
 
@@ -452,6 +519,9 @@ class Predictor:
         if received == 0:
             raise DataError(f"{name}: empty audio (0 samples)")
         take(cutter.finish())
+        if lending:
+            flush(tiling)
+            lend(final=True)
         for index in pending:
             flush(index)
         duration = received / rate

@@ -292,6 +292,12 @@ class StreamingRunner:
         self.plan = plan
         self.call = call
 
+    def prepare(self, piece: Piece, name: str, values: np.ndarray) -> np.ndarray:
+        """A piece's input for many steps at once, as the call takes it (int8 calls quantise it here
+        once rather than at every step: ``call.prepare``)."""
+        prepare = getattr(self.call, "prepare", None)
+        return values if prepare is None else prepare(piece, name, values)
+
     def embeddings(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """{branch: (frames, F)} for a whole clip: as many embeddings as the windows of the clip give
         (whole seconds, the last one padded with the pad frame), step by step or window by window."""
@@ -317,6 +323,7 @@ class StreamingRunner:
         if tail > 0:
             features = np.concatenate([features, np.broadcast_to(plan.pad_value, (tail, features.shape[1]))])
         states = {s.name: np.zeros((1, *s.shape), np.float32) for s in step.states}
+        features = self.prepare(encoder, "mel", features)
         for k in range(steps):
             inputs = {"mel": features[None, k * step.step_frames : (k + 1) * step.step_frames], **states}
             outputs = self.call(encoder, inputs)
@@ -347,7 +354,7 @@ class StreamingRunner:
             return self.call(piece, {"frames": frames[None]})[piece.model.output_names[0]][0]
         state = np.zeros((1, piece.model.inputs[1].shape[-1]), np.float32)
         scores = []
-        for frame in frames:
+        for frame in self.prepare(piece, "frame", frames):
             out = self.call(piece, {"frame": frame[None], "state": state})
             state = out["new_state"]
             scores.append(out["scores"][0])

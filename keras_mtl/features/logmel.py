@@ -72,15 +72,18 @@ def mel_weight_matrix(config: FrontEndConfig) -> np.ndarray:
 class LogMel:
     """Waveform (samples,) or (batch, samples) at ``config.sample_rate`` -> log-mel (..., frames, n_mels)."""
 
-    def __init__(self, config: FrontEndConfig):
+    def __init__(self, config: FrontEndConfig, float16_values: bool = False):
+        # float16_values: values rounded to float16 (as the feature cache stores them), returned as float32
         self.config = config
+        self.float16_values = float16_values
         self._mel = tf.constant(mel_weight_matrix(config), dtype=tf.float32)
         self._fn = tf.function(self._compute, reduce_retracing=True)
+        self._frames_fn = tf.function(lambda segments: self._compute(segments, pad=False), reduce_retracing=True)
 
-    def _compute(self, waveform):
+    def _compute(self, waveform, pad: bool = True):
         cfg = self.config
         waveform = tf.convert_to_tensor(waveform, tf.float32)
-        if cfg.center:
+        if cfg.center and pad:
             pad = cfg.fft_length // 2
             paddings = [[0, 0]] * (len(waveform.shape) - 1) + [[pad, pad]]
             waveform = tf.pad(waveform, paddings)
@@ -94,7 +97,22 @@ class LogMel:
         )
         power = tf.math.real(stft) ** 2 + tf.math.imag(stft) ** 2
         mel = tf.tensordot(power, self._mel, axes=1)
-        return tf.math.log(tf.maximum(mel, cfg.log_floor))
+        values = tf.math.log(tf.maximum(mel, cfg.log_floor))
+        if self.float16_values:
+            values = tf.cast(tf.cast(values, tf.float16), tf.float32)
+        return values
 
     def __call__(self, waveform) -> np.ndarray:
         return self._fn(np.asarray(waveform, dtype=np.float32)).numpy()
+
+    @property
+    def left_padding(self) -> int:
+        """Samples of zeros before a signal's first frame (half the FFT length when centred, else 0):
+        frame ``i`` covers samples ``[i * hop - left_padding, i * hop - left_padding + window_length)``."""
+        return self.config.fft_length // 2 if self.config.center else 0
+
+    def frames(self, segments) -> np.ndarray:
+        """(n, window_length) segments, each one frame's samples (padding included) -> (n, n_mels): the
+        same operations as ``__call__``, so a frame equals the one ``__call__`` computes over the signal
+        it was cut from (used to recompute only the frames a window's edges change)."""
+        return self._frames_fn(np.asarray(segments, dtype=np.float32)).numpy()[:, 0]
