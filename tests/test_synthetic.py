@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from keras_mtl.data.readers import desed, tau22
 from keras_mtl.data.synth import synthetic
 from keras_mtl.data.synth.synthetic import SyntheticConfig, generate
+from tests.conftest import TINY
 
 
 def _digest(root):
@@ -51,8 +54,49 @@ def test_tau22_reader_reads_what_was_written(tiny_corpus, tiny_config):
     train_locations = {i.key.split("-")[1:3][1] for i in train}
     test_locations = {i.key.split("-")[1:3][1] for i in test}
     assert not train_locations & test_locations
-    data, rate = sf.read(train[0].path)
-    assert rate == 16000 and len(data) == 16000 and np.abs(data).max() > 0.01
+    data, rate = sf.read(train[0].path)  # TAU22's rate (corpora: distinct, the default)
+    assert rate == 44100 and len(data) == 44100 and np.abs(data).max() > 0.01
+
+
+def _level_db(path) -> float:
+    audio, _ = sf.read(path)
+    return float(20 * np.log10(np.sqrt(np.mean(audio**2)) + 1e-12))
+
+
+def _share_above(path, hz: float) -> float:
+    audio, rate = sf.read(path)
+    power = np.abs(np.fft.rfft(audio)) ** 2
+    return float(power[np.fft.rfftfreq(len(audio), 1 / rate) > hz].sum() / power.sum())
+
+
+def test_each_corpus_is_recorded_its_own_way(tiny_corpus):
+    # corpora: distinct (issue 28): ASC loud at 44.1 kHz; DESED's recorded clips (validation, weak,
+    # unlabelled) about 20 dB quieter and band-limited; its synthetic soundscapes clean at 16 kHz
+    asc = [i.path for i in tau22.read_tau22(tiny_corpus / "tau22", "train")]
+    recorded = [i.path for split in ("validation", "weak") for i in desed.read_desed(tiny_corpus / "desed", split)]
+    clean = [i.path for i in desed.read_desed(tiny_corpus / "desed", "synthetic_train")]
+    assert {sf.info(p).samplerate for p in asc} == {44100}
+    assert {sf.info(p).samplerate for p in recorded + clean} == {16000}
+    gap = np.median([_level_db(p) for p in asc]) - np.median([_level_db(p) for p in recorded])
+    assert 14 < gap < 30
+    assert max(_share_above(p, 6500) for p in recorded) < 1e-4 < 1e-3 < np.median([_share_above(p, 6500) for p in clean])
+
+
+def test_alike_corpora_keep_the_sets_and_folders_of_before(tmp_path):
+    from keras_mtl.core.errors import ConfigError
+
+    alike = synthetic.SyntheticConfig(corpora="alike")
+    assert alike.fingerprint() == "9bfe6310"  # the default set's folder before corpora existed
+    assert synthetic.SyntheticConfig().fingerprint() != alike.fingerprint()
+    small = dataclasses.replace(TINY, corpora="alike", asc_train_per_scene=1, asc_test_per_scene=0)
+    plans = synthetic.plan_all(small)
+    assert all(p.get("chain") is None for p in plans["asc_train"])
+    synthetic.generate(tmp_path, small, workers=1)
+    data, rate = sf.read(tmp_path / "tau22" / plans["asc_train"][0]["file"])
+    expected = synthetic.render(plans["asc_train"][0], 16000)
+    assert rate == 16000 and np.abs(data - expected).max() <= 1 / 32768 + 1e-7  # the generator's audio as it was
+    with pytest.raises(ConfigError, match="corpora must be one of"):
+        synthetic.SyntheticConfig(corpora="mixed")
 
 
 def test_desed_reader_reads_what_was_written(tiny_corpus, tiny_config):

@@ -16,6 +16,7 @@ import argparse
 import logging
 
 from keras_mtl.cli import common as cli
+from keras_mtl.data.synth.chains import CORPORA_MODES
 
 log = logging.getLogger(__name__)
 PROG = "keras-mtl train"
@@ -89,6 +90,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "Default: the built-in synthetic data",
     )
     p.add_argument("--difficulty", type=float, help="difficulty of the built-in synthetic data (default 1.0)")
+    p.add_argument(
+        "--corpora",
+        choices=CORPORA_MODES,
+        help="built-in data: each corpus with its own level, band and sample rate (distinct, the default) "
+        "or all alike (the sets of keras-mtl 0.1)",
+    )
     p.add_argument("--output-dir", help="run folder (default: runs/<time>-<tasks>-<strategy>/)")
     p.add_argument("--cache-dir", help="feature cache folder")
     p.add_argument("--seed", type=int)
@@ -184,6 +191,9 @@ def resolve_config(args):
         override["data_root"] = cli.parse_data_roots(args.data_root)
     if args.difficulty is not None:
         override["synthetic"] = {"difficulty": args.difficulty}
+    if args.corpora is not None:
+        override.setdefault("synthetic", {})["corpora"] = args.corpora
+        override["speech_synthetic"] = {"corpora": args.corpora}
     for key in ("seed", "output_dir", "cache_dir", "architecture"):
         if getattr(args, key) is not None:
             override[key] = getattr(args, key)

@@ -31,7 +31,7 @@ from keras_mtl.data.audio import write_wav
 from keras_mtl.data.readers import tau22
 from keras_mtl.data.readers.common_voice import AGE_GROUPS
 from keras_mtl.data.readers.speech_commands import WORDS
-from keras_mtl.data.synth import sounds
+from keras_mtl.data.synth import chains, sounds
 from keras_mtl.data.synth.vad_mix import VadBuildConfig, build_vad_set
 
 log = logging.getLogger(__name__)
@@ -168,9 +168,18 @@ class SpeechSynthConfig:
     vad_train: int = 240
     vad_test: int = 80
     vad_clip_seconds: float = 4.0
+    # "distinct": Speech Commands close-talk at 16 kHz, Common Voice (and the VAD set made from it)
+    # narrow-band at 8 kHz and quieter (keras_mtl.data.synth.chains); "alike": one level and rate
+    corpora: str = "distinct"
+
+    def __post_init__(self):
+        chains.check_mode(self.corpora)
 
     def fingerprint(self) -> str:
-        blob = json.dumps({**dataclasses.asdict(self), "format": FORMAT_VERSION}, sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if fields["corpora"] == "alike":  # the same audio as before the field existed: the same folder
+            del fields["corpora"]
+        blob = json.dumps({**fields, "format": FORMAT_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
@@ -254,6 +263,14 @@ def _mix(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     return (mix * (0.9 / peak) if peak > 0.9 else mix).astype(np.float32)
 
 
+def _recorded(config: SpeechSynthConfig, corpus: str, audio: np.ndarray, seed: list[int]) -> tuple[np.ndarray, int]:
+    """A clip as ``corpus`` holds it (its chain's gain, band and rate with ``corpora: distinct``)."""
+    if config.corpora == "alike":
+        return audio, config.sample_rate
+    chain = chains.CHAINS[corpus]
+    return chain.apply(audio, config.sample_rate, chains.chain_rng(seed)), chain.sample_rate
+
+
 def _split_of(speaker: Speaker) -> str:
     bucket = int(speaker.ident, 16) % 10
     return "test" if bucket < 2 else "validation" if bucket < 3 else "train"
@@ -291,7 +308,13 @@ def generate_speech(root: str | Path, config: SpeechSynthConfig) -> Path:
         clip = np.zeros(sr, np.float32)
         start = int(rng.integers(0, sr - len(spoken) + 1))
         clip[start : start + len(spoken)] = spoken
-        write_wav(sc / rel, _mix(clip, _noise(rng, sr, sr), rng.uniform(snr_low, snr_high)), sr)
+        audio, rate = _recorded(
+            config,
+            "speech_commands",
+            _mix(clip, _noise(rng, sr, sr), rng.uniform(snr_low, snr_high)),
+            [config.seed, 21, index],
+        )
+        write_wav(sc / rel, audio, rate)
     noise_dir = sc / "_background_noise_"
     for k in range(4):
         if not (noise_dir / f"synthetic_noise_{k}.wav").is_file():
@@ -320,8 +343,9 @@ def generate_speech(root: str | Path, config: SpeechSynthConfig) -> Path:
             audio_rng = np.random.default_rng([config.seed, 31, index, 1])
             spoken = _trim(_render_speech(engine, speaker, sentence, audio_rng, sr), sr)[: 3 * sr]
             audio = _mix(spoken, _noise(audio_rng, len(spoken), sr), audio_rng.uniform(snr_low - 8, snr_high - 4))
+            audio, rate = _recorded(config, "common_voice", audio, [config.seed, 31, index])
             with fileio.atomic_path(path) as tmp:
-                sf.write(str(tmp), audio, sr, format=fmt)
+                sf.write(str(tmp), audio, rate, format=fmt)
         rows[_split_of(speaker)].append("\t".join([speaker.ident, name, sentence, "2", "0", age, gender, "", "en", ""]))
     header = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccents\tlocale\tsegment"
     for split, file in (("train", "train.tsv"), ("validation", "dev.tsv"), ("test", "test.tsv")):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from keras_mtl.core import fileio
 from keras_mtl.data.audio import write_wav
 from keras_mtl.data.readers import desed, tau22
-from keras_mtl.data.synth import sounds
+from keras_mtl.data.synth import chains, sounds
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,10 @@ class SyntheticConfig:
 
     ``difficulty`` scales every source of confusion together: spread of scene parameters,
     device colouring, mixing of each scene towards another one, and the event SNR range
-    (0 = easy, 1 = default, 2 = hard).
+    (0 = easy, 1 = default, 2 = hard). ``corpora``: "distinct" (default) records each corpus with
+    its own level, band and sample rate (keras_mtl.data.synth.chains: TAU22 loud at 44.1 kHz, DESED's
+    synthetic soundscapes clean, its weak/unlabelled/validation clips about 20 dB quieter and
+    band-limited); "alike": one generator at one level for every corpus (the sets of keras-mtl 0.1).
     """
 
     seed: int = 0
@@ -65,11 +68,17 @@ class SyntheticConfig:
     # strongly labelled clips in DCASE 2022's strong_real layout (the MTL-VAE's fourth data type); the
     # generator has no real recordings: these come from the same generator as synthetic_train
     sed_strong_real: int = 0
+    corpora: str = "distinct"
+
+    def __post_init__(self):
+        chains.check_mode(self.corpora)
 
     def fingerprint(self) -> str:
         fields = dataclasses.asdict(self)
         if not fields["sed_strong_real"]:  # sets made before the field existed keep their folder
             del fields["sed_strong_real"]
+        if fields["corpora"] == "alike":  # the same audio as before the field existed: the same folder
+            del fields["corpora"]
         blob = json.dumps({**fields, "format": FORMAT_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
@@ -182,6 +191,7 @@ def _plan_asc(config: SyntheticConfig, split: str, per_scene: int) -> list[dict]
                     events=events,
                     seconds=config.asc_clip_seconds,
                     seed=[config.seed, SPLIT_IDS[split], index, 1],
+                    chain="tau22" if config.corpora == "distinct" else None,
                 )
             )
             index += 1
@@ -227,6 +237,11 @@ def _plan_sed(config: SyntheticConfig, split: str, count: int) -> list[dict]:
                 events=events,
                 seconds=length,
                 seed=[config.seed, SPLIT_IDS[split], index, 1],
+                chain=None
+                if config.corpora == "alike"
+                else "desed_synthetic"
+                if split == "synthetic_train"
+                else "desed_recorded",
             )
         )
     return plans
@@ -273,7 +288,11 @@ def render(plan: dict, sample_rate: int) -> np.ndarray:
 
 def _render_job(job):
     path, plan, sample_rate = job
-    write_wav(path, render(plan, sample_rate), sample_rate)
+    audio = render(plan, sample_rate)
+    if plan.get("chain"):  # the corpus's level, band and sample rate
+        chain = chains.CHAINS[plan["chain"]]
+        audio, sample_rate = chain.apply(audio, sample_rate, chains.chain_rng(plan["seed"])), chain.sample_rate
+    write_wav(path, audio, sample_rate)
 
 
 def _render_all(jobs, sample_rate: int, workers: int | None) -> None:
