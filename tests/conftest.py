@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -109,6 +112,31 @@ def exported(tiny_run):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return tiny_run.path / "export"
+
+
+def run_cli(argv: list[str], env: dict[str, str] | None = None) -> SimpleNamespace:
+    """``keras-mtl ARGV`` through its console entry point in this process, with ``env`` set meanwhile:
+    the exit code, stdout and stderr a user sees (``error:`` lines included), without the ~6 s a new
+    Python spends importing TensorFlow. For the commands' refusals; end-to-end runs use subprocesses."""
+    from keras_mtl.cli.main import run
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run([str(a) for a in argv])
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def keras_mtl_command() -> list[str]:

@@ -72,6 +72,7 @@ def _train_inference_gap(strategy, tasks, data) -> dict:
     }
 
 
+@pytest.mark.slow  # trains a network for every batch-norm mode (about a minute)
 def test_each_corpus_trains_with_the_statistics_it_is_deployed_with():
     # Bounds. Batch Renormalization's training pass normalises with the moving statistics themselves (the
     # renorm averages, with the layer's momentum, are the same running averages): float rounding alone

@@ -368,6 +368,7 @@ def test_generated_sources_compile_and_c_front_end_matches_python(exported, tmp_
             assert np.abs(c_features - python_features).max() <= 1e-3
 
 
+@pytest.mark.slow  # needs the shared tiny run, trained and exported through the command line
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="no host C compiler")
 def test_c_front_end_with_the_cmsis_dsp_fft_matches_the_python_front_end(exported):
     """The Cortex-M front end's FFT (CMSIS-DSP arm_rfft_fast_f32 from the cmsisdsp sdist), built for

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,17 +15,18 @@ import soundfile as sf
 import yaml
 
 from keras_mtl.runs.config import load_preset, preset_names
-from tests.conftest import TINY_RUN_ARGS
+from tests.conftest import TINY_RUN_ARGS, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "scripts" / "train.py"
 
 
 def run_train(*args, env_dirs: Path | None = None, env: dict | None = None, timeout=600):
+    """``env_dirs``: the command in this process (conftest.run_cli) with data and cache there; ``env``:
+    ``scripts/train.py`` in a subprocess with that environment (the end-to-end runs)."""
     if env is None:
-        env = dict(os.environ)
-        env["KERAS_MTL_DATA_DIR"] = str(env_dirs / "data")
-        env["KERAS_MTL_CACHE_DIR"] = str(env_dirs / "cache")
+        dirs = {"KERAS_MTL_DATA_DIR": str(env_dirs / "data"), "KERAS_MTL_CACHE_DIR": str(env_dirs / "cache")}
+        return run_cli(["train", *args], dirs)
     return subprocess.run([sys.executable, str(TRAIN), *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
