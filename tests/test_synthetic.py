@@ -79,7 +79,9 @@ def test_each_corpus_is_recorded_its_own_way(tiny_corpus):
     assert {sf.info(p).samplerate for p in recorded + clean} == {16000}
     gap = np.median([_level_db(p) for p in asc]) - np.median([_level_db(p) for p in recorded])
     assert 14 < gap < 30
-    assert max(_share_above(p, 6500) for p in recorded) < 1e-4 < 1e-3 < np.median([_share_above(p, 6500) for p in clean])
+    assert (
+        max(_share_above(p, 6500) for p in recorded) < 1e-4 < 1e-3 < np.median([_share_above(p, 6500) for p in clean])
+    )
 
 
 def test_alike_corpora_keep_the_sets_and_folders_of_before(tmp_path):
