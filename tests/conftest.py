@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import io
+import json
 import os
 import subprocess
 import sys
@@ -84,33 +86,58 @@ def tiny_env(session_dirs) -> dict:
     return dict(os.environ)
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """An exclusive lock on ``path`` (fcntl.flock), held by one pytest process at a time."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _shared_folder(tmp_path_factory, worker_id: str) -> Path:
+    """A folder common to every xdist worker of this pytest run (the workers' base folders' parent)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, tiny_env) -> TrainedRun:
-    """One tiny ASC+SED run, trained once per pytest run through ``scripts/train.py`` (TINY_RUN_ARGS)
-    and shared by the CLI tests (train, evaluate, export, firmware, compress)."""
-    out = tmp_path_factory.mktemp("tiny-run") / "run"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "train.py"), *TINY_RUN_ARGS, "--output-dir", str(out)],
-        capture_output=True,
-        text=True,
-        env=tiny_env,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return TrainedRun(out, tiny_env, result.stdout, result.stderr)
+def tiny_run(tmp_path_factory, tiny_env, worker_id) -> TrainedRun:
+    """One tiny ASC+SED run, trained once per pytest run through ``scripts/train.py`` (TINY_RUN_ARGS) and
+    exported by ``scripts/export.py`` into its export/ folder, shared by the CLI tests (train, evaluate,
+    export, predict, firmware, compress) of every xdist worker: the first worker that needs it makes
+    it while the others wait (a lock), with that worker's data and feature cache (its ``env``)."""
+    shared = _shared_folder(tmp_path_factory, worker_id) / "tiny-run"
+    shared.mkdir(exist_ok=True)
+    out, record = shared / "run", shared / "made.json"
+    with _exclusive(shared / "lock"):
+        if not record.is_file():
+            result = subprocess.run(
+                [sys.executable, str(REPO / "scripts" / "train.py"), *TINY_RUN_ARGS, "--output-dir", str(out)],
+                capture_output=True,
+                text=True,
+                env=tiny_env,
+                timeout=900,
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
+            export = subprocess.run(
+                [sys.executable, str(REPO / "scripts" / "export.py"), str(out), "--calibration-clips", "4"],
+                capture_output=True,
+                text=True,
+                env=tiny_env,
+                timeout=600,
+            )
+            assert export.returncode == 0, export.stderr[-3000:]
+            record.write_text(json.dumps({"env": tiny_env, "stdout": result.stdout, "stderr": result.stderr}))
+        made = json.loads(record.read_text())
+    return TrainedRun(out, made["env"], made["stdout"], made["stderr"])
 
 
 @pytest.fixture(scope="session")
 def exported(tiny_run):
-    """The shared tiny ASC+SED run, exported by scripts/export.py into its export/ folder (once per session)."""
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "export.py"), str(tiny_run.path), "--calibration-clips", "4"],
-        capture_output=True,
-        text=True,
-        env=tiny_run.env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    """The shared tiny ASC+SED run's export/ folder (scripts/export.py, made with the run)."""
     return tiny_run.path / "export"
 
 
