@@ -80,6 +80,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"built-in configuration: {', '.join(cli.preset_names())} (default: default)",
     )
     p.add_argument("--config", help="YAML file overriding the preset (e.g. a run folder's config.yaml)")
+    p.add_argument(
+        "--teacher",
+        action="append",
+        metavar="RUN",
+        help="knowledge distillation from a finished run whose tasks cover some of this run's (repeatable: "
+        "several teachers of a task are averaged)",
+    )
+    p.add_argument(
+        "--teacher-outputs",
+        metavar="DIR",
+        help="knowledge distillation from outputs computed elsewhere: DIR/teacher.json and DIR/<task>/<clip>.npy "
+        "(docs: Training, knowledge distillation)",
+    )
+    p.add_argument("--distill-weight", help="weight of the distillation loss: one for all tasks, or task=W,...")
+    p.add_argument("--distill-temperature", help="softmax temperature of clip tasks' distillation: T or task=T,...")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", help="one size for all tasks, or task=N,... (e.g. asc=64,sed=16)")
     p.add_argument("--learning-rate", type=float)
@@ -185,6 +200,15 @@ def resolve_config(args):
         training["batch_size"] = (
             {safe_name(t): n for t, n in sizes.items()} if isinstance(sizes, dict) else {t: sizes for t in tasks}
         )
+    if args.teacher:
+        training["teachers"] = list(args.teacher)
+    if args.teacher_outputs:
+        training["teacher_outputs"] = args.teacher_outputs
+    for option, key in (("--distill-weight", "distill_weight"), ("--distill-temperature", "distill_temperature")):
+        text = getattr(args, key)
+        if text:
+            values = cli.parse_task_values(text, option, float)
+            training[key] = {safe_name(t): v for t, v in values.items()} if isinstance(values, dict) else values
     if training:
         override["training"] = training
     if args.data_root:

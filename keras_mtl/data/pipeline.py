@@ -41,6 +41,9 @@ class TaskSplit:
     # (keras_mtl.data.items.windows_of), ``recordings[recording_index[i]]`` the recording of item i
     recordings: list[AudioItem] | None = None
     recording_index: list[int] | None = None
+    # knowledge distillation: a teacher's outputs per item, shaped as the task's output for one item
+    # ((classes,) or (output_frames, classes)); training batches then carry them (key "teacher")
+    teacher: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -212,13 +215,23 @@ def make_dataset(
     augment: AugmentConfig | None = None,
     seed: int = 0,
 ) -> tf.data.Dataset:
-    """(features, target) batches. Training: cached, shuffled each epoch, masked, repeated forever."""
-    dataset = _feature_dataset(split, split.targets, split.task.target_spec(split.output_frames))
+    """(features, target) batches. Training: cached, shuffled each epoch, masked, repeated forever; with
+    teacher outputs (``split.teacher``) the targets are ``{"target": target, "teacher": outputs}``."""
+    signature = split.task.target_spec(split.output_frames)
+    targets = split.targets
+    if training and split.teacher is not None:
+        targets = [{"target": t, "teacher": s} for t, s in zip(split.targets, split.teacher)]
+        signature = {"target": signature, "teacher": _teacher_spec(split)}
+    dataset = _feature_dataset(split, targets, signature)
     if training:
         dataset = _training_batches(dataset, len(split), batch_size, augment, seed)
     else:
         dataset = dataset.batch(batch_size)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _teacher_spec(split: TaskSplit) -> tf.TensorSpec:
+    return tf.TensorSpec(np.shape(split.teacher[0]), tf.float32)
 
 
 def weak_target(item: AudioItem, classes) -> np.ndarray:
@@ -242,7 +255,8 @@ def make_semi_supervised_dataset(
     (strong, weak, unlabeled[, strong real]) items in that order (a size of 0 or a missing split:
     none), with targets ``{"strong": (B, T, C) frame labels (zeros where unknown), "weak": (B, C)
     clip tags (strong items: any frame active), "role": (B,) 0 strong / 1 weak / 2 unlabeled /
-    3 strong real}``."""
+    3 strong real}``, and ``"teacher"``: (B, T, C) a teacher's frame outputs when every split has them
+    (``TaskSplit.teacher``)."""
     task = strong.task
     n_frames, n_classes = strong.output_frames, task.n_classes
     signature = {
@@ -250,6 +264,10 @@ def make_semi_supervised_dataset(
         "weak": tf.TensorSpec((n_classes,), tf.float32),
         "role": tf.TensorSpec((), tf.int32),
     }
+    used = [s for s, size in zip((strong, weak, unlabeled, strong_real), batch_sizes) if s is not None and size > 0]
+    distilled = bool(used) and all(s.teacher is not None for s in used)
+    if distilled:
+        signature["teacher"] = _teacher_spec(strong)
     no_frames = np.zeros((n_frames, n_classes), np.float32)
     parts = []
     for role, (split, size) in enumerate(zip((strong, weak, unlabeled, strong_real), batch_sizes)):
@@ -266,6 +284,8 @@ def make_semi_supervised_dataset(
             targets = [
                 {"strong": no_frames, "weak": np.zeros(n_classes, np.float32), "role": np.int32(2)} for _ in split.items
             ]
+        if distilled:
+            targets = [{**t, "teacher": s} for t, s in zip(targets, split.teacher)]
         dataset = _feature_dataset(split, targets, signature)
         parts.append(_training_batches(dataset, len(split), size, augment, seed + role))
     if not parts:

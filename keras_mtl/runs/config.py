@@ -52,9 +52,24 @@ class TrainingConfig:
     joint_bn_gradient: str = "own"
     kl_weight: float = 1.0  # mtl-vae: weight of the KL term after the warm-up
     kl_warmup_fraction: float = 0.0  # mtl-vae: the KL weight rises linearly from 0 over this share of the steps
+    # knowledge distillation (keras_mtl.training.distill): finished runs whose tasks cover some of this run's
+    # (--teacher, repeatable), or a folder of precomputed teacher outputs (--teacher-outputs); per task
+    # (a number for all, or {task: value}): the weight of the distillation loss and the softmax temperature
+    teachers: tuple = ()
+    teacher_outputs: str | None = None
+    distill_weight: float | dict = 1.0
+    distill_temperature: float | dict = 2.0
 
     def batch_for(self, task_name: str) -> int:
         return int(self.batch_size.get(task_name, self.default_batch_size))
+
+    def distillation_for(self, task_name: str) -> tuple[float, float]:
+        """(weight, temperature) of a task's distillation loss."""
+
+        def pick(setting, default: float) -> float:
+            return float(setting.get(task_name, default) if isinstance(setting, dict) else setting)
+
+        return pick(self.distill_weight, 1.0), pick(self.distill_temperature, 2.0)
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -77,6 +92,16 @@ class TrainingConfig:
             raise ConfigError(f"training.joint_bn_gradient must be own or exact, not {self.joint_bn_gradient!r}")
         if self.steps_per_epoch is not None and int(self.steps_per_epoch) < 1:
             raise ConfigError("training.steps_per_epoch must be at least 1")
+        object.__setattr__(self, "teachers", tuple(str(t) for t in self.teachers or ()))
+        for name, setting in (("distill_weight", self.distill_weight), ("distill_temperature", self.distill_temperature)):
+            values = setting.values() if isinstance(setting, dict) else [setting]
+            if any(not isinstance(v, (int, float)) or v < 0 for v in values):
+                raise ConfigError(f"training.{name} must be a number >= 0 or {{task: number}}, not {setting!r}")
+        temperatures = self.distill_temperature.values() if isinstance(self.distill_temperature, dict) else [
+            self.distill_temperature
+        ]
+        if any(t <= 0 for t in temperatures):
+            raise ConfigError("training.distill_temperature must be positive")
 
     def semi_supervised_batches(self, task_name: str) -> tuple[int, int, int, int]:
         """(strong, weak, unlabeled, strong real) items per semi-supervised batch of a frame task."""

@@ -28,7 +28,7 @@ from keras_mtl.runs.folder import (
 from keras_mtl.runs.inputs import PreparedData, prepare_data
 from keras_mtl.runs.network import build_network, check_deployable
 from keras_mtl.tasks.registry import resolve_tasks
-from keras_mtl.training import weighting
+from keras_mtl.training import distill, weighting
 from keras_mtl.training.callbacks import BatchLossWriter, EpochCheckpoint, EpochValidation, HistoryWriter, checkpoint_of
 from keras_mtl.training.distribution import make_distribution, worker_role
 from keras_mtl.training.evaluate import evaluate_tasks
@@ -158,6 +158,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
     config = resolve_batch_norm(resolve_weighting(config))
     strategy_name, strategy_cls = check_strategy_options(config)
     check_deployable(config)  # a network that trains but cannot export is refused before any work
+    distill.check_teachers(config, tasks)  # a teacher that cannot teach this run, before any data is read
     started = time.monotonic()
 
     if dry_run:
@@ -166,6 +167,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
 
     out = _run_folder(config, resume, overwrite)
     data = prepare_data(config, tasks)
+    distilled = distill.attach_teacher_outputs(config, tasks, data, out)
     prep_seconds = time.monotonic() - started
     mean, var = feature_statistics(list(data.train.values()))
 
@@ -255,6 +257,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
         "batch_norm": config.batch_norm,
         "loss_weights": {name: float(w.numpy()) for name, w in strategy.loss_weights.items()},
         "mean_teacher": sorted(data.semi),
+        "distillation": distilled,
         "phases": [p for p in phases if p is not None],
         "epochs": tc.epochs * len(phases),
         "steps_per_epoch": steps,

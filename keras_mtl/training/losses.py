@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from keras_mtl.core.backend import keras, tf
+from keras_mtl.tasks.registry import ClipClassificationTask
 
 
 def bce(y_true, y_pred):
@@ -12,3 +13,24 @@ def bce(y_true, y_pred):
         return tf.constant(0.0)
     values = keras.losses.binary_crossentropy(y_true, y_pred)
     return tf.math.divide_no_nan(tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32))
+
+
+def softened_kl(teacher, student, temperature: float):
+    """Knowledge distillation of a single-label clip task (Hinton et al. 2015, "Distilling the knowledge
+    in a neural network"): T² · KL(softmax(log t / T) ‖ softmax(log s / T)), mean over the batch.
+    ``teacher``, ``student``: (B, C) class probabilities (softmax outputs; the logits are their logs up
+    to a constant, which the softmax removes); ``temperature`` T > 0. Returns a scalar."""
+    eps = 1e-7
+    log_t = tf.nn.log_softmax(tf.math.log(tf.cast(teacher, tf.float32) + eps) / temperature, axis=-1)
+    log_s = tf.nn.log_softmax(tf.math.log(tf.cast(student, tf.float32) + eps) / temperature, axis=-1)
+    kl = tf.reduce_sum(tf.exp(log_t) * (log_t - log_s), axis=-1)
+    return temperature**2 * tf.reduce_mean(kl)
+
+
+def distillation_loss(task, teacher, student, temperature: float):
+    """The distillation term of ``task``: softened_kl for single-label clip tasks (softmax outputs),
+    binary cross-entropy to the teacher's probabilities for multi-label clip and frame tasks (each
+    class its own sigmoid; the temperature does not apply). Shapes: the task's output, (B, ...)."""
+    if task.level == "clip" and isinstance(task, ClipClassificationTask):
+        return softened_kl(teacher, student, temperature)
+    return bce(tf.cast(teacher, tf.float32), student)

@@ -30,7 +30,7 @@ from keras_mtl.models import normalization
 from keras_mtl.models.joint import JointForward
 from keras_mtl.models.mtl import task_submodel
 from keras_mtl.training import balancing
-from keras_mtl.training.losses import bce
+from keras_mtl.training.losses import bce, distillation_loss
 
 STRONG, WEAK, UNLABELED, STRONG_REAL = 0, 1, 2, 3  # item roles in a semi-supervised batch
 
@@ -67,7 +67,9 @@ class StrategyOptions:
     each corpus trains with the mixture statistics inference uses (False: one pass per task);
     ``gradnorm_min_share``: GradNorm keeps every task's weight at least this share of an equal one (1/K);
     ``joint_bn_exact``: with ``joint_batch_norm``, each task's loss differentiates through every task's share
-    of the pooled statistics (the exact gradient of the joint pass), not its own share alone."""
+    of the pooled statistics (the exact gradient of the joint pass), not its own share alone;
+    ``distillation``: {task: (weight, temperature)} of the tasks whose batches carry a teacher's outputs
+    (keras_mtl.training.distill): their loss adds weight × losses.distillation_loss."""
 
     loss_weights: dict | None = None
     mean_teacher_tasks: tuple = ()
@@ -78,6 +80,7 @@ class StrategyOptions:
     joint_batch_norm: bool = False
     gradnorm_min_share: float = 0.0
     joint_bn_exact: bool = False
+    distillation: dict | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mean_teacher_tasks", tuple(self.mean_teacher_tasks or ()))
@@ -161,6 +164,7 @@ class MultiTaskStrategy(keras.Model):
         self.consistency_weight = float(options.consistency_weight)
         self.rampup_steps = int(options.rampup_steps)
         self.cross_weight = float(getattr(options, "cross_weight", 0.0))
+        self.distillation = dict(options.distillation or {})
         self.max_ema_decay = float(options.max_ema_decay)
         self.heads = {name: self._heads(network, name) for name in self.task_names}
         self.joint = None
@@ -211,6 +215,9 @@ class MultiTaskStrategy(keras.Model):
             joint_batch_norm=normalization.resolve_mode(config.batch_norm, len(config.tasks)) == "joint",
             gradnorm_min_share=tc.gradnorm_min_share,
             joint_bn_exact=tc.joint_bn_gradient == "exact",
+            distillation={t: tc.distillation_for(t) for t in config.tasks}
+            if tc.teachers or tc.teacher_outputs
+            else None,
         )
         fields = {f.name for f in dataclasses.fields(cls.Options)}
         return cls.Options(**{key: value for key, value in values.items() if key in fields})
@@ -250,6 +257,10 @@ class MultiTaskStrategy(keras.Model):
         """(loss, targets, strong predictions) of ``task`` on its own batch, including the
         mean-teacher consistency and, for the Cross strategies, the distillation of the other tasks.
         ``student``: the network's outputs for the batch when computed already (the joint forward pass)."""
+        distilled = isinstance(targets, dict) and "teacher" in targets
+        soft = targets["teacher"] if distilled else None
+        if distilled and "target" in targets:
+            targets = targets["target"]
         semi = task.name in self.mean_teacher_tasks and isinstance(targets, dict)
         if self.cross and training:
             student = self.network(features, training=True) if student is None else student
@@ -259,14 +270,14 @@ class MultiTaskStrategy(keras.Model):
                 student = self.heads[task.name](features, training=training)
             teacher = self.teacher_heads[task.name](features, training=False) if semi and training else None
         prediction = student[task.name]
+        extra = self._cross_loss(task, student, teacher, training)
+        if distilled:
+            weight, temperature = (self.distillation or {}).get(task.name, (1.0, 2.0))
+            extra += weight * distillation_loss(task, soft, prediction, temperature)
         if not semi:
-            return (
-                task.loss(targets, prediction) + self._cross_loss(task, student, teacher, training),
-                targets,
-                prediction,
-            )
+            return task.loss(targets, prediction) + extra, targets, prediction
         loss, strong_targets, strong_predictions = self._semi_supervised_loss(task, targets, student, teacher, training)
-        return loss + self._cross_loss(task, student, teacher, training), strong_targets, strong_predictions
+        return loss + extra, strong_targets, strong_predictions
 
     def _cross_loss(self, task, student, teacher, training: bool):
         if not (self.cross and training):
