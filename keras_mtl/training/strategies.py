@@ -124,6 +124,7 @@ class MultiTaskStrategy(keras.Model):
     phased = False  # trains in phases (one per task) and takes ``order``
     architecture_only = False  # comes with an architecture (its ``strategy``), not chosen with --strategy
     joint_statistics = True  # takes ``joint_batch_norm`` (FreezeMTL trains one task per phase and freezes it)
+    distils = True  # its task losses add the distillation term of batches that carry teacher outputs
 
     def __init__(self, network: keras.Model, tasks: Sequence, options: StrategyOptions | None = None, **kwargs):
         fields = {f.name for f in dataclasses.fields(self.Options)}
@@ -228,6 +229,8 @@ class MultiTaskStrategy(keras.Model):
         it), before any data is read."""
         if len(config.tasks) < cls.min_tasks:
             raise ConfigError(f"--strategy {name} needs at least two tasks")
+        if (config.training.teachers or config.training.teacher_outputs) and not cls.distils:
+            raise ConfigError(f"knowledge distillation (--teacher, --teacher-outputs) does not apply to {name}")
         if config.order and not cls.phased:
             raise ConfigError("--order is for --strategy freeze")
         if (config.alpha is not None or config.loss_weights) and not cls.sums_losses:

@@ -27,6 +27,8 @@ class VAEOptions(StrategyOptions):
 class MTLVAE(MultiTaskStrategy):
     """Trains the MTL-VAE on a frame task's semi-supervised batches (see the module docstring)."""
 
+    distils = False  # its own loss (reconstruction, KL, strong/weak BCE): no distillation term
+
     Options = VAEOptions
     architecture_only = True
 
