@@ -110,6 +110,11 @@ def test_teachers_that_cannot_teach_are_one_error_line_before_any_data_is_read(t
     cases.append((["--teacher-outputs", other], "names none of this run's tasks"))
     cases.append((["--teacher-outputs", tmp_path / "empty"], "no teacher.json"))
     cases.append((["--distill-temperature", "0", "--teacher-outputs", other], "distill_temperature must be positive"))
+    (sed,) = parse_task_set("sed")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "teacher.json").write_text(json.dumps({"tasks": {"sed": {"level": "frame", "classes": sed.classes}}}))
+    cases.append((["--task-set", "sed", "--architecture", "mtl-vae", "--teacher-outputs", frames], "does not apply"))
     for args, fragment in cases:
         result = run_cli(
             ["train", "--preset", "tiny", "--task-set", "asc", *args, "--output-dir", tmp_path / "r"], dirs
