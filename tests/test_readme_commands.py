@@ -126,6 +126,7 @@ COMMANDS = {
         COVERED,
         "tests/test_cross_corpus.py::test_cross_corpus_experiment_end_to_end",
     ),
+    "python scripts/experiment.py distill --seeds 0,1,2": (RUN, ("experiment", "distill", "--seeds", "0", "--dry-run")),
     "python scripts/experiment.py balancing-speech --seeds 0,1,2": (
         RUN,
         ("experiment", "balancing-speech", "--seeds", "0,1,2", "--dry-run"),

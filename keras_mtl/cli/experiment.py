@@ -26,7 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "experiment",
-        help="strategies (seed 000 Table 3), weighting (seed 003), vae-data or vae-encoder (seed 002), balancing or balancing-speech (task balancing methods)",
+        help="strategies (seed 000 Table 3), weighting (seed 003), vae-data or vae-encoder (seed 002), balancing or "
+        "balancing-speech (task balancing methods), cross-corpus (issue 28), distill (issue 29)",
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--rows", help="only these rows (comma-separated names; see --dry-run)")

@@ -8,6 +8,8 @@
                 + weak, + unlabelled reconstruction, + strong real; and strong real alone); SED
                 event-based and segment-based macro F1
     vae-encoder seed 002 Fig. 3: deterministic vs variational encoder, all four data types
+    distill     issue 29: the board student with and without distillation from the single-task models,
+                against two single-task board models at half its MACs each
 
 Layout: ``<out>/rows/<row>/seed<k>/`` is a normal run folder; a row whose ``metrics.json`` exists
 is not trained again, so an interrupted experiment resumes where it stopped. ``table.md``,
@@ -134,6 +136,29 @@ def _preset_row(preset: str, tasks) -> dict:
     return {"tasks": list(tasks), "strategy": "soft", "weighting": "auto", **settings}
 
 
+def _distill_rows(tasks) -> tuple:
+    """Issue 29's fair comparison for ``tasks``: the default single-task models (the teachers); the
+    board student without and with distillation from them; and the pair of single-task board models a
+    user would build instead, each at about half the board model's MACs (channels scaled by ~0.7)."""
+    half = {"channels": [6, 12, 22, 44, 44]}
+    singles = tuple(Row(f"single-{t}", f"single-task {t.upper()} (default, teacher)", {"tasks": [t]}) for t in tasks)
+    board = _preset_row("board", tasks)
+    teachers = [f"@single-{t}" for t in tasks]
+    rows = singles + (
+        Row("board", "board student, no distillation", board),
+        Row(
+            "board-distilled",
+            "board student distilled from the single-task models",
+            run_config.merge(board, {"training": {"teachers": teachers}}),
+        ),
+    )
+    for t in tasks:
+        alone = _preset_row("board", (t,))
+        alone["model"] = {**alone.get("model", {}), **half}
+        rows += (Row(f"board-half-{t}", f"single-task {t.upper()}, board model at half its MACs", alone),)
+    return rows
+
+
 EXPERIMENTS = {
     "strategies": Experiment(
         "strategies",
@@ -191,6 +216,18 @@ EXPERIMENTS = {
             preset_row="default: gradnorm, wider last blocks, SCR and VAD each their own last block",
         ),
         columns=tuple((t, f"{t.upper()} headline") for t in SPEECH),
+    ),
+    "distill": Experiment(
+        "distill",
+        "Knowledge distillation into the board model (issue 29): the student against the single-task "
+        "models and against two half-budget single-task board models",
+        _distill_rows(("asc", "sed")),
+        columns=(
+            ("asc", "ASC accuracy"),
+            ("sed", "SED event-based F1"),
+            ("sed:segment_f1_macro", "SED segment-F1"),
+            ("sed:psds1", "SED PSDS1"),
+        ),
     ),
     "cross-corpus": Experiment(
         "cross-corpus",
@@ -316,6 +353,12 @@ def row_config(base: dict, row: Row, seed: int, output_dir: Path) -> run_config.
     data = run_config.merge(
         run_config.for_task_set(base, tasks), {**row.settings, "seed": seed, "output_dir": str(output_dir)}
     )
+    training = data.get("training") or {}
+    if training.get("teachers"):  # "@row": that row's run of the same seed (trained before this one)
+        training["teachers"] = [
+            str(output_dir.parent.parent / t[1:] / output_dir.name) if str(t).startswith("@") else t
+            for t in training["teachers"]
+        ]
     if data.get("custom_tasks"):  # the experiment's task definitions that this row trains
         used = set(data.get("tasks") or ())
         data["custom_tasks"] = {name: spec for name, spec in data["custom_tasks"].items() if name in used} or None

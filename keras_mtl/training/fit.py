@@ -158,12 +158,12 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
     config = resolve_batch_norm(resolve_weighting(config))
     strategy_name, strategy_cls = check_strategy_options(config)
     check_deployable(config)  # a network that trains but cannot export is refused before any work
-    distill.check_teachers(config, tasks)  # a teacher that cannot teach this run, before any data is read
     started = time.monotonic()
 
-    if dry_run:
+    if dry_run:  # (an experiment's dry run lists rows whose teachers are trained by earlier rows)
         network = build_network(config, tasks)
         return describe_run(network, tasks, config, output_dir=None)
+    distill.check_teachers(config, tasks)  # a teacher that cannot teach this run, before any data is read
 
     out = _run_folder(config, resume, overwrite)
     data = prepare_data(config, tasks)
