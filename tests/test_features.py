@@ -101,3 +101,33 @@ def test_feature_cache_round_trip_and_invalidation(tmp_path):
 
     os.utime(wav, ns=(1, 1))
     assert cache.load(wav, 16000) is None
+
+
+def test_running_level_follows_its_recursion_and_removes_a_gain():
+    """running_level equals the recursion the C front end runs (mean so far, then an exponential
+    average); normalize_level removes a constant offset (a gain in the log domain) exactly."""
+    from keras_mtl.features.logmel import normalize_level, running_level
+
+    rng = np.random.default_rng(0)
+    levels = rng.standard_normal((2, 300)) * 3
+    level = running_level(levels, 40)
+    for row, out in zip(levels, level):
+        m = 0.0
+        for t, value in enumerate(row):
+            m += max(1.0 / (t + 1), 1.0 / 40) * (value - m)
+            assert out[t] == pytest.approx(m, abs=1e-9)
+    values = rng.standard_normal((300, 16)).astype(np.float32)
+    assert np.abs(normalize_level(values + 7.5, 40) - normalize_level(values, 40)).max() < 1e-5
+    assert np.allclose(normalize_level(values, 1), values - values.mean(axis=1, keepdims=True), atol=1e-6)
+
+
+def test_level_normalisation_is_off_by_default_and_keeps_old_cache_keys():
+    assert FrontEndConfig().level_frames == 0
+    assert FrontEndConfig().fingerprint() == FrontEndConfig(level_seconds=0).fingerprint()
+    assert FrontEndConfig(level_seconds=5).fingerprint() != FrontEndConfig().fingerprint()
+    assert FrontEndConfig(level_seconds=5).level_frames == 500
+    with pytest.raises(ValueError, match="level_seconds"):
+        FrontEndConfig(level_seconds=-1)
+    rng = np.random.default_rng(1)
+    audio = (0.1 * rng.standard_normal(16000)).astype(np.float32)
+    assert np.array_equal(LogMel(FrontEndConfig())(audio), LogMel(FrontEndConfig()).raw(audio))

@@ -416,6 +416,32 @@ def test_clip_windows_sharing_the_frame_task_s_frames_get_the_features_they_woul
     assert np.array_equal(shared.scores["sed"], own.scores["sed"]) and shared.events == own.events
 
 
+def test_level_normalised_windows_get_the_features_training_computes():
+    """level_seconds > 0: every window is level-normalised from its own first frame, as the feature
+    cache normalises a training clip (LogMel on the window, float16), whether its frames were lent by
+    the frame task's window or computed; and a recording 20 dB quieter gets the same scores."""
+    from keras_mtl.deploy.predict import Predictor
+    from keras_mtl.features.logmel import FrontEndConfig, LogMel
+
+    rng = np.random.default_rng(5)
+    audio = (0.1 * rng.standard_normal(int(21.5 * 16000)) * np.linspace(0.05, 1, int(21.5 * 16000))).astype("f4")
+    model = _FeatureEcho()
+    model.frontend = FrontEndConfig(level_seconds=2.0)
+    result = Predictor(model, hop=0.5).run_stream(iter([audio]), keep_scores=True)
+    logmel = LogMel(model.frontend, float16_values=True)
+    rows = result.windows["scene"]
+    assert len(rows) > 30
+    for row in rows[::7]:
+        onset, scores = row[0], row[-1]
+        start = int(round(onset * 16000))
+        if start + 16000 <= len(audio):
+            expected = model.scores([model.tasks[1]], logmel(audio[None, start : start + 16000]))["scene"][0]
+            assert np.array_equal(scores, expected)
+    quieter = Predictor(model, hop=0.5).run_stream(iter([0.1 * audio]), keep_scores=True)
+    assert np.abs(quieter.scores["sed"] - result.scores["sed"]).max() < 1e-3
+    assert all(np.allclose(a[-1], b[-1], rtol=1e-3) for a, b in zip(rows, quieter.windows["scene"]))
+
+
 @pytest.mark.parametrize("seconds", [25.3, 24.99, 7.0, 30.0])
 def test_events_end_with_the_recording_as_evaluation_cuts_it(seconds):
     from keras_mtl.deploy.predict import Predictor

@@ -131,6 +131,8 @@ def settings_header(
         f"#define KM_SPECTRUM_BINS {frontend.fft_length // 2 + 1}",
         f"#define KM_MEL_BANDS {frontend.n_mels}",
         f"#define KM_LOG_FLOOR {c_float(frontend.log_floor)}",
+        "// running level normalisation's time constant in frames (0: none; FrontEndConfig.level_seconds)",
+        f"#define KM_LEVEL_FRAMES {frontend.level_frames}",
         f"#define KM_MEL_WEIGHT_COUNT {len(weights)}",
         f"static const short kMelFirstBin[KM_MEL_BANDS] = {{{', '.join(map(str, starts))}}};",
         f"static const short kMelBinCount[KM_MEL_BANDS] = {{{', '.join(map(str, counts))}}};",

@@ -370,7 +370,7 @@ class Predictor:
     # ------------------------------------------------------------------ one recording
     def _window_features(self, windows: list, size: int, lent: list) -> np.ndarray:
         """(size, frames, mels) log-mel of ``windows`` (zero windows after them up to ``size``), as one
-        batched LogMel call computes them (bit for bit; float32 holding float16 values). A full window that lies inside one of the
+        batched ``LogMel.raw`` call computes them (bit for bit; ``LogMel.finish`` makes them features). A full window that lies inside one of the
         ``lent`` windows (start, covered, features), at a whole number of hops from its start, takes
         that window's frames except the few its own edges change (those whose samples reach past the
         window): recomputed from the window's padded audio (LogMel.frames). Frame tasks' windows lend
@@ -394,7 +394,7 @@ class Predictor:
             audio = np.stack([w.audio for w in windows])
             if size > len(windows):
                 audio = np.concatenate([audio, np.zeros((size - len(windows), length), np.float32)])
-            direct = self._logmel(audio)
+            direct = self._logmel.raw(audio)
             if all(source is None for source in borrowed):
                 return direct
         else:  # the windows after ``windows`` only fill the batch: their outputs are dropped
@@ -458,9 +458,10 @@ class Predictor:
             # batches of 1, 2, 4, ... windows: a few traced shapes only; once a full batch ran, every batch is full
             size = group.batch if self._full.get(index) else 1 << (len(windows) - 1).bit_length()
             self._full[index] = self._full.get(index) or size == group.batch
-            features = self._window_features(windows, size, lent if index != tiling else [])
+            log_mel = self._window_features(windows, size, lent if index != tiling else [])
             if lending and index == tiling:
-                lent[:] = [(w.start, w.covered, values) for w, values in zip(windows, features)]
+                lent[:] = [(w.start, w.covered, values) for w, values in zip(windows, log_mel)]
+            features = self._logmel.finish(log_mel)  # each window's level from its own first frame, as in training
             if spectrogram is not None and index == plot_group:
                 for window, values in zip(windows, features):
                     spectrogram.add(values, window.covered, self.frontend, group.spec)

@@ -30,7 +30,9 @@ constexpr int kPad = KM_FFT_SIZE / 2;  // centred frames: frame i is centred on 
 #define KM_TWIDDLES kFftTwiddles
 #endif
 const km_logmel_config kLogMel = {KM_WINDOW_SAMPLES, KM_HOP_SAMPLES, KM_FFT_SIZE, KM_MEL_BANDS, KM_LOG_FLOOR,
-                                  kMelFirstBin,      kMelBinCount,   kMelWeights, kHannWindow, KM_TWIDDLES};
+                                  kMelFirstBin,      kMelBinCount,   kMelWeights, kHannWindow, KM_TWIDDLES,
+                                  KM_LEVEL_FRAMES};
+km_level_state g_level = {0.0f, 0};        // the stream's running level (level normalisation)
 float g_samples[KM_WINDOW_SAMPLES];         // the current frame's samples, oldest first
 float g_work[2 * KM_FFT_SIZE + KM_WINDOW_SAMPLES];
 float g_mel[KM_MEL_BANDS];
@@ -354,6 +356,7 @@ void AddFrameRow(const float* mel) {
 void ComputeFrame() {
   const uint32_t start = km_platform_cycles();
   km_logmel_frame(&kLogMel, g_samples, g_work, g_mel);
+  km_level_update(&kLogMel, &g_level, g_mel);
   g_stats.frontend_cycles += km_platform_cycles() - start;
   g_stats.frames++;
   AddFrameRow(g_mel);
@@ -379,6 +382,7 @@ void Reset() {
   }
 #endif
   memset(g_samples, 0, sizeof(g_samples));
+  g_level = km_level_state{0.0f, 0};
   g_filled = kPad;  // the centred first frame sees kPad zeros before the audio
   g_window_rows = 0;
   for (int c = 0; c < KM_CONTEXT_FRAMES; c++) {  // context before the first frame: the pad frame

@@ -115,6 +115,18 @@ int km_logmel_frame(const km_logmel_config* config, const float* frame, float* w
   return 0;
 }
 
+void km_level_update(const km_logmel_config* config, km_level_state* state, float* values) {
+  float mean = 0.0f, rate;
+  int m;
+  if (config->level_frames <= 0) return;
+  for (m = 0; m < config->mel_bands; m++) mean += values[m];
+  mean /= (float)config->mel_bands;
+  state->count++;
+  rate = state->count < config->level_frames ? 1.0f / (float)state->count : 1.0f / (float)config->level_frames;
+  state->level += rate * (mean - state->level);
+  for (m = 0; m < config->mel_bands; m++) values[m] -= state->level;
+}
+
 int km_logmel_frame_count(const km_logmel_config* config, int n_samples) {
   return 1 + n_samples / config->hop_samples;
 }
@@ -123,6 +135,7 @@ int km_logmel_clip(const km_logmel_config* config, const float* samples, int n_s
   const int pad = config->fft_size / 2;
   const int frames = km_logmel_frame_count(config, n_samples);
   float* frame = work + 2 * config->fft_size; /* reuses the window buffer as the frame */
+  km_level_state level = {0.0f, 0};
   int f, i;
   if (!valid(config)) return -1;
   for (f = 0; f < frames; f++) {
@@ -132,6 +145,7 @@ int km_logmel_clip(const km_logmel_config* config, const float* samples, int n_s
       frame[i] = (s >= 0 && s < n_samples) ? samples[s] : 0.0f;
     }
     if (km_logmel_frame(config, frame, work, out + (long)f * config->mel_bands) != 0) return -1;
+    km_level_update(config, &level, out + (long)f * config->mel_bands);
   }
   return 0;
 }

@@ -11,7 +11,7 @@
 
 int main(int argc, char** argv) {
   km_logmel_config config = {KM_WINDOW_SAMPLES, KM_HOP_SAMPLES, KM_FFT_SIZE, KM_MEL_BANDS, KM_LOG_FLOOR,
-                             kMelFirstBin, kMelBinCount, kMelWeights, kHannWindow, kFftTwiddles};
+                             kMelFirstBin, kMelBinCount, kMelWeights, kHannWindow, kFftTwiddles, KM_LEVEL_FRAMES};
   FILE* in;
   FILE* out;
   long bytes;
