@@ -69,7 +69,7 @@ class FrontEndConfig:
     def fingerprint(self) -> str:
         """Short stable hash of the configuration (the feature-cache key)."""
         fields = dataclasses.asdict(self)
-        if not self.level_seconds:  # added in 0.3: caches of the front ends before it keep their key
+        if not self.level_seconds:  # a later field: caches made before it keep their key
             del fields["level_seconds"]
         blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:12]
