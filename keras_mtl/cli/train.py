@@ -56,9 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--batch-norm",
-        help="batch statistics in training: per-task (default: each task's batch its own), joint (one set pooled "
-        "over every task's batch, the mixture inference uses: tasks from different corpora), renorm (Batch "
-        "Renormalization)",
+        help="batch statistics in training: per-task (default: each task's batch its own), calibrated (per-task, "
+        "then the last quarter of the epochs with batch normalisation frozen at statistics of the mixture of the "
+        "tasks' batches, which inference uses: tasks from different corpora), joint (one set pooled over every "
+        "task's batch in each step), renorm (Batch Renormalization)",
     )
     p.add_argument(
         "--alpha", type=float, help="loss weight of the first task (soft, cross-soft); the others share 1-alpha"

@@ -96,6 +96,39 @@ class JointForward:
         return sources[0] if len(sources) == 1 else sources
 
 
+def precise_statistics(network: keras.Model, batches, steps: int) -> int:
+    """PreciseBN (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", sec. 3) over a mixture of tasks:
+    every batch normalisation layer's moving mean and variance set to the average, over ``steps``
+    joint forward passes (``JointForward``, training mode, dropout off), of the statistics of the
+    equal-share mixture of the tasks' batches whose paths hold it (a layer on one task's path: that
+    task's batches). ``batches``: an iterator of {task: features (batch, frames, mel bands)}, the
+    network's output of each task's name its path. Moves nothing else; returns the steps run."""
+    norms = [layer for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    dropouts = [layer for layer in network.layers if isinstance(layer, keras.layers.Dropout)]
+    saved = [(layer.momentum, layer.trainable) for layer in norms], [layer.rate for layer in dropouts]
+    forward = None
+    done = 0
+    try:
+        for layer in dropouts:
+            layer.rate = 0.0
+        for layer in norms:
+            layer.trainable = True
+        for done, batch in enumerate(batches, start=1):
+            if forward is None:
+                forward = JointForward(network, {task: [task] for task in batch})
+            for layer in norms:  # a cumulative average: step k (from 1) weighs 1/k
+                layer.momentum = 1.0 - 1.0 / done
+            forward(batch, training=True)
+            if done >= steps:
+                break
+    finally:
+        for layer, (momentum, trainable) in zip(norms, saved[0]):
+            layer.momentum, layer.trainable = momentum, trainable
+        for layer, rate in zip(dropouts, saved[1]):
+            layer.rate = rate
+    return done
+
+
 def _pick(value, index: int):
     return value[index] if isinstance(value, (list, tuple)) else value
 

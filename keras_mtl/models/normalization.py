@@ -19,10 +19,12 @@ from __future__ import annotations
 from keras_mtl.core.backend import keras
 from keras_mtl.core.errors import ConfigError
 
-#: per-task (the default): each task's batch normalised with its own statistics (what one forward pass per
-#: task gives); joint: one set of batch statistics pooled over every task's batch in each step
-#: (keras_mtl.models.joint); renorm: Batch Renormalization
-MODES = ("per-task", "joint", "renorm")
+#: per-task: each task's batch normalised with its own statistics (what one forward pass per task gives);
+#: calibrated: per-task, then the last epochs with every batch normalisation frozen at statistics
+#: re-estimated over the mixture of the tasks' training batches (keras_mtl.models.joint.precise_statistics);
+#: joint: one set of batch statistics pooled over every task's batch in each step (keras_mtl.models.joint);
+#: renorm: Batch Renormalization
+MODES = ("per-task", "calibrated", "joint", "renorm")
 
 #: the correction's bounds (Ioffe 2017's final values): training forward = inference forward while
 #: a batch's statistics stay within a factor of 3 and 5 standard deviations of the moving ones
@@ -35,7 +37,17 @@ def resolve_mode(mode: str, n_tasks: int) -> str:
     mode = str(mode).strip().lower()
     if mode not in MODES:
         raise ConfigError(f"batch_norm must be one of {', '.join(MODES)}, not {mode!r}")
-    return "per-task" if n_tasks < 2 and mode == "joint" else mode
+    return "per-task" if n_tasks < 2 and mode in ("joint", "calibrated") else mode
+
+
+def freeze_batch_norm(model: keras.Model) -> int:
+    """Every BatchNormalization layer of ``model`` frozen (``trainable = False``: it normalises with its
+    moving statistics in training as in inference, and its scale and offset stop training); the number
+    frozen. The training function must be rebuilt afterwards (``compile``)."""
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.trainable = False
+    return len(layers)
 
 
 def with_batch_renorm(model: keras.Model) -> keras.Model:

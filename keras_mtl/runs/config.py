@@ -50,6 +50,11 @@ class TrainingConfig:
     # --batch-norm joint: the gradient of each task's loss through the pooled statistics: "own" (through its
     # own batch's share only: per-task gradients cost one pass each) or "exact" (through every task's share)
     joint_bn_gradient: str = "own"
+    # --batch-norm calibrated: the share of the epochs, at the end, trained with every batch normalisation
+    # frozen at statistics re-estimated over the mixture of the tasks' training batches, at this learning rate
+    # (a share of learning_rate, cosine-decayed to 0 again)
+    bn_calibration: float = 0.25
+    bn_calibration_learning_rate: float = 1.0 / 3.0
     kl_weight: float = 1.0  # mtl-vae: weight of the KL term after the warm-up
     kl_warmup_fraction: float = 0.0  # mtl-vae: the KL weight rises linearly from 0 over this share of the steps
     # knowledge distillation (keras_mtl.training.distill): finished runs whose tasks cover some of this run's
@@ -88,6 +93,8 @@ class TrainingConfig:
             raise ConfigError("training.kl_weight must be >= 0 and training.kl_warmup_fraction in [0, 1]")
         if not 0.0 <= self.gradnorm_min_share <= 1.0:
             raise ConfigError("training.gradnorm_min_share must be in [0, 1]")
+        if not (0.0 < self.bn_calibration < 1.0 and self.bn_calibration_learning_rate > 0):
+            raise ConfigError("training.bn_calibration must be in (0, 1) and bn_calibration_learning_rate > 0")
         if self.joint_bn_gradient not in ("own", "exact"):
             raise ConfigError(f"training.joint_bn_gradient must be own or exact, not {self.joint_bn_gradient!r}")
         if self.steps_per_epoch is not None and int(self.steps_per_epoch) < 1:

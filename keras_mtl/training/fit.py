@@ -14,7 +14,7 @@ from keras_mtl.core import reporting
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError, EvaluationError
 from keras_mtl.data.pipeline import feature_statistics, make_dataset, make_semi_supervised_dataset
-from keras_mtl.models import architectures, normalization
+from keras_mtl.models import architectures, joint, normalization
 from keras_mtl.runs.config import RunConfig
 from keras_mtl.runs.folder import (
     claim_run_folder,
@@ -61,12 +61,12 @@ def resolve_batch_norm(config: RunConfig) -> RunConfig:
     """``config`` with its batch normalisation mode for its task count (normalization.resolve_mode);
     ConfigError for ``joint`` with a strategy that trains one task at a time on a frozen encoder."""
     mode = normalization.resolve_mode(config.batch_norm, len(config.tasks))
-    if mode == "joint":
+    if mode in ("joint", "calibrated"):
         own = architectures.get_architecture(config.architecture).strategy
         cls = STRATEGIES.get(config.strategy) if own is None else None
         if cls is None or not cls.joint_statistics:
             raise ConfigError(
-                f"--batch-norm joint pools the batches of tasks trained together; "
+                f"--batch-norm {mode} normalises the tasks trained together with their mixture's statistics; "
                 f"{'the architecture ' + config.architecture if own else '--strategy ' + config.strategy} "
                 "trains them one at a time (use per-task)"
             )
@@ -111,6 +111,33 @@ def training_batches(task, data: PreparedData, tc, augment, seed: int) -> tf.dat
             strong_real=strong_real,
         )
     return make_dataset(data.train[task.name], tc.batch_for(task.name), training=True, augment=augment, seed=seed)
+
+
+CALIBRATION = "batch-norm calibration"
+
+
+def training_stages(config: RunConfig, phases: list) -> list:
+    """[(phase, first epoch, end epoch)]: the strategy's phases, ``training.epochs`` each; with
+    ``batch_norm: calibrated`` the last ``bn_calibration`` share of the epochs (at least one) becomes the
+    calibration stage (``CALIBRATION``): batch normalisation frozen at the mixture's statistics."""
+    epochs = config.training.epochs
+    stages = [(phase, index * epochs, (index + 1) * epochs) for index, phase in enumerate(phases)]
+    if config.batch_norm != "calibrated":
+        return stages
+    calibration = min(max(1, round(epochs * config.training.bn_calibration)), epochs - 1)
+    if calibration < 1:
+        raise ConfigError("--batch-norm calibrated needs at least 2 epochs (training.epochs)")
+    phase, first, last = stages[-1]
+    return [*stages[:-1], (phase, first, last - calibration), (CALIBRATION, last - calibration, last)]
+
+
+def calibrate_statistics(network, tasks, data: PreparedData, tc, seed: int, steps: int) -> None:
+    """PreciseBN over the tasks' mixture (keras_mtl.models.joint.precise_statistics): one epoch of the
+    tasks' training batches (``steps``, unaugmented, semi-supervised ones as training draws them)."""
+    batches = tf.data.Dataset.zip({t.name: training_batches(t, data, tc, None, seed) for t in tasks})
+    features = ({name: pair[0] for name, pair in batch.items()} for batch in batches)
+    done = joint.precise_statistics(network, features, steps)
+    log.info("batch normalisation statistics re-estimated over %d steps of the tasks' mixture", done)
 
 
 def fit_network(
@@ -212,15 +239,19 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
         log.warning("%s has no checkpoint yet: training from the start", out)
     fit_started = time.monotonic()
     phases = strategy.phases()
-    for index, phase in enumerate(phases):
-        first_epoch = index * tc.epochs
-        if saved is not None and saved[1]["epochs_done"] >= (index + 1) * tc.epochs:
+    stages = training_stages(config, phases)
+    for index, (phase, first_epoch, last_epoch) in enumerate(stages):
+        if saved is not None and saved[1]["epochs_done"] >= last_epoch:
             continue  # a finished phase
-        strategy.begin_phase(index)
+        epochs = last_epoch - first_epoch
+        learning_rate, warmup = tc.learning_rate, tc.warmup_fraction
+        if phase == CALIBRATION:
+            strategy.freeze_batch_norm()
+            learning_rate, warmup = tc.learning_rate * tc.bn_calibration_learning_rate, 0.0
+        else:
+            strategy.begin_phase(index)
         with scope():
-            strategy.compile(
-                optimizer=make_optimizer(tc.learning_rate, steps * tc.epochs, tc.weight_decay, tc.warmup_fraction)
-            )
+            strategy.compile(optimizer=make_optimizer(learning_rate, steps * epochs, tc.weight_decay, warmup))
         checkpointer.phase = index
         if saved is not None:
             folder, state = saved
@@ -234,15 +265,23 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
             first_epoch = state["epochs_done"]
             log.info("resumed %s after epoch %d", out, first_epoch)
             saved = None
-        if phase is not None:
+        if phase == CALIBRATION and first_epoch == stages[index][1]:  # resumed inside it: the checkpoint has them
+            calibrate_statistics(network, tasks, data, tc, config.seed, steps)
+        if phase == CALIBRATION:
+            log.info(
+                "epochs %d-%d: batch normalisation frozen at the statistics of the tasks' mixture",
+                first_epoch + 1,
+                last_epoch,
+            )
+        elif phase is not None:
             log.info("phase %d/%d: training %s", index + 1, len(phases), phase)
             history_writer.extra = {"phase": phase}
         # a resumed phase goes on where the data order left off: its finished epochs' batches are skipped
-        done_in_phase = (first_epoch - index * tc.epochs) * steps
+        done_in_phase = (first_epoch - stages[index][1]) * steps
         strategy.fit(
             train_ds.skip(done_in_phase) if done_in_phase else train_ds,
             initial_epoch=first_epoch,
-            epochs=(index + 1) * tc.epochs,
+            epochs=last_epoch,
             steps_per_epoch=steps,
             callbacks=callbacks,
             verbose=1 if interactive() else 2,
@@ -259,7 +298,8 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
         "mean_teacher": sorted(data.semi),
         "distillation": distilled,
         "phases": [p for p in phases if p is not None],
-        "epochs": tc.epochs * len(phases),
+        "epochs": stages[-1][2],
+        "bn_calibration_epochs": stages[-1][2] - stages[-1][1] if stages[-1][0] == CALIBRATION else 0,
         "steps_per_epoch": steps,
         "seconds": {"data": round(prep_seconds, 1), "training": round(fit_seconds, 1)},
         "data_roots": {k: str(v) for k, v in data.roots.items()},

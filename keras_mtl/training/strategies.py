@@ -392,6 +392,15 @@ class MultiTaskStrategy(keras.Model):
     def begin_phase(self, index: int) -> None:
         pass
 
+    def freeze_batch_norm(self) -> None:
+        """Every batch normalisation of the network (and of its EMA teacher, whose weights pair with the
+        network's in order) frozen at its moving statistics (``--batch-norm calibrated``'s last epochs);
+        the training function is rebuilt by the next ``compile``."""
+        normalization.freeze_batch_norm(self.network)
+        if self.teacher is not None:
+            normalization.freeze_batch_norm(self.teacher)
+        self.train_function = None
+
 
 class SoftMTL(MultiTaskStrategy):
     """All tasks trained jointly through the shared encoder; loss = weighted sum (default: mean)."""
