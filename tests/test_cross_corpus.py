@@ -89,6 +89,38 @@ def test_each_corpus_trains_with_the_statistics_it_is_deployed_with():
     assert max(per_task.values()) > 0.1, per_task
 
 
+def test_calibrated_statistics_are_the_mixture_s_and_training_then_normalises_as_deployed():
+    """--batch-norm calibrated: per-task steps, then PreciseBN over the tasks' mixture (the first shared
+    batch normalisation's moving mean = the mean of the two corpora's batch means, equal shares), then
+    steps with every batch normalisation frozen: training-mode outputs equal inference outputs for both
+    corpora (no dropout in the small network: exactly), where per-task training missed by > 0.1."""
+    from keras_mtl.models.joint import precise_statistics
+
+    strategy, tasks, data = _train("per-task", steps=40)
+    network = strategy.network
+    assert max(_train_inference_gap(strategy, tasks, data).values()) > 0.1
+    batches = [{t.name: data[t.name][0] for t in tasks}] * 3
+    assert precise_statistics(network, iter(batches), steps=3) == 3
+    layer = network.get_layer("shared/bn1")
+    probe = keras.Model(network.input, layer.input)
+    means = [np.asarray(probe(data[t.name][0])).reshape(-1, layer.moving_mean.shape[0]).mean(axis=0) for t in tasks]
+    # float32 moments of large conv outputs: exact to ~1e-4; the corpora's means lie far further apart
+    assert np.all(
+        np.abs(layer.moving_mean.numpy() - (means[0] + means[1]) / 2) <= 1e-3 * np.abs(means[0] - means[1]) + 1e-3
+    )
+    strategy.freeze_batch_norm()
+    strategy.compile(optimizer=make_optimizer(1e-3, total_steps=5, warmup_fraction=0.0))
+    frozen = layer.moving_mean.numpy().copy()
+    for _ in range(5):
+        strategy.train_step(data)
+    np.testing.assert_array_equal(layer.moving_mean.numpy(), frozen)
+    for task in tasks:
+        x = data[task.name][0]
+        np.testing.assert_allclose(
+            network(x, training=True)[task.name], network(x, training=False)[task.name], atol=1e-6
+        )
+
+
 def test_pooled_batch_norm_normalises_with_the_mixture_of_the_tasks_batches():
     keras.utils.set_random_seed(1)
     layer = keras.layers.BatchNormalization(momentum=0.9, gamma_initializer="random_normal", beta_initializer="ones")
@@ -171,7 +203,9 @@ def test_batch_norm_mode_resolves_by_task_count_and_refuses_unknown_modes():
     assert normalization.resolve_mode("joint", 2) == "joint"
     assert normalization.resolve_mode("joint", 1) == "per-task"  # one task: the same thing
     assert normalization.resolve_mode("renorm", 3) == "renorm"
-    with pytest.raises(ConfigError, match="batch_norm must be one of per-task, joint, renorm"):
+    assert normalization.resolve_mode("calibrated", 1) == "per-task"
+    assert normalization.resolve_mode("calibrated", 2) == "calibrated"
+    with pytest.raises(ConfigError, match="batch_norm must be one of per-task, calibrated, joint, renorm"):
         normalization.resolve_mode("group", 2)
 
 
@@ -183,6 +217,9 @@ def test_joint_statistics_with_a_strategy_that_trains_one_task_at_a_time_is_refu
     assert resolve_batch_norm(run_config.build({**base, "strategy": "hard"})).batch_norm == "joint"
     with pytest.raises(ConfigError, match="--batch-norm joint .* --strategy freeze trains them one at a time"):
         resolve_batch_norm(run_config.build({**base, "strategy": "freeze", "order": ["asc", "sed"]}))
+    calibrated = {**base, "batch_norm": "calibrated", "strategy": "freeze", "order": ["asc", "sed"]}
+    with pytest.raises(ConfigError, match="--batch-norm calibrated .* --strategy freeze trains them one at a time"):
+        resolve_batch_norm(run_config.build(calibrated))
 
 
 def test_a_renorm_network_saves_and_loads_with_its_statistics(tmp_path):
@@ -234,7 +271,11 @@ def test_an_unknown_batch_norm_mode_is_one_error_line(tiny_env, tmp_path):
         timeout=300,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: batch_norm must be one of per-task, joint")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: batch_norm must be one of per-task, calibrated, joint")
+    )
     assert "Traceback" not in result.stderr
 
 
