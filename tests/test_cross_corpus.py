@@ -205,7 +205,9 @@ def test_batch_norm_mode_resolves_by_task_count_and_refuses_unknown_modes():
     assert normalization.resolve_mode("renorm", 3) == "renorm"
     assert normalization.resolve_mode("calibrated", 1) == "per-task"
     assert normalization.resolve_mode("calibrated", 2) == "calibrated"
-    with pytest.raises(ConfigError, match="batch_norm must be one of per-task, calibrated, joint, renorm"):
+    assert normalization.resolve_mode("auto", 2) == "calibrated"
+    assert normalization.resolve_mode("auto", 1) == "per-task"
+    with pytest.raises(ConfigError, match="batch_norm must be one of auto, per-task, calibrated, joint, renorm"):
         normalization.resolve_mode("group", 2)
 
 
@@ -217,7 +219,10 @@ def test_joint_statistics_with_a_strategy_that_trains_one_task_at_a_time_is_refu
     assert resolve_batch_norm(run_config.build({**base, "strategy": "hard"})).batch_norm == "joint"
     with pytest.raises(ConfigError, match="--batch-norm joint .* --strategy freeze trains them one at a time"):
         resolve_batch_norm(run_config.build({**base, "strategy": "freeze", "order": ["asc", "sed"]}))
-    calibrated = {**base, "batch_norm": "calibrated", "strategy": "freeze", "order": ["asc", "sed"]}
+    freeze = {**base, "strategy": "freeze", "order": ["asc", "sed"]}
+    assert resolve_batch_norm(run_config.build({**freeze, "batch_norm": "auto"})).batch_norm == "per-task"
+    assert resolve_batch_norm(run_config.build({**base, "batch_norm": "auto"})).batch_norm == "calibrated"
+    calibrated = {**freeze, "batch_norm": "calibrated"}
     with pytest.raises(ConfigError, match="--batch-norm calibrated .* --strategy freeze trains them one at a time"):
         resolve_batch_norm(run_config.build(calibrated))
 
@@ -272,9 +277,7 @@ def test_an_unknown_batch_norm_mode_is_one_error_line(tiny_env, tmp_path):
     )
     assert result.returncode == 2
     assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith("error: batch_norm must be one of per-task, calibrated, joint")
+        result.stderr.strip().splitlines()[-1].startswith("error: batch_norm must be one of auto, per-task, calibrated")
     )
     assert "Traceback" not in result.stderr
 

@@ -56,10 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--batch-norm",
-        help="batch statistics in training: per-task (default: each task's batch its own), calibrated (per-task, "
-        "then the last quarter of the epochs with batch normalisation frozen at statistics of the mixture of the "
-        "tasks' batches, which inference uses: tasks from different corpora), joint (one set pooled over every "
-        "task's batch in each step), renorm (Batch Renormalization)",
+        help="batch statistics in training: calibrated (the default for 2+ tasks trained together: each task's "
+        "batch its own, then the last quarter of the epochs with batch normalisation frozen at the statistics of "
+        "the mixture of the tasks' batches, which inference uses), per-task (each task's batch its own "
+        "throughout), joint (one set pooled over every task's batch in each step), renorm (Batch "
+        "Renormalization)",
     )
     p.add_argument(
         "--alpha", type=float, help="loss weight of the first task (soft, cross-soft); the others share 1-alpha"

@@ -19,12 +19,13 @@ from __future__ import annotations
 from keras_mtl.core.backend import keras
 from keras_mtl.core.errors import ConfigError
 
+#: auto (the default): calibrated for two tasks or more whose strategy trains them together, else per-task;
 #: per-task: each task's batch normalised with its own statistics (what one forward pass per task gives);
 #: calibrated: per-task, then the last epochs with every batch normalisation frozen at statistics
 #: re-estimated over the mixture of the tasks' training batches (keras_mtl.models.joint.precise_statistics);
 #: joint: one set of batch statistics pooled over every task's batch in each step (keras_mtl.models.joint);
 #: renorm: Batch Renormalization
-MODES = ("per-task", "calibrated", "joint", "renorm")
+MODES = ("auto", "per-task", "calibrated", "joint", "renorm")
 
 #: the correction's bounds (Ioffe 2017's final values): training forward = inference forward while
 #: a batch's statistics stay within a factor of 3 and 5 standard deviations of the moving ones
@@ -32,11 +33,14 @@ RENORM_CLIPPING = {"rmin": 1.0 / 3.0, "rmax": 3.0, "dmax": 5.0}
 
 
 def resolve_mode(mode: str, n_tasks: int) -> str:
-    """The mode a run of ``n_tasks`` tasks trains with: ``mode``, or ``per-task`` for one task (the modes
-    differ only when batches of several tasks meet). ConfigError for a mode not in MODES."""
+    """The mode a run of ``n_tasks`` tasks trains with: ``mode`` (``auto``: calibrated), or ``per-task`` for
+    one task (the modes differ only when batches of several tasks meet). ConfigError for a mode not in
+    MODES. (A strategy that trains one task at a time takes ``auto`` as per-task: training.fit.)"""
     mode = str(mode).strip().lower()
     if mode not in MODES:
         raise ConfigError(f"batch_norm must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "auto":
+        mode = "calibrated"
     return "per-task" if n_tasks < 2 and mode in ("joint", "calibrated") else mode
 
 

@@ -151,7 +151,7 @@ class RunConfig:
     # batch normalisation in training (keras_mtl.models.normalization): per-task (each batch its own), joint
     # (statistics pooled over every task's batch, as inference blends them: tasks from different corpora),
     # renorm (Batch Renormalization)
-    batch_norm: str = "per-task"
+    batch_norm: str = "auto"
     frontend: FrontEndConfig = dataclasses.field(default_factory=FrontEndConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

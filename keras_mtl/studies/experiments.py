@@ -238,8 +238,13 @@ EXPERIMENTS = {
             Row("single-digits", "single-task digits (clip)", {"tasks": ["digits"]}),
             Row(
                 "default",
-                "joint, the default: GradNorm, per-task batch statistics",
+                "joint, the default: GradNorm, calibrated batch statistics, level normalisation",
                 {"tasks": list(cross_corpus.TASKS)},
+            ),
+            Row(
+                "per-task",
+                "joint, GradNorm, per-task batch statistics throughout (--batch-norm per-task: the earlier default)",
+                {"tasks": list(cross_corpus.TASKS), "batch_norm": "per-task"},
             ),
             Row(
                 "renorm",

@@ -58,13 +58,16 @@ def resolve_weighting(config: RunConfig) -> RunConfig:
 
 
 def resolve_batch_norm(config: RunConfig) -> RunConfig:
-    """``config`` with its batch normalisation mode for its task count (normalization.resolve_mode);
-    ConfigError for ``joint`` with a strategy that trains one task at a time on a frozen encoder."""
+    """``config`` with its batch normalisation mode for its task count and strategy (normalization.resolve_mode;
+    ``auto``: calibrated, or per-task for a strategy that trains one task at a time on a frozen encoder);
+    ConfigError for ``joint`` or ``calibrated`` asked for with such a strategy."""
     mode = normalization.resolve_mode(config.batch_norm, len(config.tasks))
     if mode in ("joint", "calibrated"):
         own = architectures.get_architecture(config.architecture).strategy
         cls = STRATEGIES.get(config.strategy) if own is None else None
-        if cls is None or not cls.joint_statistics:
+        if (cls is None or not cls.joint_statistics) and str(config.batch_norm).strip().lower() == "auto":
+            mode = "per-task"  # the default, for a strategy that trains one task at a time
+        elif cls is None or not cls.joint_statistics:
             raise ConfigError(
                 f"--batch-norm {mode} normalises the tasks trained together with their mixture's statistics; "
                 f"{'the architecture ' + config.architecture if own else '--strategy ' + config.strategy} "
