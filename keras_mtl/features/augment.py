@@ -28,7 +28,7 @@ class AugmentConfig:
     n_time_masks: int = 1
     n_freq_masks: int = 1
     filter_db: float = 0.0
-    filter_bands: tuple[int, int] = (3, 6)
+    filter_bands: tuple[int, int] = (3, 5)
     filter_min_bands: int = 6
 
     def __post_init__(self):
@@ -38,9 +38,9 @@ class AugmentConfig:
                              "filter_min_bands >= 1")  # fmt: skip
 
 
-def filter_augment(features, db: float, bands: tuple[int, int] = (3, 6), min_bands: int = 6, seed=None):
+def filter_augment(features, db: float, bands: tuple[int, int] = (3, 5), min_bands: int = 6, seed=None):
     """FilterAugment (Nam, Kim & Park, "FilterAugment", ICASSP 2022; the DESED baseline's ``filt_aug``,
-    linear type) on one log-mel example ``(frames, n_mels)`` (natural log of power): the mel axis cut
+    linear type, 3-5 bands as its ``n_band=[3, 6]`` draws) on one log-mel example ``(frames, n_mels)`` (natural log of power): the mel axis cut
     into n ~ U{bands} bands at random boundaries (each band at least ``min_bands`` wide, fewer when the
     axis is too short), gains drawn uniformly from [-db, db] dB at every boundary and interpolated
     linearly in between, added as ``gain_dB / 20 * ln 10`` (the baseline multiplies the mel power by
@@ -50,8 +50,8 @@ def filter_augment(features, db: float, bands: tuple[int, int] = (3, 6), min_ban
     count = tf.random.uniform([], bands[0], bands[1] + 1, dtype=tf.int32, seed=seed)
     width = tf.maximum(tf.minimum(min_bands, n_mels // count), 1)
     slack = tf.maximum(n_mels - count * width, 0)
-    inner = tf.sort(tf.random.uniform([bands[1] - 1], 0, slack + 1, dtype=tf.int32, seed=seed))
-    inner = inner[: count - 1] + tf.range(1, count) * width  # count - 1 boundaries, >= width apart
+    inner = tf.sort(tf.random.uniform([bands[1] - 1], 0, slack + 1, dtype=tf.int32, seed=seed)[: count - 1])
+    inner = inner + tf.range(1, count) * width  # count - 1 boundaries, >= width apart
     edges = tf.concat([[0], inner, [n_mels]], axis=0)  # count + 1 boundaries, 0 ... n_mels
     gains = tf.random.uniform([bands[1] + 1], -db, db, seed=seed)[: count + 1]
     position = tf.range(n_mels)

@@ -44,13 +44,14 @@ def resolve_mode(mode: str, n_tasks: int) -> str:
     return "per-task" if n_tasks < 2 and mode in ("joint", "calibrated") else mode
 
 
-def freeze_batch_norm(model: keras.Model) -> int:
+def freeze_batch_norm(model: keras.Model, frozen: bool = True) -> int:
     """Every BatchNormalization layer of ``model`` frozen (``trainable = False``: it normalises with its
-    moving statistics in training as in inference, and its scale and offset stop training); the number
-    frozen. The training function must be rebuilt afterwards (``compile``)."""
+    moving statistics in training as in inference, and its scale and offset stop training), or with
+    ``frozen=False`` trainable again; the number of layers. The training function must be rebuilt
+    afterwards (``compile``)."""
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in layers:
-        layer.trainable = False
+        layer.trainable = not frozen
     return len(layers)
 
 

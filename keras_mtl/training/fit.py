@@ -59,15 +59,22 @@ def resolve_weighting(config: RunConfig) -> RunConfig:
 
 def resolve_batch_norm(config: RunConfig) -> RunConfig:
     """``config`` with its batch normalisation mode for its task count and strategy (normalization.resolve_mode;
-    ``auto``: calibrated, or per-task for a strategy that trains one task at a time on a frozen encoder);
-    ConfigError for ``joint`` or ``calibrated`` asked for with such a strategy."""
+    ``auto``: calibrated, or per-task for a strategy that trains one task at a time on a frozen encoder, for
+    one epoch and for --distribute); ConfigError for ``joint`` or ``calibrated`` asked for with such a
+    strategy, and for ``calibrated`` with one epoch or --distribute."""
     mode = normalization.resolve_mode(config.batch_norm, len(config.tasks))
     if mode in ("joint", "calibrated"):
         own = architectures.get_architecture(config.architecture).strategy
         cls = STRATEGIES.get(config.strategy) if own is None else None
-        if (cls is None or not cls.joint_statistics) and str(config.batch_norm).strip().lower() == "auto":
-            mode = "per-task"  # the default, for a strategy that trains one task at a time
-        elif cls is None or not cls.joint_statistics:
+        default = str(config.batch_norm).strip().lower() == "auto"
+        one_at_a_time = cls is None or not cls.joint_statistics
+        if default and (one_at_a_time or config.training.epochs < 2 or config.distribute is not None):
+            mode = "per-task"  # the default where calibration does not apply (yet)
+        elif mode == "calibrated" and config.training.epochs < 2:
+            raise ConfigError("--batch-norm calibrated trains its last epochs frozen: it needs 2 epochs or more")
+        elif mode == "calibrated" and config.distribute is not None:
+            raise ConfigError(f"--batch-norm calibrated is not yet available with --distribute {config.distribute}")
+        elif one_at_a_time:
             raise ConfigError(
                 f"--batch-norm {mode} normalises the tasks trained together with their mixture's statistics; "
                 f"{'the architecture ' + config.architecture if own else '--strategy ' + config.strategy} "
@@ -127,9 +134,7 @@ def training_stages(config: RunConfig, phases: list) -> list:
     stages = [(phase, index * epochs, (index + 1) * epochs) for index, phase in enumerate(phases)]
     if config.batch_norm != "calibrated":
         return stages
-    calibration = min(max(1, round(epochs * config.training.bn_calibration)), epochs - 1)
-    if calibration < 1:
-        raise ConfigError("--batch-norm calibrated needs at least 2 epochs (training.epochs)")
+    calibration = min(max(1, round(epochs * config.training.bn_calibration)), epochs - 1)  # 2+ epochs: resolved
     phase, first, last = stages[-1]
     return [*stages[:-1], (phase, first, last - calibration), (CALIBRATION, last - calibration, last)]
 
@@ -247,14 +252,19 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
         if saved is not None and saved[1]["epochs_done"] >= last_epoch:
             continue  # a finished phase
         epochs = last_epoch - first_epoch
-        learning_rate, warmup = tc.learning_rate, tc.warmup_fraction
+        learning_rate, warmup, start_step = tc.learning_rate, tc.warmup_fraction, 0
         if phase == CALIBRATION:
             strategy.freeze_batch_norm()
             learning_rate, warmup = tc.learning_rate * tc.bn_calibration_learning_rate, 0.0
+            start_step = first_epoch * steps  # its optimizer counts on: the teacher's EMA decay and ramp-up
         else:
             strategy.begin_phase(index)
         with scope():
-            strategy.compile(optimizer=make_optimizer(learning_rate, steps * epochs, tc.weight_decay, warmup))
+            strategy.compile(
+                optimizer=make_optimizer(learning_rate, steps * epochs, tc.weight_decay, warmup, start_step)
+            )
+            if start_step:
+                strategy.optimizer.iterations.assign(start_step)  # a checkpoint inside the stage restores its own
         checkpointer.phase = index
         if saved is not None:
             folder, state = saved
@@ -308,6 +318,8 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
         "data_roots": {k: str(v) for k, v in data.roots.items()},
         "output_dir": str(out),
     }
+    if stages[-1][0] == CALIBRATION:  # the saved network is an ordinary one (fine-tuning, QAT, a teacher)
+        normalization.freeze_batch_norm(network, frozen=False)
     # everything training made is on disk before evaluation, which can fail on labels a metric rejects
     save_network(out, network)
     write_training_facts(out, facts)

@@ -188,7 +188,7 @@ class MultiTaskStrategy(keras.Model):
         for path in self.paths.values():
             for variable in path.trainable_variables:
                 owners[id(variable)] = owners.get(id(variable), 0) + 1
-        self.shared_index = [i for i, v in enumerate(network.trainable_variables) if owners.get(id(v), 0) > 1]
+        self.shared_ids = {id(v) for v in network.trainable_variables if owners.get(id(v), 0) > 1}
         self.cosine_trackers = []  # ((i, j), the epoch's mean cosine of tasks i and j on the shared variables)
         if self.balancer is not None and self.balancer.per_task:
             self.cosine_trackers = [
@@ -196,6 +196,12 @@ class MultiTaskStrategy(keras.Model):
                 for i in range(len(self.tasks))
                 for j in range(i + 1, len(self.tasks))
             ]
+
+    @property
+    def shared_index(self) -> list:
+        """Positions in ``optimized_variables()`` of the variables on the paths of two or more tasks (by
+        identity: freezing layers, e.g. the calibrated batch normalisation's last epochs, moves them)."""
+        return [i for i, v in enumerate(self.optimized_variables()) if id(v) in self.shared_ids]
 
     # -- what a run's configuration means for the strategy ---------------------------------------
 
@@ -426,8 +432,9 @@ class SoftMTL(MultiTaskStrategy):
             regularization = self.regularization()
             total = self.balancer.total(task_losses) + regularization
         gradients = tape.gradient(total, variables)
-        if self.balancer.per_task and self.shared_index:
-            shared = [variables[i] for i in self.shared_index]
+        shared_index = [i for i, v in enumerate(variables) if id(v) in self.shared_ids]
+        if self.balancer.per_task and shared_index:
+            shared = [variables[i] for i in shared_index]
             flat = tf.stack(
                 [
                     tf.concat(
@@ -442,7 +449,7 @@ class SoftMTL(MultiTaskStrategy):
             direction = self.balancer.shared_direction(flat, task_losses)
             extra = tape.gradient(regularization, shared) if self.network.losses else [None] * len(shared)
             offset = 0
-            for index, variable, regular in zip(self.shared_index, shared, extra):
+            for index, variable, regular in zip(shared_index, shared, extra):
                 size = variable.shape.num_elements()
                 piece = tf.reshape(direction[offset : offset + size], variable.shape)
                 gradients[index] = piece if regular is None else piece + regular
@@ -611,13 +618,14 @@ SUMMING = tuple(name for name, cls in STRATEGIES.items() if cls.sums_losses)  # 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up over the first ``warmup_fraction`` of steps, then cosine decay to 0 (seed 000)."""
 
-    def __init__(self, peak: float, total_steps: int, warmup_fraction: float = 0.1):
+    def __init__(self, peak: float, total_steps: int, warmup_fraction: float = 0.1, start_step: int = 0):
         self.peak = float(peak)
         self.total_steps = max(1, int(total_steps))
         self.warmup_fraction = float(warmup_fraction)
+        self.start_step = int(start_step)  # the optimizer step the schedule starts at (a later training stage)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
+        step = tf.cast(step, tf.float32) - float(self.start_step)
         total = tf.cast(self.total_steps, tf.float32)
         warmup = tf.maximum(1.0, tf.math.round(total * self.warmup_fraction))
         warm = self.peak * (step + 1.0) / warmup
@@ -626,10 +634,22 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return tf.where(step < warmup, warm, cosine)
 
     def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_fraction": self.warmup_fraction}
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "warmup_fraction": self.warmup_fraction,
+            "start_step": self.start_step,
+        }
 
 
-def make_optimizer(learning_rate: float, total_steps: int, weight_decay: float = 1e-4, warmup_fraction: float = 0.1):
-    """AdamW (betas 0.9, 0.999) with warm-up + cosine decay."""
-    schedule = WarmupCosine(learning_rate, total_steps, warmup_fraction)
+def make_optimizer(
+    learning_rate: float,
+    total_steps: int,
+    weight_decay: float = 1e-4,
+    warmup_fraction: float = 0.1,
+    start_step: int = 0,
+):
+    """AdamW (betas 0.9, 0.999) with warm-up + cosine decay over ``total_steps`` from ``start_step`` (a later
+    stage's optimizer counts on from the steps before it: the mean teacher's EMA decay and ramp-up read it)."""
+    schedule = WarmupCosine(learning_rate, total_steps, warmup_fraction, start_step)
     return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay, beta_1=0.9, beta_2=0.999)

@@ -62,6 +62,7 @@ class _StartsAtOne(LossWeighting):
         if not self.restored:
             for weight in self.strategy.loss_weights.values():
                 weight.assign(1.0)
+            self.restored = True  # a later stage of the run (calibrated batch norm) goes on with its weights
 
 
 class DynamicWeightAverage(_StartsAtOne):
