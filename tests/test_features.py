@@ -146,6 +146,12 @@ def test_filter_augment_adds_a_piecewise_linear_gain_within_its_range():
         assert np.allclose(offset, offset[:1], atol=1e-4) and np.abs(offset).max() <= 6.0 + 1e-4
         kinks = np.abs(np.diff(offset[0], 2)) > 1e-3  # a change of slope: at a band boundary only
         assert 1 <= kinks.sum() <= 2 * 4
+    positions = []  # the band boundaries spread over the whole mel axis (not bunched at its low end)
+    for seed in range(40):
+        tf.random.set_seed(100 + seed)
+        offset = (filter_augment(np.zeros((1, 64), np.float32), 6.0, (3, 5), 6).numpy()[0]) * 20 / np.log(10)
+        positions += list(np.flatnonzero(np.abs(np.diff(offset, 2)) > 1e-3))
+    assert 24 <= np.mean(positions) <= 40
     masked = spec_augment(features, AugmentConfig(time_mask_ratio=0, freq_mask_ratio=0))
     assert np.array_equal(masked.numpy(), features)
     with pytest.raises(ValueError, match="filter_db"):
