@@ -45,8 +45,9 @@ class TrainingConfig:
     rampup_fraction: float = 0.25  # sigmoid ramp-up of the consistency over this share of the steps
     ema_decay: float = 0.999  # the teacher's largest EMA decay
     cross_weight: float = 1.0  # cross-task distillation weight (cross-soft, cross-hard)
-    # GradNorm keeps every task's weight at least this share of an equal one (1/K); 0: the paper's method
-    gradnorm_min_share: float = 0.0
+    # GradNorm keeps every task's weight at least this share of an equal one (1/K); 0: the paper's method.
+    # 0.25 (issue 28): GradNorm otherwise drove a clip task to 0.1-5% of the loss on two corpora
+    gradnorm_min_share: float = 0.25
     # --batch-norm joint: the gradient of each task's loss through the pooled statistics: "own" (through its
     # own batch's share only: per-task gradients cost one pass each) or "exact" (through every task's share)
     joint_bn_gradient: str = "own"
