@@ -229,7 +229,8 @@ def normalization_report(run_dir: str | Path) -> dict:
     per-task statistics trained it); for a run with joint statistics, ``joint_statistics`` with each
     test batch pooled beside a test batch of every other task (how it trained). ``gap``: the way it
     trained less inference, in figure units (a large positive gap: the deployed network normalises the
-    task unlike its training). Plus the first batch normalisation's shift per task (``first_bn_shift``)."""
+    task unlike its training; 0 for ``calibrated`` runs, whose last epochs trained with the moving
+    statistics). Plus the first batch normalisation's shift per task (``first_bn_shift``)."""
     run = open_run(run_dir)
     data = prepare_data(run.config, run.tasks)
     network = run.network()
@@ -248,7 +249,8 @@ def normalization_report(run_dir: str | Path) -> dict:
             "inference": _task_figures(evaluate_task(path, task, data, tc)),
             "batch_statistics": _task_figures(evaluate_task(_BatchStatistics(network, path), task, data, tc)),
         }
-        trained = "batch_statistics"
+        # calibrated: the last epochs trained with the moving statistics themselves (frozen), as inference runs
+        trained = "inference" if run.config.batch_norm == "calibrated" and len(run.tasks) > 1 else "batch_statistics"
         if joint:
             others = {name: b for name, b in batches.items() if name != task.name}
             forward = JointForward(network, {name: [name] for name in batches})
@@ -319,7 +321,7 @@ def write_gap_table(out: Path, rows: list, seeds: list) -> None:
     lines += [
         "",
         f"Means over the finished seeds of {', '.join(map(str, seeds))}. gap: as the run trained (joint statistics "
-        "where it used them, else each batch's own) less inference, in points; positive: the deployed network "
+        "where it used them, the moving ones for calibrated runs, else each batch's own) less inference, in points; positive: the deployed network "
         "normalises the task unlike its training. first-BN shift: the task's test mean at the first batch "
         "normalisation from the moving mean, in moving standard deviations.",
     ]
