@@ -278,8 +278,11 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
             first_epoch = state["epochs_done"]
             log.info("resumed %s after epoch %d", out, first_epoch)
             saved = None
-        if phase == CALIBRATION and first_epoch == stages[index][1]:  # resumed inside it: the checkpoint has them
-            calibrate_statistics(network, tasks, data, tc, config.seed, steps)
+        if phase == CALIBRATION:
+            starts = first_epoch == stages[index][1]  # else resumed inside it: the checkpoint has both
+            if starts:
+                calibrate_statistics(network, tasks, data, tc, config.seed, steps)
+            strategy.restart_teacher(stages[index][1] * steps, copy=starts)
         if phase == CALIBRATION:
             log.info(
                 "epochs %d-%d: batch normalisation frozen at the statistics of the tasks' mixture",

@@ -177,6 +177,7 @@ class MultiTaskStrategy(keras.Model):
                 exact_gradient=options.joint_bn_exact,
             )
         self.teacher = None
+        self.ema_start_step = 0  # the optimizer step the teacher's EMA decay ramps up from (restart_teacher)
         if self.cross or self.mean_teacher_tasks:
             self.teacher = keras.models.clone_model(network)
             self.teacher.set_weights(network.get_weights())
@@ -353,7 +354,7 @@ class MultiTaskStrategy(keras.Model):
         cross-replica context, so that under tf.distribute every replica's teacher gets the same update."""
         if self.teacher is None:
             return
-        decay = ema_decay(self.optimizer.iterations - 1, self.max_ema_decay)
+        decay = ema_decay(self.optimizer.iterations - 1 - self.ema_start_step, self.max_ema_decay)
         pairs = [
             (t, s) for t, s in zip(self.teacher.weights, self.network.weights) if t.dtype.is_floating
         ]  # not counters
@@ -405,6 +406,15 @@ class MultiTaskStrategy(keras.Model):
         normalization.freeze_batch_norm(self.network)
         if self.teacher is not None:
             normalization.freeze_batch_norm(self.teacher)
+        self.train_function = None
+
+    def restart_teacher(self, step: int, copy: bool = True) -> None:
+        """The EMA teacher starts again from optimizer step ``step``: its decay ramps up from there as from
+        the run's start, and with ``copy`` its weights become the student's (a teacher averaged under
+        other batch statistics would teach the outputs those statistics give: the calibrated stage)."""
+        self.ema_start_step = int(step)
+        if copy and self.teacher is not None:
+            self.teacher.set_weights(self.network.get_weights())
         self.train_function = None
 
 
