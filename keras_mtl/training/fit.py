@@ -283,7 +283,6 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
             if starts:
                 calibrate_statistics(network, tasks, data, tc, config.seed, steps)
             strategy.restart_teacher(stages[index][1] * steps, copy=starts)
-        if phase == CALIBRATION:
             log.info(
                 "epochs %d-%d: batch normalisation frozen at the statistics of the tasks' mixture",
                 first_epoch + 1,
