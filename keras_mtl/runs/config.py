@@ -149,9 +149,9 @@ class RunConfig:
     # task -> text file naming clips (paths relative to the task's data root, one a line) that are left
     # out of its training split
     exclude_train: dict | None = None
-    # batch normalisation in training (keras_mtl.models.normalization): per-task (each batch its own), joint
-    # (statistics pooled over every task's batch, as inference blends them: tasks from different corpora),
-    # renorm (Batch Renormalization)
+    # batch normalisation in training (keras_mtl.models.normalization.MODES): auto (calibrated for 2+ tasks
+    # trained together, else per-task), calibrated (per-task, then the last epochs frozen at the mixture's
+    # statistics), per-task (each batch its own), joint (statistics pooled over every task's batch), renorm
     batch_norm: str = "auto"
     frontend: FrontEndConfig = dataclasses.field(default_factory=FrontEndConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
