@@ -3,6 +3,7 @@
     python scripts/export.py runs/<run>                  # writes runs/<run>/export/
     python scripts/export.py runs/<run> --output-dir build/model --max-eval-clips 50
     python scripts/export.py runs/<run> --qat              # QAT fine-tune first; reports PTQ vs QAT
+    python scripts/export.py runs/<run> --frame-step-activations int16   # 16x8 recurrent steps
 
 The export folder holds encoder.tflite, <task>_head.tflite / <task>_step.tflite, c/ (one
 <name>_model_data.cc/.h per model and model_settings.h for the firmware) and export_report.json
@@ -35,6 +36,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="quantisation-aware fine-tuning (tfmot) before the export; the PTQ export goes to EXPORT/ptq",
     )
     p.add_argument("--qat-epochs", type=int, default=2, help="epochs of QAT fine-tuning (default 2)")
+    p.add_argument(
+        "--frame-step-activations",
+        choices=["int8", "int16"],
+        help="quantise the frame tasks' recurrent steps with int8 activations or with int16 ones and int8 "
+        "weights (TFLite's 16x8 mode; table-based sigmoid/tanh on the device); default: the run's "
+        "export.frame_step_activations (int8 unless its preset says otherwise)",
+    )
     cli.add_logging_options(p)
     return p.parse_args(argv)
 
@@ -54,6 +62,7 @@ def main(argv=None) -> int:
         calibration_clips=args.calibration_clips,
         max_eval_clips=args.max_eval_clips,
         qat_epochs=args.qat_epochs if args.qat else 0,
+        frame_step_activations=args.frame_step_activations,
     )
     print(json.dumps({"models": report["models"], "total": report["total"]}, indent=1)[:4000])
     for task, result in report["tasks"].items():

@@ -63,8 +63,9 @@ def single_operator_models(flatbuffer: bytes) -> list[tuple[str, bytes, list[int
 def per_operator_lsb(
     flatbuffer: bytes, int8_inputs: list[list[np.ndarray]], arena_size: int = 64 * 1024
 ) -> dict[str, int]:
-    """Largest |TFLite-Micro − LiteRT| (int8 steps) of each operator's outputs, every operator fed
-    LiteRT's values of its inputs. `int8_inputs`: model inputs in subgraph order, one list per sample;
+    """Largest |TFLite-Micro − LiteRT| (integer steps: int8, or int16 in a 16x8 model) of each operator's
+    outputs, every operator fed LiteRT's values of its inputs. `int8_inputs`: model inputs (integers) in
+    subgraph order, one list per sample;
     `arena_size`: a first guess of the arena one operator needs (the whole model's is enough)."""
     operators = single_operator_models(flatbuffer)
     needed = sorted({t for _, _, inputs, outputs in operators for t in inputs + outputs})
@@ -73,7 +74,7 @@ def per_operator_lsb(
     tensors_per_sample = []
     for sample in int8_inputs:
         for detail, value in zip(details, sample):
-            reference.set_tensor(detail["index"], np.asarray(value, np.int8).reshape(detail["shape"]))
+            reference.set_tensor(detail["index"], np.asarray(value, detail["dtype"]).reshape(detail["shape"]))
         reference.invoke()
         tensors_per_sample.append({t: reference.get_tensor(t).copy() for t in needed})
     worst = {}
@@ -86,7 +87,7 @@ def per_operator_lsb(
             micro.invoke()
             for position, tensor in enumerate(outputs):
                 got = np.asarray(micro.get_output(position))
-                if got.dtype != np.int8:
+                if got.dtype not in (np.int8, np.int16):
                     continue  # int32 index outputs and the like: not requantised
                 diff = np.abs(got.astype(np.int32) - tensors[tensor].astype(np.int32).reshape(got.shape)).max()
                 worst[label] = max(worst[label], int(diff))

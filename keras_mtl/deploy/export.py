@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from keras_mtl.deploy.streaming import (
 )
 from keras_mtl.deploy.tflite import Int8Model, convert_int8, int8_call, minimum_arena, operators
 from keras_mtl.models import profiling
+from keras_mtl.runs.config import ExportConfig
 from keras_mtl.runs.folder import open_run
 from keras_mtl.runs.inputs import prepare_data
 from keras_mtl.runs.network import time_resolution
@@ -50,6 +52,7 @@ def export_run(
     verify_samples: int = 16,
     max_eval_clips: int | None = None,
     qat_epochs: int = 0,
+    frame_step_activations: str | None = None,
 ) -> dict:
     """Quantise a run's network into streaming int8 models, verify them (TFLite-Micro vs LiteRT,
     float vs int8 metrics), measure arenas and write models, C arrays, settings header and
@@ -58,9 +61,14 @@ def export_run(
     ``qat_epochs`` > 0: first export the trained network as it is (post-training quantisation, into
     ``out_dir/ptq``), then fine-tune it that many epochs with quantisation-aware training
     (keras_mtl.deploy.qat.qat_finetune) and export the result into ``out_dir``; the report holds
-    both sets of metrics."""
+    both sets of metrics.
+
+    ``frame_step_activations`` ("int8" or "int16": 16x8 quantisation of the frame tasks' recurrent
+    steps) overrides the run's ``export.frame_step_activations``."""
     run_dir = Path(run_dir)
     config, tasks, network, plan = load_run(run_dir)
+    if frame_step_activations is not None:
+        config = dataclasses.replace(config, export=ExportConfig(frame_step_activations=frame_step_activations))
     out = Path(out_dir) if out_dir else run_dir / "export"
     fileio.ensure_writable(out, "" if out_dir else "; pass --output-dir DIR")  # before minutes of work
     data = prepare_data(config, tasks)
@@ -165,7 +173,8 @@ def _export_network(
     for piece in plan.pieces:
         samples = calibration[piece.name]
         log.info("quantising %s (%d calibration samples)", piece.name, len(samples))
-        flatbuffer = convert_int8(piece.model, lambda: iter(samples))
+        activations = config.export.frame_step_activations if piece.kind == "frame_step" else "int8"
+        flatbuffer = convert_int8(piece.model, lambda: iter(samples), activations)
         litert = Int8Model(flatbuffer)
         checks = [
             samples[int(i)] for i in rng.choice(len(samples), size=min(verify_samples, len(samples)), replace=False)
@@ -191,6 +200,7 @@ def _export_network(
         c_arrays.write_model_array(c_dir, piece.name, flatbuffer)
         report["models"][piece.name] = {
             "kind": piece.kind,
+            "activations": activations,
             "task": piece.task,
             "flatbuffer_bytes": len(flatbuffer),
             "tflm_arena_bytes": arena,

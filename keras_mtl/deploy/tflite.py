@@ -1,5 +1,6 @@
-"""int8 TFLite: full-integer conversion, the LiteRT and TFLite-Micro interpreters with inputs and outputs
-by name, and the smallest TFLite-Micro arena a model runs with."""
+"""int8 TFLite: full-integer conversion (int8, or int16 activations with int8 weights), the LiteRT and
+TFLite-Micro interpreters with inputs and outputs by name, and the smallest TFLite-Micro arena a model
+runs with."""
 
 from __future__ import annotations
 
@@ -15,17 +16,32 @@ from keras_mtl.deploy.streaming import Piece
 log = logging.getLogger(__name__)
 
 
-def convert_int8(model: keras.Model, representative: Callable[[], Iterable[dict[str, np.ndarray]]]) -> bytes:
-    """Full-integer post-training quantisation: int8 weights, activations, inputs and outputs."""
+#: activation types of a full-integer model: "int8" (int8 weights and activations) or "int16" (TFLite's
+#: 16x8 quantisation: int8 weights, int16 activations, inputs and outputs; symmetric, zero point 0)
+ACTIVATIONS = ("int8", "int16")
+
+
+def convert_int8(
+    model: keras.Model, representative: Callable[[], Iterable[dict[str, np.ndarray]]], activations: str = "int8"
+) -> bytes:
+    """Full-integer post-training quantisation: int8 weights; int8 activations, inputs and outputs, or with
+    ``activations="int16"`` TFLite's 16x8 mode (int16 activations, inputs and outputs: the reference
+    LOGISTIC/TANH then use a 513-entry table instead of int8's fixed-point exponential).
+    ValueError for another ``activations``."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, not {activations!r}")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     # samples by input name: a list would be matched to the inputs in the converter's own order
     converter.representative_dataset = lambda: (
         {name: np.asarray(x, np.float32) for name, x in sample.items()} for sample in representative()
     )
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    if activations == "int16":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf.int16
+    else:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf.int8
     # one weight scale per FULLY_CONNECTED: the CMSIS-NN FULLY_CONNECTED of the firmware's pinned
     # TFLite-Micro tree (2023) applies the first channel's scale to every channel of a per-channel FC
     # and computes wrong outputs (measured: up to 9 LSB); convolutions keep per-channel scales
@@ -46,7 +62,8 @@ def operators(flatbuffer: bytes) -> list[str]:
 class Int8Model:
     """A quantised model run by LiteRT ("litert"; "litert-reference": its reference kernels, no
     XNNPACK) or TFLite-Micro ("tflm"), with inputs and outputs by name (the Keras names, from the
-    model's signature) and float in/out conversion."""
+    model's signature) and float in/out conversion. Inputs and outputs are int8, or int16 for a
+    16x8 model (``dtype`` per name)."""
 
     def __init__(self, flatbuffer: bytes, runtime_name: str = "litert", arena_size: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
@@ -74,11 +91,18 @@ class Int8Model:
 
         self._in_q = {d["key"]: _scale_zero(d) for d in self.inputs}
         self._out_q = {d["key"]: _scale_zero(d) for d in self.outputs}
+        self._dtype = {d["key"]: np.dtype(d["dtype"]) for d in self.inputs + self.outputs}
         # state outputs fed back as the same input with the same quantisation: the round trip through float
-        # is the identity there, so `run` hands them back as int8 and takes them as they are
-        self._kept_int8 = {f"new_{name}" for name, q in self._in_q.items() if self._out_q.get(f"new_{name}") == q}
+        # is the identity there, so `run` hands them back as integers and takes them as they are
+        self._kept_int8 = {
+            f"new_{name}"
+            for name, q in self._in_q.items()
+            if self._out_q.get(f"new_{name}") == q and self._dtype[f"new_{name}"] == self._dtype[name]
+        }
         # what run_int8 needs per call, looked up once (a clip's frame steps make hundreds of calls)
-        self._set = [(d["key"], d["index"], tuple(int(n) for n in d["shape"])) for d in self.inputs]
+        self._set = [
+            (d["key"], d["index"], tuple(int(n) for n in d["shape"]), np.dtype(d["dtype"])) for d in self.inputs
+        ]
         self._get = [(d["key"], d["index"]) for d in self.outputs]
 
     def input_names(self) -> list[str]:
@@ -88,10 +112,10 @@ class Int8Model:
         return [d["key"] for d in self.outputs]
 
     def run_int8(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for position, (key, index, shape) in enumerate(self._set):
+        for position, (key, index, shape, dtype) in enumerate(self._set):
             value = inputs[key]
-            if value.dtype != np.int8 or value.shape != shape:
-                value = np.asarray(value, np.int8).reshape(shape)
+            if value.dtype != dtype or value.shape != shape:
+                value = np.asarray(value, dtype).reshape(shape)
             if self.runtime != "tflm":
                 self.interpreter.set_tensor(index, value)
             else:
@@ -101,6 +125,10 @@ class Int8Model:
             return {key: self.interpreter.get_tensor(index) for key, index in self._get}
         return {key: np.array(self.interpreter.get_output(i)) for i, (key, _) in enumerate(self._get)}
 
+    def dtype(self, name: str) -> np.dtype:
+        """The integer type of an input or output (int8, or int16 in a 16x8 model)."""
+        return self._dtype[name]
+
     def input_quantization(self, name: str) -> tuple[float, int]:
         return self._in_q[name]
 
@@ -108,7 +136,7 @@ class Int8Model:
         return self._out_q[name]
 
     def quantize(self, name: str, value: np.ndarray) -> np.ndarray:
-        return quantize(value, *self.input_quantization(name))
+        return quantize(value, *self.input_quantization(name), dtype=self._dtype[name])
 
     def dequantize(self, name: str, value: np.ndarray) -> np.ndarray:
         scale, zero = self.output_quantization(name)
@@ -116,16 +144,21 @@ class Int8Model:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Float in, float out: quantise the inputs, invoke, dequantise the outputs; except a state (output
-        ``new_X`` fed back as input ``X`` with the same scale and zero point), which comes out int8 and is
+        ``new_X`` fed back as input ``X`` with the same scale and zero point), which comes out as integers and is
         taken back as it is: the same values as its float round trip, without the numpy work per step."""
         raw = self.run_int8(
-            {name: value if value.dtype == np.int8 else self.quantize(name, value) for name, value in inputs.items()}
+            {
+                name: value if value.dtype == self._dtype[name] else self.quantize(name, value)
+                for name, value in inputs.items()
+            }
         )
         return {name: value if name in self._kept_int8 else self.dequantize(name, value) for name, value in raw.items()}
 
 
-def quantize(value: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return np.clip(np.round(np.asarray(value, np.float32) / scale) + zero_point, -128, 127).astype(np.int8)
+def quantize(value: np.ndarray, scale: float, zero_point: int, dtype=np.int8) -> np.ndarray:
+    """round(value / scale) + zero_point (half to even), saturated to ``dtype`` (int8 or int16)."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(np.asarray(value, np.float32) / scale) + zero_point, info.min, info.max).astype(dtype)
 
 
 def _scale_zero(detail: dict) -> tuple[float, int]:

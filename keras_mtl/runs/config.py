@@ -127,6 +127,23 @@ class TrainingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """How ``scripts/export.py`` quantises the run's streaming pieces (``export --frame-step-activations``
+    overrides it). ``frame_step_activations``: the frame tasks' recurrent steps in "int8" (int8 weights
+    and activations) or "int16" (TFLite's 16x8 quantisation: int8 weights, int16 activations; its
+    LOGISTIC/TANH use a table instead of int8's fixed-point exponential). The encoder and clip heads
+    stay int8."""
+
+    frame_step_activations: str = "int8"
+
+    def __post_init__(self):
+        if self.frame_step_activations not in ("int8", "int16"):
+            raise ConfigError(
+                f"export.frame_step_activations must be int8 or int16, not {self.frame_step_activations!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     tasks: tuple = ("asc", "sed")
     strategy: str = "soft"
@@ -159,6 +176,7 @@ class RunConfig:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
     speech_synthetic: SpeechSynthConfig = dataclasses.field(default_factory=SpeechSynthConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
     def __post_init__(self):
         if self.distribute not in (None, "mirrored", "multi-worker"):
@@ -190,6 +208,7 @@ SECTIONS = {
     "training": TrainingConfig,
     "synthetic": SyntheticConfig,
     "speech_synthetic": SpeechSynthConfig,
+    "export": ExportConfig,
 }
 
 

@@ -138,13 +138,18 @@ def _preset_row(preset: str, tasks) -> dict:
 
 def _distill_rows(tasks) -> tuple:
     """Issue 29's fair comparison for ``tasks``: the default single-task models (the teachers); the
-    board student without and with distillation from them; and the pair of single-task board models a
+    default joint model; the board student without and with distillation from them; and the pair of single-task board models a
     user would build instead, each at about half the board model's MACs (channels scaled by ~0.7)."""
     half = {"channels": [6, 12, 22, 44, 44]}
     singles = tuple(Row(f"single-{t}", f"single-task {t.upper()} (default, teacher)", {"tasks": [t]}) for t in tasks)
     board = _preset_row("board", tasks)
     teachers = [f"@single-{t}" for t in tasks]
     rows = singles + (
+        Row(
+            "default",
+            "default joint model (the accurate one)",
+            {"tasks": list(tasks), "strategy": "soft", "weighting": "auto"},
+        ),
         Row("board", "board student, no distillation", board),
         Row(
             "board-distilled",

@@ -20,7 +20,7 @@ namespace {
 
 constexpr int kMaxClasses = 64;
 constexpr int kMaxMedian = 31;
-constexpr size_t kMaxState = 256;  // bytes of a frame step's recurrent state
+constexpr size_t kMaxState = 512;  // bytes of a frame step's recurrent state (int8, or int16 in a 16x8 step)
 constexpr int kPad = KM_FFT_SIZE / 2;  // centred frames: frame i is centred on sample i * hop
 
 // -- front end -------------------------------------------------------------------------------------
@@ -95,6 +95,28 @@ int8_t Quantize(float value, const TfLiteTensor* tensor) {
 
 float Dequantize(int8_t value, const TfLiteTensor* tensor) {
   return static_cast<float>(static_cast<int>(value) - tensor->params.zero_point) * tensor->params.scale;
+}
+
+// int16 tensors (a 16x8 frame step: int8 weights, int16 activations; symmetric, zero point 0)
+int16_t Quantize16(float value, const TfLiteTensor* tensor) {
+  const float scaled = value / tensor->params.scale;
+  long q = lrintf(scaled) + tensor->params.zero_point;
+  return static_cast<int16_t>(q < -32768 ? -32768 : (q > 32767 ? 32767 : q));
+}
+
+// element i of an int8 or int16 tensor, as a float
+float DequantizeAt(const TfLiteTensor* tensor, int i) {
+  const int value = tensor->type == kTfLiteInt16 ? tensor->data.i16[i] : tensor->data.int8[i];
+  return static_cast<float>(value - tensor->params.zero_point) * tensor->params.scale;
+}
+
+// int8 values of from_tensor's quantisation into element 0.. of an int8 or int16 tensor
+void RequantizeInto(const int8_t* from, const TfLiteTensor* from_tensor, TfLiteTensor* to, int count) {
+  if (to->type == kTfLiteInt16) {
+    for (int i = 0; i < count; i++) to->data.i16[i] = Quantize16(Dequantize(from[i], from_tensor), to);
+    return;
+  }
+  for (int i = 0; i < count; i++) to->data.int8[i] = Quantize(Dequantize(from[i], from_tensor), to);
 }
 
 void Requantize(const int8_t* from, const TfLiteTensor* from_tensor, int8_t* to, const TfLiteTensor* to_tensor,
@@ -196,32 +218,47 @@ void StepFrame(Model& m, const int8_t* embedding, const TfLiteTensor* embedding_
   tflite::MicroInterpreter& it = *m.interpreter;
   TfLiteTensor* frame = it.input(p.frame_input);
   TfLiteTensor* state = it.input(p.state_input);
-  Requantize(embedding, embedding_tensor, frame->data.int8, frame, frame->bytes);
+  const bool wide = state->type == kTfLiteInt16;  // a 16x8 step: int16 frame, state and scores
+  const int state_values = static_cast<int>(state->bytes / (wide ? 2 : 1));
+  RequantizeInto(embedding, embedding_tensor, frame, static_cast<int>(frame->bytes / (wide ? 2 : 1)));
   if (!m.started) {  // zero state, as a float zero quantised
-    for (size_t i = 0; i < state->bytes; i++) state->data.int8[i] = Quantize(0.0f, state);
+    for (int i = 0; i < state_values; i++) {
+      if (wide)
+        state->data.i16[i] = Quantize16(0.0f, state);
+      else
+        state->data.int8[i] = Quantize(0.0f, state);
+    }
     m.started = true;
   }
   if (!Invoke(m)) return;
   const TfLiteTensor* scores = it.output(p.scores_output);
   const TfLiteTensor* new_state = it.output(p.state_output);
-  int8_t next_state[kMaxState];
-  Requantize(new_state->data.int8, new_state, next_state, state, state->bytes);
+  alignas(4) int8_t next_state[kMaxState];
+  if (new_state->params.scale == state->params.scale && new_state->params.zero_point == state->params.zero_point) {
+    memcpy(next_state, new_state->data.raw, state->bytes);
+  } else if (wide) {
+    int16_t* next = reinterpret_cast<int16_t*>(next_state);
+    for (int i = 0; i < state_values; i++) next[i] = Quantize16(DequantizeAt(new_state, i), state);
+  } else {
+    Requantize(new_state->data.int8, new_state, next_state, state, state->bytes);
+  }
 #ifdef KM_TRACE
   {
-    char line[8 + 4 * kMaxClasses];
+    char line[8 + 7 * kMaxClasses];
     int at = snprintf(line, sizeof(line), "trace %s %lu:", p.name, (unsigned long)m.steps);
-    for (int c = 0; c < p.class_count; c++) at += snprintf(line + at, sizeof(line) - at, " %d", scores->data.int8[c]);
+    for (int c = 0; c < p.class_count; c++)
+      at += snprintf(line + at, sizeof(line) - at, " %d", wide ? scores->data.i16[c] : scores->data.int8[c]);
     g_report(line);
   }
 #endif
   uint8_t* decision = m.decisions[m.steps % p.median_frames];
-  for (int c = 0; c < p.class_count; c++) decision[c] = Dequantize(scores->data.int8[c], scores) > p.threshold;
+  for (int c = 0; c < p.class_count; c++) decision[c] = DequantizeAt(scores, c) > p.threshold;
   if (m.steps == 0) memcpy(m.first, decision, p.class_count);
   // the filtered value of frame t needs decisions up to t + half
   const uint32_t half = p.median_frames / 2;
   if (m.steps >= half) EmitFiltered(m, m.steps - half, m.steps);
   m.steps++;
-  memcpy(state->data.int8, next_state, state->bytes);  // after Invoke: inputs may share arena memory
+  memcpy(state->data.raw, next_state, state->bytes);  // after Invoke: inputs may share arena memory
 }
 
 void FinishFrameTask(Model& m) {
