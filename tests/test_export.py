@@ -102,6 +102,9 @@ def test_stepped_encoder_equals_the_whole_clip_encoder_after_the_warm_up(config)
     assert kinds == (
         {"convolution"} if config is BOARD else {"convolution", "delay"}
     )  # its one time pool is aligned: no delay
+    if config is BOARD:  # its last block sees one mel position: the step keeps the kernel's middle taps
+        last = plan.step.model.get_layer("shared/conv5_step")
+        assert last.kernel_size == (3, 1) and network.get_layer("shared/conv5").kernel_size == (3, 3)
 
 
 def test_an_encoder_that_cannot_step_runs_by_windows_or_says_why():
