@@ -27,10 +27,23 @@ def softened_kl(teacher, student, temperature: float):
     return temperature**2 * tf.reduce_mean(kl)
 
 
+def binary_kl(teacher, student):
+    """Mean over every element of KL(Bernoulli(t) ‖ Bernoulli(s)) = BCE(t, s) − H(t): the binary
+    cross-entropy to the teacher's probabilities less its constant part, the teacher's entropy (same
+    gradient; 0 when the student matches). Shapes: equal, any rank; returns a scalar."""
+    eps = 1e-7
+    t = tf.clip_by_value(tf.cast(teacher, tf.float32), eps, 1.0 - eps)
+    s = tf.clip_by_value(tf.cast(student, tf.float32), eps, 1.0 - eps)
+    values = t * (tf.math.log(t) - tf.math.log(s)) + (1.0 - t) * (tf.math.log(1.0 - t) - tf.math.log(1.0 - s))
+    return tf.reduce_mean(values)
+
+
 def distillation_loss(task, teacher, student, temperature: float):
     """The distillation term of ``task``: softened_kl for single-label clip tasks (softmax outputs),
-    binary cross-entropy to the teacher's probabilities for multi-label clip and frame tasks (each
-    class its own sigmoid; the temperature does not apply). Shapes: the task's output, (B, ...)."""
+    binary_kl (binary cross-entropy to the teacher's probabilities less the teacher's entropy) for
+    multi-label clip and frame tasks (each class its own sigmoid; the temperature does not apply).
+    Both are 0 when the student matches the teacher, so a loss-ratio balancer (GradNorm, DWA) sees the
+    task's progress, not the teacher's entropy. Shapes: the task's output, (B, ...)."""
     if task.level == "clip" and isinstance(task, ClipClassificationTask):
         return softened_kl(teacher, student, temperature)
-    return bce(tf.cast(teacher, tf.float32), student)
+    return binary_kl(teacher, student)
