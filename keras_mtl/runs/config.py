@@ -56,9 +56,6 @@ class TrainingConfig:
     # (a share of learning_rate, cosine-decayed to 0 again)
     bn_calibration: float = 0.25
     bn_calibration_learning_rate: float = 1.0 / 3.0
-    # the mean teacher's consistency weight ramps up again from 0 over rampup_fraction of the calibration
-    # stage's steps (False: it stays at its full weight; the teacher restarts from the student either way)
-    bn_calibration_consistency_ramp: bool = False
     kl_weight: float = 1.0  # mtl-vae: weight of the KL term after the warm-up
     kl_warmup_fraction: float = 0.0  # mtl-vae: the KL weight rises linearly from 0 over this share of the steps
     # knowledge distillation (keras_mtl.training.distill): finished runs whose tasks cover some of this run's

@@ -282,7 +282,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
             starts = first_epoch == stages[index][1]  # else resumed inside it: the checkpoint has both
             if starts:
                 calibrate_statistics(network, tasks, data, tc, config.seed, steps)
-            strategy.restart_teacher(stages[index][1] * steps, copy=starts, ramp=tc.bn_calibration_consistency_ramp)
+            strategy.restart_teacher(stages[index][1] * steps, copy=starts)
             log.info(
                 "epochs %d-%d: batch normalisation frozen at the statistics of the tasks' mixture",
                 first_epoch + 1,

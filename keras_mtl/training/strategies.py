@@ -178,7 +178,6 @@ class MultiTaskStrategy(keras.Model):
             )
         self.teacher = None
         self.ema_start_step = 0  # the optimizer step the teacher's EMA decay ramps up from (restart_teacher)
-        self.ramp_start_step = 0  # the optimizer step the consistency weight ramps up from (restart_teacher)
         if self.cross or self.mean_teacher_tasks:
             self.teacher = keras.models.clone_model(network)
             self.teacher.set_weights(network.get_weights())
@@ -313,8 +312,7 @@ class MultiTaskStrategy(keras.Model):
             consistency += tf.reduce_mean(
                 tf.square(student[weak_key(task.name)] - tf.stop_gradient(teacher[weak_key(task.name)]))
             )
-            ramp = sigmoid_rampup(self.optimizer.iterations - self.ramp_start_step, self.rampup_steps)
-            loss += self.consistency_weight * ramp * consistency
+            loss += self.consistency_weight * sigmoid_rampup(self.optimizer.iterations, self.rampup_steps) * consistency
         return loss, strong_targets, strong_predictions
 
     def student_outputs(self, data, training: bool) -> dict:
@@ -410,14 +408,11 @@ class MultiTaskStrategy(keras.Model):
             normalization.freeze_batch_norm(self.teacher)
         self.train_function = None
 
-    def restart_teacher(self, step: int, copy: bool = True, ramp: bool = False) -> None:
+    def restart_teacher(self, step: int, copy: bool = True) -> None:
         """The EMA teacher starts again from optimizer step ``step``: its decay ramps up from there as from
         the run's start, and with ``copy`` its weights become the student's (a teacher averaged under
-        other batch statistics would teach the outputs those statistics give: the calibrated stage); with
-        ``ramp`` the consistency weight ramps up again from there too."""
+        other batch statistics would teach the outputs those statistics give: the calibrated stage)."""
         self.ema_start_step = int(step)
-        if ramp:
-            self.ramp_start_step = int(step)
         if copy and self.teacher is not None:
             self.teacher.set_weights(self.network.get_weights())
         self.train_function = None
