@@ -250,6 +250,23 @@ def test_16x8_frame_step_agrees_between_litert_and_tflm_and_keeps_the_gru():
     assert errors["int16"] < errors["int8"] / 4, errors
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the arena probe forks where the platform can")
+def test_an_arena_probe_that_crashes_counts_as_too_small():
+    """The tflite-micro package's interpreter crashes (SIGSEGV) at some too-small arenas: the search
+    probes each size in a child, so such a crash reads as "does not run" and the export goes on."""
+    import signal
+
+    from keras_mtl.deploy import tflite
+
+    def probe(size):
+        if size < 3000:
+            os.kill(os.getpid(), signal.SIGSEGV)  # as the interpreter's constructor did at 2,832 bytes
+        return size >= 4160
+
+    assert tflite._in_child(probe, 2832) is False and tflite._in_child(probe, 5000) is True
+    assert tflite._search_arena(lambda size: tflite._in_child(probe, size), 16 * 1024) == 4160
+
+
 def test_c_array_round_trip(tmp_path):
     data = bytes(range(256)) * 3 + b"\x07"
     header, source = c_arrays.write_model_array(tmp_path, "encoder", data)
