@@ -85,17 +85,21 @@ def test_stepped_encoder_equals_the_whole_clip_encoder_after_the_warm_up(config)
     frontend = _BOARD.frontend if config is BOARD else None  # 64 mels, 20 ms hop
     network, tasks, plan = _plan(config=config, frontend=frontend)
     assert plan.piece("encoder").kind == "encoder_step" and plan.window_frames == config.time_pool_factor
-    trunk = keras.Model(network.input, network.get_layer("shared/frames").output)
     rng = np.random.default_rng(1)
     frames = 1 + 10 * plan.hop_frames  # 10 s
     features = rng.standard_normal((frames, config.n_mels)).astype(np.float32) - 5.0
-    full = np.asarray(trunk(features[None]))[0]
-    streamed = StreamingRunner(plan, keras_call).embeddings(features)["shared/frames"]
-    assert streamed.shape == full.shape == (250, full.shape[1])
+    embeddings = StreamingRunner(plan, keras_call).embeddings(features)
+    branches = ["asc/frames", "sed/frames"] if config is BOARD else ["shared/frames"]  # its last block per task
+    assert sorted(embeddings) == branches
     warmup = plan.step.warmup
-    assert warmup == -(-receptive_radius(trunk) // config.time_pool_factor)
-    # the end: the whole-clip network pads every layer with zeros, a stream goes on with the pad frame
-    np.testing.assert_allclose(streamed[warmup:-warmup], full[warmup:-warmup], atol=1e-5)
+    for branch in branches:
+        trunk = keras.Model(network.input, network.get_layer(branch).output)
+        full = np.asarray(trunk(features[None]))[0]
+        streamed = embeddings[branch]
+        assert streamed.shape == full.shape == (250, full.shape[1])
+        assert warmup >= -(-receptive_radius(trunk) // config.time_pool_factor)
+        # the end: the whole-clip network pads every layer with zeros, a stream goes on with the pad frame
+        np.testing.assert_allclose(streamed[warmup:-warmup], full[warmup:-warmup], atol=1e-5)
     # the states: a few frames per layer, whatever the length of the audio
     assert sum(s.size for s in plan.step.states) <= 8192
     kinds = {s.kind for s in plan.step.states}
@@ -103,8 +107,9 @@ def test_stepped_encoder_equals_the_whole_clip_encoder_after_the_warm_up(config)
         {"convolution"} if config is BOARD else {"convolution", "delay"}
     )  # its one time pool is aligned: no delay
     if config is BOARD:  # its last block sees one mel position: the step keeps the kernel's middle taps
-        last = plan.step.model.get_layer("shared/conv5_step")
-        assert last.kernel_size == (3, 1) and network.get_layer("shared/conv5").kernel_size == (3, 3)
+        for task in ("asc", "sed"):
+            last = plan.step.model.get_layer(f"{task}/conv5_step")
+            assert last.kernel_size == (3, 1) and network.get_layer(f"{task}/conv5").kernel_size == (3, 3)
 
 
 def test_an_encoder_that_cannot_step_runs_by_windows_or_says_why():

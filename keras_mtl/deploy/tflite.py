@@ -4,6 +4,7 @@ runs with."""
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -193,7 +194,8 @@ def _in_child(probe: Callable[[int], bool], size: int) -> bool:
     if not hasattr(os, "fork"):
         return probe(size)
     pid = os.fork()
-    if pid == 0:  # the child: no Python cleanup, no buffers flushed twice
+    if pid == 0:  # the child: no Python cleanup, no buffers flushed twice, no crash report of its own
+        faulthandler.disable()
         try:
             code = 0 if probe(size) else 1
         except BaseException:
