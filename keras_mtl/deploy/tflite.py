@@ -28,7 +28,7 @@ def convert_int8(
 ) -> bytes:
     """Full-integer post-training quantisation: int8 weights; int8 activations, inputs and outputs, or with
     ``activations="int16"`` TFLite's 16x8 mode (int16 activations, inputs and outputs: the reference
-    LOGISTIC/TANH then use a 513-entry table instead of int8's fixed-point exponential).
+    LOGISTIC/TANH then interpolate a table instead of int8's fixed-point exponential).
     ValueError for another ``activations``."""
     if activations not in ACTIVATIONS:
         raise ValueError(f"activations must be one of {ACTIVATIONS}, not {activations!r}")
