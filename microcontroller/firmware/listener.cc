@@ -110,15 +110,6 @@ float DequantizeAt(const TfLiteTensor* tensor, int i) {
   return static_cast<float>(value - tensor->params.zero_point) * tensor->params.scale;
 }
 
-// int8 values of from_tensor's quantisation into element 0.. of an int8 or int16 tensor
-void RequantizeInto(const int8_t* from, const TfLiteTensor* from_tensor, TfLiteTensor* to, int count) {
-  if (to->type == kTfLiteInt16) {
-    for (int i = 0; i < count; i++) to->data.i16[i] = Quantize16(Dequantize(from[i], from_tensor), to);
-    return;
-  }
-  for (int i = 0; i < count; i++) to->data.int8[i] = Quantize(Dequantize(from[i], from_tensor), to);
-}
-
 void Requantize(const int8_t* from, const TfLiteTensor* from_tensor, int8_t* to, const TfLiteTensor* to_tensor,
                 int count) {
   if (from_tensor->params.scale == to_tensor->params.scale &&
@@ -127,6 +118,15 @@ void Requantize(const int8_t* from, const TfLiteTensor* from_tensor, int8_t* to,
     return;
   }
   for (int i = 0; i < count; i++) to[i] = Quantize(Dequantize(from[i], from_tensor), to_tensor);
+}
+
+// int8 values of from_tensor's quantisation into element 0.. of an int8 or int16 tensor
+void RequantizeInto(const int8_t* from, const TfLiteTensor* from_tensor, TfLiteTensor* to, int count) {
+  if (to->type != kTfLiteInt16) {
+    Requantize(from, from_tensor, to->data.int8, to, count);
+    return;
+  }
+  for (int i = 0; i < count; i++) to->data.i16[i] = Quantize16(Dequantize(from[i], from_tensor), to);
 }
 
 // Per-operator cycles (KM_PROFILE_OPERATORS): TFLite-Micro reports each operator's Invoke as an
