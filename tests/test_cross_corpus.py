@@ -10,12 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from keras_mtl.cli import common as cli
 from keras_mtl.core.backend import keras, tf
 from keras_mtl.core.errors import ConfigError
 from keras_mtl.models import normalization
 from keras_mtl.models.joint import pooled_batch_norm
 from keras_mtl.models.mtl import ModelConfig, build_model
-from keras_mtl.tasks.registry import parse_task_set
+from keras_mtl.runs import config as run_config
+from keras_mtl.runs.inputs import prepare_data
+from keras_mtl.tasks.registry import parse_task_set, resolve_tasks
+from keras_mtl.training.fit import calibration_batches, training_batches
 from keras_mtl.training.strategies import CrossSoftMTL, HardMTL, SoftMTL, make_optimizer
 
 SMALL = ModelConfig(channels=(8, 8), pools=((2, 16), (2, 8)), gru_units=8, dropout=0.0, head_dropout=0.0)
@@ -212,7 +216,6 @@ def test_batch_norm_mode_resolves_by_task_count_and_refuses_unknown_modes():
 
 
 def test_joint_statistics_with_a_strategy_that_trains_one_task_at_a_time_is_refused():
-    from keras_mtl.runs import config as run_config
     from keras_mtl.training.fit import resolve_batch_norm
 
     base = {"tasks": ["asc", "sed"], "batch_norm": "joint"}
@@ -304,3 +307,26 @@ def test_cross_corpus_experiment_end_to_end(tiny_env, tmp_path):
     assert set(gaps["joint"]["reports"][0]["tasks"]) == {"keywords", "digits"}
     assert "keywords frame ROC-AUC" in (out / "table.md").read_text()
     assert "batch statistics" in (out / "gaps.md").read_text()
+
+
+@pytest.mark.parametrize("augmented", [True, False])
+def test_the_calibration_stage_trains_on_clean_batches_unless_asked_for_augmented_ones(augmented):
+    """training.bn_calibration_augment: false (the default): the calibration stage's batches are the tasks'
+    batches unaugmented, as its frozen statistics were estimated; true: the augmented training batches."""
+    from keras_mtl.runs import config as run_config
+
+    asked = {"bn_calibration_augment": True} if augmented else {}  # false: the default
+    settings = {"tasks": ["asc"], "training": {"epochs": 2, **asked}}
+    config = run_config.build(run_config.merge(cli.base_config("tiny"), settings))
+    assert config.training.bn_calibration_augment is augmented
+    tasks = resolve_tasks(list(config.tasks), config.custom_tasks)
+    data = prepare_data(config, tasks)
+    tc = config.training
+    train_ds = tf.data.Dataset.zip({t.name: training_batches(t, data, tc, config.augment, 0) for t in tasks})
+    stage = calibration_batches(tasks, data, tc, config.augment, 0, train_ds)
+    assert (stage is train_ds) is augmented
+    if not augmented:
+        clean = next(iter(training_batches(tasks[0], data, tc, None, 0)))[0]
+        np.testing.assert_array_equal(next(iter(stage))["asc"][0], clean)
+        assert not np.array_equal(next(iter(train_ds))["asc"][0], clean)  # the masked batches differ
+    assert calibration_batches(tasks, data, tc, None, 0, train_ds) is train_ds  # augmentation off: nothing to drop
