@@ -133,6 +133,11 @@ def calibration_batches(tasks, data: PreparedData, tc, augment, seed: int, train
     augmentation off, ``train_ds`` itself."""
     if augment is None or tc.bn_calibration_augment:
         return train_ds
+    return unaugmented_batches(tasks, data, tc, seed)
+
+
+def unaugmented_batches(tasks, data: PreparedData, tc, seed: int) -> tf.data.Dataset:
+    """{task: (features, labels)} batches of every task's training data, endless, without augmentation."""
     return tf.data.Dataset.zip({t.name: training_batches(t, data, tc, None, seed) for t in tasks})
 
 
@@ -152,7 +157,7 @@ def training_stages(config: RunConfig, phases: list) -> list:
 def calibrate_statistics(network, tasks, data: PreparedData, tc, seed: int, steps: int) -> None:
     """PreciseBN over the tasks' mixture (keras_mtl.models.joint.precise_statistics): one epoch of the
     tasks' training batches (``steps``, unaugmented, semi-supervised ones as training draws them)."""
-    batches = tf.data.Dataset.zip({t.name: training_batches(t, data, tc, None, seed) for t in tasks})
+    batches = unaugmented_batches(tasks, data, tc, seed)
     features = ({name: pair[0] for name, pair in batch.items()} for batch in batches)
     done = joint.precise_statistics(network, features, steps)
     log.info("batch normalisation statistics re-estimated over %d steps of the tasks' mixture", done)
