@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from keras_mtl.core.errors import ConfigError, DataError
 from keras_mtl.deploy import agreement, c_arrays, firmware
 from keras_mtl.deploy.qat import copy_back, quantization_aware
 from keras_mtl.deploy.streaming import StreamingRunner, keras_call, plan_streaming, receptive_radius
-from keras_mtl.deploy.tflite import Int8Model, convert_int8
+from keras_mtl.deploy.tflite import Int8Model, convert_int8, probe_in_child, search_arena
 from keras_mtl.features.logmel import FrontEndConfig, LogMel
 from keras_mtl.models.mtl import ModelConfig, build_model
 from keras_mtl.runs import config as run_config
@@ -259,17 +260,14 @@ def test_16x8_frame_step_agrees_between_litert_and_tflm_and_keeps_the_gru():
 def test_an_arena_probe_that_crashes_counts_as_too_small():
     """The tflite-micro package's interpreter crashes (SIGSEGV) at some too-small arenas: the search
     probes each size in a child, so such a crash reads as "does not run" and the export goes on."""
-    import signal
-
-    from keras_mtl.deploy import tflite
 
     def probe(size):
         if size < 3000:
             os.kill(os.getpid(), signal.SIGSEGV)  # as the interpreter's constructor did at 2,832 bytes
         return size >= 4160
 
-    assert tflite._in_child(probe, 2832) is False and tflite._in_child(probe, 5000) is True
-    assert tflite._search_arena(lambda size: tflite._in_child(probe, size), 16 * 1024) == 4160
+    assert probe_in_child(probe, 2832) is False and probe_in_child(probe, 5000) is True
+    assert search_arena(lambda size: probe_in_child(probe, size), 16 * 1024) == 4160
 
 
 def test_c_array_round_trip(tmp_path):

@@ -183,10 +183,10 @@ def minimum_arena(flatbuffer: bytes, sample_inputs: dict[str, np.ndarray], upper
 
     high = upper or max(16 * 1024, 4 * len(flatbuffer))
     with agreement.quiet_native_stderr():
-        return _search_arena(lambda size: _in_child(runs, size), high)
+        return search_arena(lambda size: probe_in_child(runs, size), high)
 
 
-def _in_child(probe: Callable[[int], bool], size: int) -> bool:
+def probe_in_child(probe: Callable[[int], bool], size: int) -> bool:
     """``probe(size)`` in a forked child where the platform can fork: the tflite-micro package's
     interpreter crashes (SIGSEGV in its constructor) at some arena sizes too small for the model,
     where others give a RuntimeError (measured: a speech clip head, 2,832 bytes; its minimum 4,160).
@@ -208,7 +208,7 @@ def _in_child(probe: Callable[[int], bool], size: int) -> bool:
     return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
-def _search_arena(works, high: int) -> int:
+def search_arena(works, high: int) -> int:
     while not works(high):
         high *= 2
         if high > 64 * 1024 * 1024:
