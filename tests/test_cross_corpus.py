@@ -330,3 +330,18 @@ def test_the_calibration_stage_trains_on_clean_batches_unless_asked_for_augmente
         np.testing.assert_array_equal(next(iter(stage))["asc"][0], clean)
         assert not np.array_equal(next(iter(train_ds))["asc"][0], clean)  # the masked batches differ
     assert calibration_batches(tasks, data, tc, None, 0, train_ds) is train_ds  # augmentation off: nothing to drop
+
+
+def test_a_calibrated_run_is_scored_with_the_test_mixture_s_statistics_and_its_gap_is_against_them(tiny_run):
+    """normalization_report on a calibrated two-task run: each task is scored as deployed (moving
+    statistics), with its test batches' own statistics and with the test mixture's (each task's test batch
+    pooled beside the other's); the gap is the pooled figure less the deployed one."""
+    from keras_mtl.studies.cross_corpus import normalization_report
+
+    report = normalization_report(tiny_run.path)
+    assert report["batch_norm"] == "calibrated"
+    assert set(report["tasks"]) == {"asc", "sed"}
+    for entry in report["tasks"].values():
+        assert set(entry) == {"inference", "batch_statistics", "joint_statistics", "gap"}
+        for metric, value in entry["inference"].items():
+            assert entry["gap"][metric] == pytest.approx(entry["joint_statistics"][metric] - value)

@@ -226,16 +226,18 @@ def first_bn_shift(network, data, tc) -> dict:
 def normalization_report(run_dir: str | Path) -> dict:
     """A finished run's test figures scored three ways, per task: ``inference`` with the moving averages
     that inference and the export use; ``batch_statistics`` with each test batch's own statistics (how
-    per-task statistics trained it); for a run with joint statistics, ``joint_statistics`` with each
-    test batch pooled beside a test batch of every other task (how it trained). ``gap``: the way it
-    trained less inference, in figure units (a large positive gap: the deployed network normalises the
-    task unlike its training; 0 for ``calibrated`` runs, whose last epochs trained with the moving
-    statistics). Plus the first batch normalisation's shift per task (``first_bn_shift``)."""
+    per-task statistics trained it); for a joint run with joint or calibrated statistics,
+    ``joint_statistics`` with each test batch pooled beside a test batch of every other task: the test
+    mixture's own statistics, which joint statistics trained with and which a calibrated run's frozen
+    statistics (PreciseBN over the training mixture) estimate. ``gap``: those pooled figures (else each
+    batch's own) less inference, in figure units; a large positive gap: the deployed network
+    normalises the task unlike the statistics it trained for. Plus the first batch normalisation's
+    shift per task (``first_bn_shift``)."""
     run = open_run(run_dir)
     data = prepare_data(run.config, run.tasks)
     network = run.network()
     tc = run.config.training
-    joint = run.config.batch_norm == "joint" and len(run.tasks) > 1
+    joint = run.config.batch_norm in ("joint", "calibrated") and len(run.tasks) > 1
     report = {"batch_norm": run.config.batch_norm, "tasks": {}, "first_bn_shift": first_bn_shift(network, data, tc)}
     batches = {}
     if joint:
@@ -249,8 +251,7 @@ def normalization_report(run_dir: str | Path) -> dict:
             "inference": _task_figures(evaluate_task(path, task, data, tc)),
             "batch_statistics": _task_figures(evaluate_task(_BatchStatistics(network, path), task, data, tc)),
         }
-        # calibrated: the last epochs trained with the moving statistics themselves (frozen), as inference runs
-        trained = "inference" if run.config.batch_norm == "calibrated" and len(run.tasks) > 1 else "batch_statistics"
+        trained = "batch_statistics"
         if joint:
             others = {name: b for name, b in batches.items() if name != task.name}
             forward = JointForward(network, {name: [name] for name in batches})
@@ -298,7 +299,7 @@ def write_gap_table(out: Path, rows: list, seeds: list) -> None:
     lines = [
         "# Scored with the moving averages (inference) and with each test batch's own statistics",
         "",
-        "| row | task | metric | inference | batch statistics | joint statistics | gap (points) | first-BN shift (std) |",
+        "| row | task | metric | inference | batch statistics | pooled statistics | gap (points) | first-BN shift (std) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in table.items():
@@ -320,9 +321,10 @@ def write_gap_table(out: Path, rows: list, seeds: list) -> None:
                 )
     lines += [
         "",
-        f"Means over the finished seeds of {', '.join(map(str, seeds))}. gap: as the run trained (joint statistics "
-        "where it used them, the moving ones for calibrated runs, else each batch's own) less inference, in points; positive: the deployed network "
-        "normalises the task unlike its training. first-BN shift: the task's test mean at the first batch "
+        f"Means over the finished seeds of {', '.join(map(str, seeds))}. pooled statistics: each test batch beside a "
+        "test batch of every other task, the test mixture's own statistics (joint and calibrated runs). gap: the "
+        "pooled figure where there is one, else each batch's own, less inference, in points; positive: the "
+        "deployed network normalises the task unlike the statistics it trained for. first-BN shift: the task's test mean at the first batch "
         "normalisation from the moving mean, in moving standard deviations.",
     ]
     fileio.write_json(Path(out) / "gaps.json", table)
