@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +346,71 @@ def test_a_calibrated_run_is_scored_with_the_test_mixture_s_statistics_and_its_g
         assert set(entry) == {"inference", "batch_statistics", "joint_statistics", "gap"}
         for metric, value in entry["inference"].items():
             assert entry["gap"][metric] == pytest.approx(entry["joint_statistics"][metric] - value)
+
+
+_REPLICAS_SCRIPT = """
+import json
+from keras_mtl.core.backend import keras, tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np
+from keras_mtl.models.joint import agree_statistics, precise_statistics
+from keras_mtl.models.mtl import ModelConfig, build_model
+from keras_mtl.tasks.registry import parse_task_set
+
+config = ModelConfig(channels=(8, 8), pools=((2, 16), (2, 8)), gru_units=8, dropout=0.0, head_dropout=0.0,
+                     shared_blocks=1)
+tasks = parse_task_set("asc,sed")
+keras.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+batch = {"asc": tf.constant(rng.normal(0.0, 1.0, (4, 101, 128)), tf.float32),
+         "sed": tf.constant(rng.normal(-4.6, 1.0, (4, 201, 128)), tf.float32)}
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    network = build_model(tasks, config)
+plain = build_model(tasks, config)
+plain.set_weights(network.get_weights())
+norms = [layer for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+def apart():  # replicas whose per-task training moved their own moving averages
+    r = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.float32)
+    for layer in norms:
+        layer.moving_mean.assign(layer.moving_mean + 5.0 * r + 1.0)
+        layer.moving_variance.assign(layer.moving_variance * (1.0 + r))
+
+strategy.run(apart)
+before = {(layer.name, name): [np.asarray(v) for v in getattr(layer, name).values]
+          for layer in norms for name in ("moving_mean", "moving_variance")}
+agreed = agree_statistics(network)
+mean_error = max(float(np.max(np.abs(np.asarray(getattr(layer, name).values[r]) - np.mean(before[layer.name, name], 0))))
+                 for layer in norms for name in ("moving_mean", "moving_variance") for r in (0, 1))
+strategy.run(apart)
+precise_statistics(network, iter([batch] * 3), 3)
+precise_statistics(plain, iter([batch] * 3), 3)
+replicas, single = 0.0, 0.0
+for layer in norms:
+    for name in ("moving_mean", "moving_variance"):
+        variable = getattr(layer, name)
+        copies = [np.asarray(v) for v in variable.values]
+        reference = np.asarray(getattr(plain.get_layer(layer.name), name))
+        replicas = max(replicas, float(np.max(np.abs(copies[0] - copies[1]))))
+        single = max(single, float(np.max(np.abs(copies[0] - reference)) / np.max(np.abs(reference))))
+print(json.dumps({"layers": len(norms), "agreed": agreed, "mean_error": mean_error, "replicas": replicas,
+                  "single": single}))
+"""
+
+
+def test_under_tf_distribute_every_replica_ends_with_the_mixture_statistics_of_one_device():
+    """Batch statistics under a tf.distribute strategy (two replicas on two logical CPUs, a fresh process):
+    agree_statistics sets every replica's moving averages to the replicas' mean (each worker's PreciseBN
+    ran on its own batches); PreciseBN from replicas that had drifted apart ends with identical
+    statistics, equal to those one device computes from the same batches. So the calibration stage's
+    training steps normalise alike on every replica (--distribute with --batch-norm calibrated)."""
+    result = subprocess.run([sys.executable, "-c", _REPLICAS_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["layers"] >= 3  # shared and per-task batch normalisations
+    assert figures["agreed"] == 2 * figures["layers"] and figures["mean_error"] < 1e-6
+    assert figures["replicas"] == 0.0
+    assert figures["single"] < 1e-4  # of each variable's scale: float32 moments, summed in another order

@@ -24,6 +24,7 @@ VERBS = {
     "synergy": ("synergy", "hierarchical MTL by task synergy (seed 001): pairs, AR, task tree, tables"),
     "analyze": ("analyze", "which tasks help each other (seed 004): measurements, gains, correlations"),
     "experiment": ("experiment", "regenerate a paper's comparison table, one run per row and seed"),
+    "tune": ("tune", "search a run's settings with Optuna: a run folder per trial, a resumable study"),
     "download": ("download", "download and verify a public corpus into its published layout"),
     "make-manifest": ("make_manifest", "write a clip manifest (filename,label,split) from file names"),
 }

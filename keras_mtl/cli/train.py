@@ -26,6 +26,29 @@ PROG = "keras-mtl train"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_options(p)
+    cli.add_logging_options(p)
+    args = p.parse_args(argv)
+    if args.resume:
+        defaults = vars(p.parse_args([]))
+        given = [
+            "--" + key.replace("_", "-")
+            for key, value in vars(args).items()
+            if key not in RESUME_KEEPS and value != defaults.get(key)
+        ]
+        if given:
+            from keras_mtl.core.errors import ConfigError
+
+            raise ConfigError(
+                f"--resume continues {args.resume} with its own config.yaml: {', '.join(given)} cannot be changed "
+                "there; start a new run (--config RUN/config.yaml with your changes) for other settings"
+            )
+    return args
+
+
+def add_run_options(p: argparse.ArgumentParser, one_run: bool = True) -> None:
+    """The options that make a run's configuration (``resolve_config``); with ``one_run``, also the run
+    folder's own (--output-dir, --dry-run, --overwrite, --resume), which a search (``tune``) sets per trial."""
     p.add_argument(
         "--task-set",
         help="comma-separated tasks: asc, sed, scr, gc, ac, vad (or NAME from --task); "
@@ -113,7 +136,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="built-in data: each corpus with its own level, band and sample rate (distinct, the default) "
         "or all alike (the sets of keras-mtl 0.1)",
     )
-    p.add_argument("--output-dir", help="run folder (default: runs/<time>-<tasks>-<strategy>/)")
+    if one_run:
+        p.add_argument("--output-dir", help="run folder (default: runs/<time>-<tasks>-<strategy>/)")
     p.add_argument("--cache-dir", help="feature cache folder")
     p.add_argument("--seed", type=int)
     p.add_argument(
@@ -126,6 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="deterministic TensorFlow ops: the same seed gives the same metrics on this machine (slower)",
     )
+    if not one_run:
+        return
     p.add_argument(
         "--dry-run", action="store_true", help="build the model, print its summary and profile, do not train"
     )
@@ -141,23 +167,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="continue an interrupted run from its last epoch checkpoint, with its own config.yaml (any other "
         "training option with it is refused)",
     )
-    cli.add_logging_options(p)
-    args = p.parse_args(argv)
-    if args.resume:
-        defaults = vars(p.parse_args([]))
-        given = [
-            "--" + key.replace("_", "-")
-            for key, value in vars(args).items()
-            if key not in RESUME_KEEPS and value != defaults.get(key)
-        ]
-        if given:
-            from keras_mtl.core.errors import ConfigError
-
-            raise ConfigError(
-                f"--resume continues {args.resume} with its own config.yaml: {', '.join(given)} cannot be changed "
-                "there; start a new run (--config RUN/config.yaml with your changes) for other settings"
-            )
-    return args
 
 
 #: the options that may go with --resume: where to log, not what to train
@@ -221,7 +230,7 @@ def resolve_config(args):
         override.setdefault("synthetic", {})["corpora"] = args.corpora
         override["speech_synthetic"] = {"corpora": args.corpora}
     for key in ("seed", "output_dir", "cache_dir", "architecture"):
-        if getattr(args, key) is not None:
+        if getattr(args, key, None) is not None:
             override[key] = getattr(args, key)
     if args.deterministic:
         override["deterministic"] = True

@@ -102,7 +102,11 @@ def precise_statistics(network: keras.Model, batches, steps: int) -> int:
     joint forward passes (``JointForward``, training mode, dropout off), of the statistics of the
     equal-share mixture of the tasks' batches whose paths hold it (a layer on one task's path: that
     task's batches). ``batches``: an iterator of {task: features (batch, frames, mel bands)}, the
-    network's output of each task's name its path. Moves nothing else; returns the steps run."""
+    network's output of each task's name its path. Moves nothing else; returns the steps run.
+
+    Under tf.distribute (the network built in a strategy's scope; called here in cross-replica context)
+    each worker runs its own ``steps`` and the averages end as the mean over all replicas (``agree_statistics``):
+    every replica then normalises with the same statistics."""
     norms = [layer for layer in network.layers if isinstance(layer, keras.layers.BatchNormalization)]
     dropouts = [layer for layer in network.layers if isinstance(layer, keras.layers.Dropout)]
     saved = [(layer.momentum, layer.trainable) for layer in norms], [layer.rate for layer in dropouts]
@@ -126,6 +130,24 @@ def precise_statistics(network: keras.Model, batches, steps: int) -> int:
             layer.momentum, layer.trainable = momentum, trainable
         for layer, rate in zip(dropouts, saved[1]):
             layer.rate = rate
+    agree_statistics(network)
+    return done
+
+
+def agree_statistics(network: keras.Model) -> int:
+    """Every batch normalisation's moving mean and variance set, on every replica of a tf.distribute
+    strategy, to their mean over the replicas (all workers'; a collective, so every worker calls it at the
+    same point, outside ``strategy.run``). Moving averages are per-replica (``ON_READ``) variables: each replica's own copy
+    normalises its forward passes in training steps, while a cross-replica read (evaluation, saving) is
+    already the mean. Without a strategy, nothing moves. Returns the variables set."""
+    done = 0
+    for layer in network.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        for variable in (layer.moving_mean, layer.moving_variance):
+            if isinstance(variable, tf.distribute.DistributedValues):
+                variable.assign(variable.read_value())  # the read is the replicas' mean; the assign sets every one
+                done += 1
     return done
 
 

@@ -59,21 +59,20 @@ def resolve_weighting(config: RunConfig) -> RunConfig:
 
 def resolve_batch_norm(config: RunConfig) -> RunConfig:
     """``config`` with its batch normalisation mode for its task count and strategy (normalization.resolve_mode;
-    ``auto``: calibrated, or per-task for a strategy that trains one task at a time on a frozen encoder, for
-    one epoch and for --distribute); ConfigError for ``joint`` or ``calibrated`` asked for with such a
-    strategy, and for ``calibrated`` with one epoch or --distribute."""
+    ``auto``: calibrated, or per-task for a strategy that trains one task at a time on a frozen encoder and
+    for one epoch); ConfigError for ``joint`` or ``calibrated`` asked for with such a strategy, and for
+    ``calibrated`` with one epoch. Under --distribute the calibrated statistics are every worker's mean
+    (keras_mtl.models.joint.precise_statistics)."""
     mode = normalization.resolve_mode(config.batch_norm, len(config.tasks))
     if mode in ("joint", "calibrated"):
         own = architectures.get_architecture(config.architecture).strategy
         cls = STRATEGIES.get(config.strategy) if own is None else None
         default = str(config.batch_norm).strip().lower() == "auto"
         one_at_a_time = cls is None or not cls.joint_statistics
-        if default and (one_at_a_time or config.training.epochs < 2 or config.distribute is not None):
-            mode = "per-task"  # the default where calibration does not apply (yet)
+        if default and (one_at_a_time or config.training.epochs < 2):
+            mode = "per-task"  # the default where calibration does not apply
         elif mode == "calibrated" and config.training.epochs < 2:
             raise ConfigError("--batch-norm calibrated trains its last epochs frozen: it needs 2 epochs or more")
-        elif mode == "calibrated" and config.distribute is not None:
-            raise ConfigError(f"--batch-norm calibrated is not yet available with --distribute {config.distribute}")
         elif one_at_a_time:
             raise ConfigError(
                 f"--batch-norm {mode} normalises the tasks trained together with their mixture's statistics; "
