@@ -89,3 +89,5 @@ def test_two_workers_hold_identical_student_and_teacher(tmp_path, strategy, tiny
         np.testing.assert_array_equal(chief[name], worker[name], err_msg=name)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mean_teacher"] == ["sed"]
+    # the default for tasks trained together: both workers froze the workers' mean mixture statistics
+    assert metrics["batch_norm"] == "calibrated"
