@@ -174,6 +174,15 @@ RESUME_KEEPS = ("resume", "verbose", "quiet")
 
 
 def resolve_config(args):
+    """The run configuration of the parsed options (``config_data``, built: unknown settings are ConfigError)."""
+    from keras_mtl.runs import config as run_config
+
+    return run_config.build(config_data(args))
+
+
+def config_data(args) -> dict:
+    """The run configuration of the parsed options as a nested dict, before it is built: preset < the
+    preset's settings for the task set < --config YAML < the command line."""
     from keras_mtl.runs import config as run_config
     from keras_mtl.tasks.registry import parse_task_set, safe_name
 
@@ -236,7 +245,7 @@ def resolve_config(args):
         override["deterministic"] = True
     if args.distribute:
         override["distribute"] = args.distribute
-    return run_config.build(run_config.merge(data, override))
+    return run_config.merge(data, override)
 
 
 def parse_task_definition(text: str):

@@ -6,15 +6,18 @@
     python scripts/tune.py space.yaml --preset board --storage postgresql://me@db/keras_mtl --study-name board
                                                     # the same command on several machines: one study
 
-space.yaml maps dotted settings to distributions (low/high[/step|log], or choices):
+space.yaml maps settings (dotted as a --config YAML nests them) to distributions (low/high[/step|log],
+or choices):
 
-    training.distill_weight: {low: 0.1, high: 4.0, log: true}
+    training.distill_weight.sed: {low: 0.1, high: 4.0, log: true}
     model.gru_units: {low: 32, high: 96, step: 16}
     model.channels: {choices: [[8, 16, 32, 64, 64], [8, 16, 32, 48, 64]]}
+    weighting: {choices: [gradnorm, dwa]}
 
 Every other option is train.py's and applies to every trial. The study folder (--output-dir, default
-runs/tune-<space>) holds study.db (unless --storage), trials/NNNN/ (ordinary run folders), trials.csv
-and best.yaml (the best settings as a --config YAML). Rerunning the command adds trials to the study.
+runs/tune-<space>) holds study.db (unless --storage), trials/<study>-NNNN/ (ordinary run folders),
+trials.csv and best.yaml (the best settings as a --config YAML). Rerunning the same command adds trials
+to the study; with another space, objective or option it is refused (give another --study-name).
 """
 
 from __future__ import annotations
@@ -65,31 +68,38 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose, args.quiet)
     from keras_mtl.core.errors import ConfigError
+    from keras_mtl.runs import config as run_config
     from keras_mtl.studies import tune
+    from keras_mtl.tasks.registry import safe_name
 
     dimensions = tune.load_space(args.space)  # a bad space file: one error line before anything loads
+    if args.distribute:
+        raise ConfigError("--distribute trains one run on several devices or workers; tune runs one trial at a time")
     out = Path(args.output_dir or f"runs/tune-{Path(args.space).stem}")
-    config = train_cli.resolve_config(args)
-    base = config.to_dict()
-    base.pop("output_dir", None)
+    base = train_cli.config_data(args)
+    config = run_config.build(base)
+    base = {**base, "tasks": list(config.tasks)}
     tune.check_space(base, dimensions, args.space)
     references = {}
     for text in args.reference:
         task, sep, folder = text.partition("=")
         if not sep or not task.strip() or not folder:
             raise ConfigError(f"--reference {text!r}: expected TASK=RUN_FOLDER")
-        if task.strip() not in config.tasks:
+        if safe_name(task.strip()) not in config.tasks:
             raise ConfigError(
                 f"--reference {text!r}: {task.strip()} is not one of the tasks ({', '.join(config.tasks)})"
             )
-        references[task.strip()] = folder
+        references[safe_name(task.strip())] = folder
     task = args.objective.partition(":")[0]
-    if args.objective not in ("mean", "ar") and task not in config.tasks:
+    if args.objective not in ("mean", "ar") and safe_name(task) not in config.tasks:
         raise ConfigError(
             f"--objective {args.objective}: expected mean, ar, or TASK[:METRIC] of the tasks ({', '.join(config.tasks)})"
         )
-    if args.objective == "ar" and not references:
-        raise ConfigError("--objective ar compares with single-task runs: give --reference TASK=RUN for each task")
+    if args.objective == "ar" and set(references) != set(config.tasks):
+        missing = ", ".join(t for t in config.tasks if t not in references)
+        raise ConfigError(
+            f"--objective ar compares every task with a single-task run: --reference TASK=RUN for {missing}"
+        )
     search = tune.Search(
         base=base,
         dimensions=dimensions,

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 TASKS = ("keywords", "digits")
 WORDS = ("zero", "right", "nine")
 REPORT = "normalization.json"
+REPORT_VERSION = 2  # 2: calibrated runs scored with the test mixture's pooled statistics too
 SECONDS = 10.0
 RATE = 16000
 FRAME_LEVEL_DBFS = -26.0
@@ -238,7 +239,12 @@ def normalization_report(run_dir: str | Path) -> dict:
     network = run.network()
     tc = run.config.training
     joint = run.config.batch_norm in ("joint", "calibrated") and len(run.tasks) > 1
-    report = {"batch_norm": run.config.batch_norm, "tasks": {}, "first_bn_shift": first_bn_shift(network, data, tc)}
+    report = {
+        "version": REPORT_VERSION,
+        "batch_norm": run.config.batch_norm,
+        "tasks": {},
+        "first_bn_shift": first_bn_shift(network, data, tc),
+    }
     batches = {}
     if joint:
         batches = {
@@ -291,9 +297,11 @@ def write_gap_table(out: Path, rows: list, seeds: list) -> None:
             folder = Path(out) / "rows" / row.name / f"seed{seed}"
             if not (folder / METRICS).exists():
                 continue
-            if not (folder / REPORT).exists():
-                fileio.write_json(folder / REPORT, normalization_report(folder))
-            reports.append(json.loads((folder / REPORT).read_text()))
+            report = json.loads((folder / REPORT).read_text()) if (folder / REPORT).exists() else {}
+            if report.get("version") != REPORT_VERSION:  # none yet, or scored as an earlier build did
+                report = normalization_report(folder)
+                fileio.write_json(folder / REPORT, report)
+            reports.append(report)
         if reports:
             table[row.name] = {"label": row.label, "seeds": len(reports), "reports": reports}
     lines = [
