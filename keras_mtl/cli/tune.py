@@ -41,8 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--objective",
         default="mean",
-        help="mean (the tasks' mean headline figure, maximised; default), TASK or TASK:METRIC (e.g. sed:psds1, "
-        "maximised), ar (the largest relative drop against --reference runs, minimised)",
+        help="mean (the tasks' mean headline figure, maximised; default), TASK or TASK:METRIC (e.g. sed:psds1; "
+        "maximised, minimised for *error_rate and *loss), ar (the largest relative drop against --reference "
+        "runs, minimised)",
     )
     p.add_argument(
         "--reference",
