@@ -127,6 +127,20 @@ COMMANDS = {
         "tests/test_cross_corpus.py::test_cross_corpus_experiment_end_to_end",
     ),
     "python scripts/experiment.py distill --seeds 0,1,2": (RUN, ("experiment", "distill", "--seeds", "0", "--dry-run")),
+    "python scripts/tune.py space.yaml --task-set asc,sed --preset board --trials 20": (
+        COVERED,
+        "tests/test_tune.py::test_tune_trains_a_run_folder_per_trial_end_to_end",
+    ),
+    "python scripts/tune.py space.yaml --task-set asc,sed --preset board --teacher runs/default --objective ar "
+    "--reference asc=runs/single-asc --reference sed=runs/single-sed --max-macs 4.5e6 --trials 30": (
+        COVERED,
+        "tests/test_tune.py::test_tune_trains_a_run_folder_per_trial_end_to_end",  # --teacher: tests/test_distill.py
+    ),
+    "python scripts/tune.py space.yaml --task-set asc,sed --preset board --storage "
+    "postgresql://me@dbhost/keras_mtl --study-name board": (
+        COVERED,
+        "tests/test_tune.py::test_tune_trains_a_run_folder_per_trial_end_to_end",  # a storage URL (SQLite there)
+    ),
     "python scripts/experiment.py balancing-speech --seeds 0,1,2": (
         RUN,
         ("experiment", "balancing-speech", "--seeds", "0,1,2", "--dry-run"),

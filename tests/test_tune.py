@@ -171,6 +171,17 @@ def test_tune_trains_a_run_folder_per_trial_end_to_end(tmp_path, tiny_env):
         metrics = json.loads((out / "trials" / f"study-{number}" / "metrics.json").read_text())
         assert "asc" in metrics["tasks"]
     assert (out / "study.db").is_file() and (out / "best.yaml").is_file()
+    # AR against a reference run, under a MACs budget, in a storage named by URL with a study name
+    reference = out / "trials" / "study-0000"
+    args = ["tune", str(space), "--preset", "tiny", "--task-set", "asc", "--epochs", "1", "--trials", "1"]
+    args += ["--objective", "ar", "--reference", f"asc={reference}", "--max-macs", "1e9", "--study-name", "ar"]
+    args += ["--storage", f"sqlite:///{tmp_path / 'shared.db'}", "--output-dir", str(out)]
+    result = subprocess.run([*keras_mtl_command(), *args], capture_output=True, text=True, env=tiny_env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader((out / "ar-trials.csv").open()))
+    assert len(rows) == 1 and rows[0]["state"] == "COMPLETE" and (out / "trials" / "ar-0000" / "metrics.json").is_file()
+    assert len(list(csv.DictReader((out / "trials.csv").open()))) == 2 and (out / "ar-best.yaml").is_file()
+    assert (tmp_path / "shared.db").is_file()
 
 
 def test_choices_of_any_type_come_back_as_given_and_per_task_settings_keep_the_other_tasks():

@@ -16,7 +16,8 @@ or choices):
 
 Every other option is train.py's and applies to every trial. The study folder (--output-dir, default
 runs/tune-<space>) holds study.db (unless --storage), trials/<study>-NNNN/ (ordinary run folders),
-trials.csv and best.yaml (the best settings as a --config YAML). Rerunning the same command adds trials
+trials.csv and best.yaml (the best settings as a --config YAML; <study>-trials.csv and <study>-best.yaml
+for a --study-name other than the folder's). Rerunning the same command adds trials
 to the study; with another space, objective or option it is refused (give another --study-name).
 """
 
@@ -116,5 +117,7 @@ def main(argv=None) -> int:
     best = result["best"]
     print(f"study folder: {out}  ({result['complete']} of {result['trials']} trials finished)")
     if best is not None:
-        print(f"best: trial {best.number}, {args.objective} = {best.value:.4f}, settings in {out / 'best.yaml'}")
+        print(
+            f"best: trial {best.number}, {args.objective} = {best.value:.4f}, settings in {out / search.report_name('best.yaml')}"
+        )
     return 0

@@ -294,6 +294,10 @@ class Search:
     def name(self) -> str:
         return self.study_name or self.out.name
 
+    def report_name(self, name: str) -> str:
+        """``trials.csv`` / ``best.yaml``, or ``<study>-trials.csv`` for a study named otherwise than its folder."""
+        return name if self.name == self.out.name else f"{self.name}-{name}"
+
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
 
@@ -384,7 +388,8 @@ class Search:
 def write_report(study: optuna.Study, search: Search) -> dict:
     """``trials.csv`` (every trial: number, state, value, settings, run folder, MACs, each task's figure as
     ``figure:TASK``) and, once a trial has finished, ``best.yaml`` (the best trial's settings as a
-    ``--config`` YAML) in ``search.out``. Returns {"trials", "complete", "best"}."""
+    ``--config`` YAML) in ``search.out``; ``<study>-trials.csv`` and ``<study>-best.yaml`` for a study named
+    otherwise than its folder. Returns {"trials", "complete", "best"}."""
     rows = []
     by_path = {d.path: d for d in search.dimensions}
     for trial in study.trials:
@@ -399,7 +404,7 @@ def write_report(study: optuna.Study, search: Search) -> dict:
         for task, value in (trial.user_attrs.get("figures") or {}).items():
             row[f"figure:{task}"] = value
         rows.append(row)
-    fileio.write_rows(search.out / "trials.csv", rows)
+    fileio.write_rows(search.out / search.report_name("trials.csv"), rows)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = None
     if complete:
@@ -411,7 +416,7 @@ def write_report(study: optuna.Study, search: Search) -> dict:
             "# the searched settings only: train with the study's other options too (its run's config.yaml has all)\n"
         )
         text = header + yaml.safe_dump(with_settings({}, settings), sort_keys=False)
-        fileio.write_text(search.out / "best.yaml", text)
+        fileio.write_text(search.out / search.report_name("best.yaml"), text)
     return {"trials": len(study.trials), "complete": len(complete), "best": best}
 
 
