@@ -315,8 +315,7 @@ class Search:
 
     def open_study(self) -> optuna.Study:
         url = self.storage_url()
-        if self.storage is None:
-            fileio.ensure_writable(self.out)
+        fileio.ensure_writable(self.out)  # the trials and reports go there whatever the storage
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5; the retry is what we want
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
