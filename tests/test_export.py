@@ -113,6 +113,33 @@ def test_stepped_encoder_equals_the_whole_clip_encoder_after_the_warm_up(config)
             assert last.kernel_size == (3, 1) and network.get_layer(f"{task}/conv5").kernel_size == (3, 3)
 
 
+@pytest.mark.parametrize(
+    "config",
+    [dataclasses.replace(SMALL, causal=True), dataclasses.replace(BOARD, causal=True)],
+    ids=["small", "board-preset"],
+)
+def test_a_causal_encoder_streams_every_embedding_of_the_whole_clip_network_both_ends_included(config):
+    frontend = _BOARD.frontend if config.n_mels == BOARD.n_mels else None
+    network, tasks, plan = _plan(config=config, frontend=frontend)
+    assert plan.step.warmup == 0 and set(plan.step.lags.values()) == {0}
+    assert {s.kind for s in plan.step.states} == {"convolution"}  # pools aligned with the clip: no delays
+    runner = StreamingRunner(plan, keras_call)
+    rng = np.random.default_rng(2)
+    for seconds in (1, 10):  # one second: every embedding is within the receptive radius of an end
+        frames = 1 + seconds * plan.hop_frames
+        features = rng.standard_normal((frames, config.n_mels)).astype(np.float32) - 5.0
+        embeddings = runner.embeddings(features)
+        for branch, streamed in embeddings.items():
+            full = np.asarray(keras.Model(network.input, network.get_layer(branch).output)(features[None]))[0]
+            assert streamed.shape == full.shape
+            np.testing.assert_allclose(streamed, full, atol=1e-5)
+        for piece in plan.pieces[1:]:  # the frame step, and the clip head on a clip of its length
+            if piece.kind == "clip_head" and piece.windows != seconds:
+                continue
+            whole = np.asarray(keras.Model(network.input, network.output[piece.task])(features[None]))[0]
+            np.testing.assert_allclose(runner.predict(piece, features, embeddings), whole, atol=1e-5)
+
+
 def test_an_encoder_that_cannot_step_runs_by_windows_or_says_why():
     mel = keras.Input(shape=(None, 128), name="mel")
     x = keras.layers.Reshape((-1, 128, 1), name="shared/expand")(mel)

@@ -20,8 +20,12 @@ whole-clip network's zero padding is; but outputs the step computes for those fr
 so the first ``warmup`` embeddings differ from the whole-clip network's (the receptive radius over
 the time stride), and every later one equals it up to float rounding (test).
 
+With causal convolutions (``model.causal``: a ZeroPadding2D of the span before each convolution in
+time, none after) no layer lags, no frame before the stream is computed, and every embedding equals
+the whole-clip network's, at both ends of a clip too (``warmup`` 0).
+
 Layers the step understands: 1-D, 2-D, depthwise and separable convolutions with time stride 1
-(any padding and dilation; frequency strides too), non-overlapping max and average pooling, and layers that act on each frame alone
+(any padding and dilation; frequency strides too; a ZeroPadding2D before one, with no time padding after), non-overlapping max and average pooling, and layers that act on each frame alone
 (normalisation, batch norm, activations, dropout, reshapes keeping time first). Anything else
 (a recurrent or attention layer, a residual join) raises ConfigError naming the layer.
 """
@@ -199,7 +203,7 @@ def build_encoder_step(network: keras.Model, branches: list[str], step_frames: i
 
     n_mels = int(network.input.shape[-1])
     mel = keras.Input(shape=(step_frames, n_mels), batch_size=1, name="mel")
-    tensors, lags = {}, {}
+    tensors, lags, paddings = {}, {}, {}
     state_inputs, state_outputs, states = [], [], []
 
     def add_state(x, frames: int, layer: str, kind: str):
@@ -224,20 +228,37 @@ def build_encoder_step(network: keras.Model, branches: list[str], step_frames: i
             )
         x, lag = tensors[sources[0]], lags[sources[0]]
         frames = int(x.shape[1])
+        padded = paddings.get(sources[0])  # ((time before, after), (freq before, after)) of a ZeroPadding2D
+        if padded is not None and not isinstance(layer, CONVOLUTIONS):
+            raise ConfigError(f"{sources[0]}: a ZeroPadding2D the encoder can step only before a convolution")
+        if isinstance(layer, keras.layers.ZeroPadding2D):
+            (time_before, time_after), freq_pad = layer.padding
+            if time_after:
+                raise ConfigError(f"{name}: padding after the clip in time cannot be stepped (only before it)")
+            tensors[name], lags[name], paddings[name] = x, lag, ((time_before, 0), tuple(freq_pad))
+            continue
         if isinstance(layer, CONVOLUTIONS):
             settings = layer.get_config()
             kernel, stride, dilation = settings["kernel_size"], settings["strides"], settings["dilation_rate"]
             if stride[0] != 1:
                 raise ConfigError(f"{name}: a time stride of {stride[0]}; the encoder steps convolutions of stride 1")
             span = (kernel[0] - 1) * dilation[0]
-            before = _same_padding(frames, kernel[0], 1, dilation[0])[0] if settings["padding"] == "same" else 0
             if settings["padding"] not in ("same", "valid"):
                 raise ConfigError(f"{name}: {settings['padding']} padding cannot be stepped")
+            if settings["padding"] == "same":
+                if padded is not None:
+                    raise ConfigError(f"{name}: a ZeroPadding2D before a convolution with same padding")
+                before = _same_padding(frames, kernel[0], 1, dilation[0])[0]
+            else:  # frames before the clip padded by the ZeroPadding2D, if any: causal when it is the span
+                before = padded[0][0] if padded is not None else 0
             if span:
                 x = add_state(x, span, name, "convolution")
             weights, columns = layer.get_weights(), None
-            if settings["padding"] == "same" and len(kernel) == 2:
-                pad = _same_padding(int(x.shape[2]), kernel[1], stride[1], dilation[1])
+            if (settings["padding"] == "same" or padded is not None) and len(kernel) == 2:
+                if padded is not None:
+                    pad = tuple(int(p) for p in padded[1])
+                else:
+                    pad = _same_padding(int(x.shape[2]), kernel[1], stride[1], dilation[1])
                 if type(layer) is keras.layers.Conv2D:
                     columns, pad = _live_columns(int(x.shape[2]), kernel[1], stride[1], dilation[1], pad)
                 if any(pad):
@@ -274,10 +295,13 @@ def build_encoder_step(network: keras.Model, branches: list[str], step_frames: i
     outputs = [keras.layers.Identity(name=branch.replace("/", "_"))(tensors[branch]) for branch in branches]
     model = keras.Model([mel, *state_inputs], [*outputs, *state_outputs], name="encoder_step")
     stride = step_frames // int(tensors[branches[0]].shape[1]) if branches else step_frames
+    # no lag anywhere (causal convolutions, aligned pools): no frame before the stream is ever
+    # computed, every state holds exactly the whole-clip network's zero padding, nothing to warm up
+    exact = not any(lags.values())
     return EncoderStep(
         model,
         step_frames,
         states,
         {branch: lags[branch] for branch in branches},
-        warmup=-(-radius // stride),
+        warmup=0 if exact else -(-radius // stride),
     )

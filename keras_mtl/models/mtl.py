@@ -29,6 +29,11 @@ class ModelConfig:
     ``separable``: blocks after the first are depthwise-separable convolutions (a k x k depthwise
     convolution then a 1 x 1 pointwise one; MobileNet, Howard et al. 2017) -- about k^2 times
     fewer MACs than a full convolution when the channel counts are large.
+    ``causal``: the convolutions look only at the current and past frames (zero padding of
+    ``kernel_size - 1`` frames before the clip, none after; as kws_streaming's causal padding,
+    Rybakov et al. 2020). The stepped encoder then has no look-ahead and no lag, and its embeddings
+    equal the whole-clip network's at every frame, the clip's first and last ones included; with
+    "same" padding (the default) they differ within the receptive radius of either end.
     """
 
     n_mels: int = 128
@@ -43,6 +48,7 @@ class ModelConfig:
     bidirectional: bool = False
     head_dropout: float = 0.2
     bn_momentum: float = 0.9
+    causal: bool = False
     weak_output: bool = False  # frame tasks also output attention-pooled clip scores ("<task>_weak")
     # after the shared blocks, groups of tasks may share more blocks: [{"tasks": [gc, ac], "blocks": 2}, ...]
     share_groups: tuple = ()
@@ -127,15 +133,26 @@ class TemporalAttentionPooling(keras.layers.Layer):
 
 def conv_block(x, prefix: str, index: int, channels: int, pool, config: ModelConfig):
     """Convolution (3 x 3, or depthwise-separable after the first block when ``config.separable``),
-    batch norm, ReLU, max pooling, dropout; layers named ``{prefix}/conv{index}`` etc."""
+    batch norm, ReLU, max pooling, dropout; layers named ``{prefix}/conv{index}`` etc. With
+    ``config.causal`` the convolution's padding is a ``{prefix}/pad{index}`` layer before it: the
+    frames before the clip in time, "same" in frequency."""
     strides = (1, config.freq_strides[index - 1])
+    padding = "same"
+    if config.causal:
+        freq = int(x.shape[2])
+        out = -(-freq // strides[1])
+        total = max((out - 1) * strides[1] + config.kernel_size - freq, 0)
+        x = keras.layers.ZeroPadding2D(
+            ((config.kernel_size - 1, 0), (total // 2, total - total // 2)), name=f"{prefix}/pad{index}"
+        )(x)
+        padding = "valid"
     if config.separable and index > 1:
         conv = keras.layers.SeparableConv2D(
-            channels, config.kernel_size, strides=strides, padding="same", use_bias=False, name=f"{prefix}/conv{index}"
+            channels, config.kernel_size, strides=strides, padding=padding, use_bias=False, name=f"{prefix}/conv{index}"
         )
     else:
         conv = keras.layers.Conv2D(
-            channels, config.kernel_size, strides=strides, padding="same", use_bias=False, name=f"{prefix}/conv{index}"
+            channels, config.kernel_size, strides=strides, padding=padding, use_bias=False, name=f"{prefix}/conv{index}"
         )
     x = conv(x)
     x = keras.layers.BatchNormalization(momentum=config.bn_momentum, name=f"{prefix}/bn{index}")(x)
