@@ -215,6 +215,17 @@ def _encoder_step_lines(plan, encoder) -> list[str]:
         + "".join(f"{outputs.index(f'new_{s.name}')}, " for s in states)
         + "-1};",
         "static const int kEncoderLags[KM_ENCODER_OUTPUT_COUNT] = {" + ", ".join(map(str, lags)) + "};",
+        "// each state's rows (frames), rows + lag, and new rows per step: after n steps its first",
+        "// kEncoderStateLead - n * kEncoderStateStepRows rows hold frames from before the stream (set to zero)",
+        "static const int kEncoderStateRows[KM_ENCODER_STATE_COUNT + 1] = {"
+        + "".join(f"{s.shape[0]}, " for s in states)
+        + "1};",
+        "static const int kEncoderStateLead[KM_ENCODER_STATE_COUNT + 1] = {"
+        + "".join(f"{s.shape[0] + s.lag}, " for s in states)
+        + "0};",
+        "static const int kEncoderStateStepRows[KM_ENCODER_STATE_COUNT + 1] = {"
+        + "".join(f"{plan.step.step_frames // s.stride}, " for s in states)
+        + "1};",
     ]
 
 

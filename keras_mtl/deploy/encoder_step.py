@@ -69,6 +69,8 @@ class StepState:
     layer: str
     kind: str  # "convolution" or "delay"
     shape: tuple
+    lag: int = 0  # the frames entering it at step s are the clip's frames [s * n - lag, (s + 1) * n - lag)
+    stride: int = 1  # log-mel frames per frame at its layer's input
 
     @property
     def size(self) -> int:
@@ -206,10 +208,10 @@ def build_encoder_step(network: keras.Model, branches: list[str], step_frames: i
     tensors, lags, paddings = {}, {}, {}
     state_inputs, state_outputs, states = [], [], []
 
-    def add_state(x, frames: int, layer: str, kind: str):
+    def add_state(x, frames: int, layer: str, kind: str, lag: int, stride: int):
         shape = (frames, *(int(d) for d in x.shape[2:]))
         state = keras.Input(shape=shape, batch_size=1, name=f"state_{len(states)}")
-        states.append(StepState(f"state_{len(states)}", layer, kind, shape))
+        states.append(StepState(f"state_{len(states)}", layer, kind, shape, lag, stride))
         buffer = keras.layers.Concatenate(axis=1, name=f"{layer.replace('/', '_')}_{kind}_buffer")([state, x])
         new_state = _time_slice(buffer, int(x.shape[1]), 0)
         state_inputs.append(state)
@@ -252,7 +254,7 @@ def build_encoder_step(network: keras.Model, branches: list[str], step_frames: i
             else:  # frames before the clip padded by the ZeroPadding2D, if any: causal when it is the span
                 before = padded[0][0] if padded is not None else 0
             if span:
-                x = add_state(x, span, name, "convolution")
+                x = add_state(x, span, name, "convolution", lag, step_frames // frames)
             weights, columns = layer.get_weights(), None
             if (settings["padding"] == "same" or padded is not None) and len(kernel) == 2:
                 if padded is not None:
@@ -277,7 +279,7 @@ def build_encoder_step(network: keras.Model, branches: list[str], step_frames: i
                 raise ConfigError(f"{name}: overlapping time pooling ({pool} with stride {stride}) cannot be stepped")
             missing = (-lag) % pool
             if missing:
-                buffer = add_state(x, missing, name, "delay")
+                buffer = add_state(x, missing, name, "delay", lag, step_frames // frames)
                 x = _time_slice(buffer, 0, missing)
                 lag += missing
             if frames % pool:

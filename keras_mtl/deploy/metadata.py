@@ -75,7 +75,8 @@ def streaming_settings(plan) -> dict:
     }
     if step is not None:
         streaming["states"] = [
-            {"name": s.name, "layer": s.layer, "kind": s.kind, "shape": list(s.shape)} for s in step.states
+            {"name": s.name, "layer": s.layer, "kind": s.kind, "shape": list(s.shape), "lag": s.lag, "stride": s.stride}
+            for s in step.states
         ]
         streaming["lags"] = dict(step.lags)
         streaming["warmup"] = step.warmup
@@ -130,10 +131,18 @@ def firmware_headers(flatbuffers: dict[str, bytes]) -> tuple[str, str]:
     step = None
     if streaming["encoder"] == "step":
         states = [
-            SimpleNamespace(name=s["name"], size=int(np.prod(s["shape"])), shape=tuple(s["shape"]))
+            SimpleNamespace(
+                name=s["name"],
+                size=int(np.prod(s["shape"])),
+                shape=tuple(s["shape"]),
+                lag=int(s.get("lag", 0)),  # older exports carry neither: no rows zeroed
+                stride=int(s.get("stride", 1)),
+            )
             for s in streaming["states"]
         ]
-        step = SimpleNamespace(states=states, lags=streaming["lags"], warmup=streaming["warmup"])
+        step = SimpleNamespace(
+            states=states, lags=streaming["lags"], warmup=streaming["warmup"], step_frames=streaming["window_frames"]
+        )
     pieces = [SimpleNamespace(**d["piece"]) for d in documents.values()]
     plan = SimpleNamespace(
         window_frames=streaming["window_frames"],

@@ -259,6 +259,17 @@ def clip_windows(frames: int, plan: StreamingPlan) -> int:
     return max(1, math.ceil((frames - 1) / plan.hop_frames))
 
 
+def before_stream(state, steps: int, step_frames: int) -> int:
+    """Rows of a stepped encoder's ``state`` (a StepState) that hold frames from before the stream after
+    ``steps`` steps: the step computes them from the zero states, so they are not zero, while the
+    whole-clip network pads every layer's input with zeros there. The caller sets them to zero (the
+    first few steps only); the embeddings then equal the whole-clip network's from the stream's first
+    one on (the layers' outputs for such frames reach the next layer through its state, never
+    within the step that computes them, in the encoders the step builder makes; test)."""
+    frames = step_frames // state.stride
+    return max(0, min(state.shape[0], state.shape[0] + state.lag - steps * frames))
+
+
 def invocations_per_second(piece: Piece, plan: StreamingPlan) -> float:
     """How often the device runs ``piece`` per second of audio: a stepped encoder every step, a frame
     step once per embedding, a clip head once per clip of ``windows`` seconds, the rest once a second."""
@@ -323,12 +334,17 @@ class StreamingRunner:
         if tail > 0:
             features = np.concatenate([features, np.broadcast_to(plan.pad_value, (tail, features.shape[1]))])
         states = {s.name: np.zeros((1, *s.shape), np.float32) for s in step.states}
+        zeros = {s.name: self.prepare(encoder, s.name, states[s.name]) for s in step.states}
         features = self.prepare(encoder, "mel", features)
         for k in range(steps):
             inputs = {"mel": features[None, k * step.step_frames : (k + 1) * step.step_frames], **states}
             outputs = self.call(encoder, inputs)
             yield inputs, outputs
             states = {s.name: outputs[f"new_{s.name}"] for s in step.states}
+            for s in step.states:  # frames before the stream: zero, as the whole-clip network's padding
+                rows = before_stream(s, k + 1, step.step_frames)
+                if rows:
+                    states[s.name] = np.concatenate([zeros[s.name][:, :rows], states[s.name][:, rows:]], axis=1)
 
     def stepped_embeddings(self, features: np.ndarray, steps: list | None = None) -> dict[str, np.ndarray]:
         """{branch: (frames, F)} from the encoder's steps over ``features`` (``steps``: the (inputs,

@@ -40,6 +40,7 @@ int8_t g_window[KM_ENCODER_WINDOW_FRAMES][KM_MEL_BANDS];  // encoder input (wind
 int g_window_rows = 0;                      // rows of g_window filled
 #if KM_ENCODER_STEPPED
 int8_t g_states[KM_ENCODER_STATE_BYTES + 1];  // the stepped encoder's states, in its input quantisation
+uint32_t g_steps = 0;                          // encoder steps since the stream began (saturates)
 uint32_t g_wanted = 0xFFFFFFFFu;              // embeddings per output to deliver (set by the flush)
 #endif
 int g_filled = 0;                           // samples in g_samples (starts with kPad zeros)
@@ -342,12 +343,20 @@ void RunWindow() {
       }
     }
   }
-  // the new states, requantised to the inputs' quantisation (outputs may share memory with inputs)
+  // the new states, requantised to the inputs' quantisation (outputs may share memory with inputs);
+  // in the first steps, the rows holding frames from before the stream set to zero: the step computed
+  // them from the zero states, the whole-clip network pads there with zeros (streaming.before_stream)
+  if (g_steps < 0xFFFF) g_steps++;
   state = g_states;
   for (int k = 0; k < KM_ENCODER_STATE_COUNT; k++) {
     const TfLiteTensor* output = it.output(kEncoderStateOutputs[k]);
     const TfLiteTensor* input = it.input(kEncoderStateInputs[k]);
     Requantize(output->data.int8, output, state, input, input->bytes);
+    const int before = kEncoderStateLead[k] - static_cast<int>(g_steps) * kEncoderStateStepRows[k];
+    if (before > 0) {
+      const int rows = before < kEncoderStateRows[k] ? before : kEncoderStateRows[k];
+      memset(state, Quantize(0.0f, input), rows * (input->bytes / kEncoderStateRows[k]));
+    }
     state += input->bytes;
   }
 }
@@ -411,6 +420,7 @@ void PushSample(float sample) {
 void Reset() {
 #if KM_ENCODER_STEPPED
   // frames before the stream: zero in every state, as the whole-clip network's padding
+  g_steps = 0;
   int8_t* state = g_states;
   for (int k = 0; k < KM_ENCODER_STATE_COUNT; k++) {
     const TfLiteTensor* input = g_encoder->interpreter->input(kEncoderStateInputs[k]);
