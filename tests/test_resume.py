@@ -31,9 +31,14 @@ def _final_artifacts_are_whole(run: Path):
             json.loads((run / name).read_text())
     latest = run / "checkpoint" / "latest"
     if latest.exists():
-        folder = run / "checkpoint" / latest.read_text().strip()
-        json.loads((folder / "resume.json").read_text())
-        assert (folder / "state.index").stat().st_size > 0
+        name = latest.read_text().strip()
+        folder = run / "checkpoint" / name
+        try:
+            json.loads((folder / "resume.json").read_text())
+            assert (folder / "state.index").stat().st_size > 0
+        except FileNotFoundError:
+            # A checkpoint is pruned only once ``latest`` names a newer one: read while it moved on.
+            assert latest.read_text().strip() != name, f"checkpoint/latest names {name}, which is incomplete"
 
 
 @pytest.mark.slow

@@ -128,21 +128,7 @@ def firmware_headers(flatbuffers: dict[str, bytes]) -> tuple[str, str]:
     first = next(iter(documents.values()))
     frontend = FrontEndConfig(**first["frontend"])
     streaming = first["streaming"]
-    step = None
-    if streaming["encoder"] == "step":
-        states = [
-            SimpleNamespace(
-                name=s["name"],
-                size=int(np.prod(s["shape"])),
-                shape=tuple(s["shape"]),
-                lag=int(s.get("lag", 0)),  # older exports carry neither: no rows zeroed
-                stride=int(s.get("stride", 1)),
-            )
-            for s in streaming["states"]
-        ]
-        step = SimpleNamespace(
-            states=states, lags=streaming["lags"], warmup=streaming["warmup"], step_frames=streaming["window_frames"]
-        )
+    step = step_from_settings(streaming)
     pieces = [SimpleNamespace(**d["piece"]) for d in documents.values()]
     plan = SimpleNamespace(
         window_frames=streaming["window_frames"],
@@ -169,3 +155,24 @@ def firmware_headers(flatbuffers: dict[str, bytes]) -> tuple[str, str]:
         plan, list(tasks.values()), models, {n: operators(f) for n, f in flatbuffers.items()}, embedding_ms
     )
     return settings, pieces_h
+
+
+def step_from_settings(streaming: dict) -> SimpleNamespace | None:
+    """The stepped encoder's plan (``states`` with name, shape, size, lag and stride; ``lags``,
+    ``warmup``, ``step_frames``) from an export's ``streaming`` settings; None for a windowed
+    encoder. Exports older than the state fields (lag, stride) zero no rows."""
+    if streaming["encoder"] != "step":
+        return None
+    states = [
+        SimpleNamespace(
+            name=s["name"],
+            size=int(np.prod(s["shape"])),
+            shape=tuple(int(v) for v in s["shape"]),
+            lag=int(s.get("lag", 0)),
+            stride=int(s.get("stride", 1)),
+        )
+        for s in streaming["states"]
+    ]
+    return SimpleNamespace(
+        states=states, lags=streaming["lags"], warmup=streaming["warmup"], step_frames=streaming["window_frames"]
+    )

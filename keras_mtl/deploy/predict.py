@@ -158,12 +158,7 @@ def _plan_from_settings(streaming: dict, documents: dict, models: dict) -> Simpl
                 model=SimpleNamespace(inputs=inputs, output_names=model.output_names()),
             )
         )
-    step = None
-    if streaming["encoder"] == "step":
-        states = [SimpleNamespace(name=s["name"], shape=tuple(s["shape"])) for s in streaming["states"]]
-        step = SimpleNamespace(
-            step_frames=streaming["window_frames"], states=states, lags=streaming["lags"], warmup=streaming["warmup"]
-        )
+    step = metadata.step_from_settings(streaming)
     by_name = {p.name: p for p in pieces}
     return SimpleNamespace(
         window_frames=streaming["window_frames"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -94,8 +95,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
         name = f"epoch-{epoch + 1}"
         target = self.folder / name
         tmp = self.folder / f".{name}.{os.getpid()}.tmp"
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         checkpoint_of(self.strategy).write(str(tmp / "state"))
         fileio.write_json(

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -358,6 +359,4 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
 
 
 def interactive() -> bool:
-    import sys
-
     return sys.stdout.isatty()
