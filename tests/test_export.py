@@ -49,6 +49,11 @@ def _plan(tasks="asc,sed", encoder="auto", config=SMALL, frontend=None):
                     variance + rng.uniform(0.1, 0.5, variance.shape),
                 ]
             )
+        if isinstance(layer, keras.layers.GRU):  # biases as after training: the z and r gates' input and
+            kernel, recurrent, bias = layer.get_weights()  # recurrent biases get the same gradients, so stay equal
+            bias = 0.3 * np.random.default_rng(7).standard_normal(bias.shape)
+            bias[1, : 2 * layer.units] = bias[0, : 2 * layer.units]
+            layer.set_weights([kernel, recurrent, bias])
     return network, tasks, plan_streaming(network, tasks, frontend, config.time_pool_factor, encoder=encoder)
 
 
@@ -282,7 +287,9 @@ def test_16x8_frame_step_agrees_between_litert_and_tflm_and_keeps_the_gru():
             state_q, state_f = got["new_state"], want["new_state"]
             worst = max(worst, float(np.abs(micro.dequantize("new_state", state_q) - state_f).max()))
         errors[activations] = worst
-    assert errors["int16"] < errors["int8"] / 4, errors
+    # int16 activations: the state within 0.01 of the float step's after 60 steps (int8 weights); the
+    # converter's shared gate bias, read at the wrong scale, was off by 0.1-0.4 (streaming._gru_step)
+    assert errors["int16"] < min(0.01, errors["int8"] / 4), errors
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the arena probe forks where the platform can")

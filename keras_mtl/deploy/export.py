@@ -137,10 +137,13 @@ def calibration_samples(plan: StreamingPlan, tasks, train: dict, clips: int, rng
                     width = piece.model.inputs[0].shape[1]
                     calibration[piece.name].append({"frames": fit_frames(embeddings, width)[None]})
                 elif len(calibration[piece.name]) < 40 * clips:
+                    # The recurrent state over every frame, as the device runs it; up to 40 pairs kept.
                     state = np.zeros((1, piece.model.inputs[1].shape[-1]), np.float32)
-                    for frame in embeddings[:: max(1, len(embeddings) // 40)]:
-                        calibration[piece.name].append({"frame": frame[None], "state": state})
+                    pairs = []
+                    for frame in embeddings:
+                        pairs.append({"frame": frame[None], "state": state})
                         state = keras_call(piece, {"frame": frame[None], "state": state})["new_state"]
+                    calibration[piece.name].extend(pairs[:: max(1, len(pairs) // 40)][:40])
     return calibration
 
 
