@@ -215,9 +215,17 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
         return describe_run(network, tasks, config, output_dir=None)
     distill.check_teachers(config, tasks)  # a teacher that cannot teach this run, before any data is read
 
+    given = Path(config.output_dir) if config.output_dir else None
+    made_here = not resume and not (given is not None and given.exists())
     out = _run_folder(config, resume, overwrite)
-    data = prepare_data(config, tasks)
-    distilled = distill.attach_teacher_outputs(config, tasks, data, out)
+    try:
+        data = prepare_data(config, tasks)
+        distilled = distill.attach_teacher_outputs(config, tasks, data, out)
+    except BaseException:
+        if made_here:  # a run refused for its data leaves no empty folder behind (rmdir: only if empty)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     prep_seconds = time.monotonic() - started
     mean, var = feature_statistics(list(data.train.values()))
 
