@@ -78,14 +78,15 @@ SEPARABLE = ModelConfig(
 )
 
 
+UNPOOLED_FIRST = dataclasses.replace(SMALL, pools=((1, 16), (2, 4), (2, 2)))  # seed001's layout, smaller
 _BOARD = run_config.build(run_config.load_preset("board"))
 BOARD = dataclasses.replace(_BOARD.model, dropout=0.0)
 
 
 @pytest.mark.parametrize(
     "config",
-    [SMALL, ModelConfig(dropout=0.0), SEPARABLE, BOARD],
-    ids=["small", "full-convolutions", "separable-strided", "board-preset"],
+    [SMALL, ModelConfig(dropout=0.0), SEPARABLE, BOARD, UNPOOLED_FIRST],
+    ids=["small", "full-convolutions", "separable-strided", "board-preset", "unpooled-first-block"],
 )
 def test_stepped_encoder_equals_the_whole_clip_encoder_but_for_the_last_embeddings(config):
     frontend = _BOARD.frontend if config is BOARD else None  # 64 mels, 20 ms hop
@@ -107,13 +108,17 @@ def test_stepped_encoder_equals_the_whole_clip_encoder_but_for_the_last_embeddin
         # the start: the runner zeroes the states' frames from before the stream (streaming.before_stream),
         # as the whole-clip network's padding; the end: the whole-clip network pads every layer with zeros,
         # a stream goes on with the pad frame, so only the last embeddings differ
-        np.testing.assert_allclose(streamed[:-warmup], full[:-warmup], atol=1e-5)
+        # ... except where a convolution unpooled in time feeds another (seed001's first blocks): the outputs
+        # the step computes for frames before the stream reach the next convolution within the same step,
+        # before the runner can zero them, and the first embeddings differ too
+        first = warmup if config is UNPOOLED_FIRST else 0
+        np.testing.assert_allclose(streamed[first:-warmup], full[first:-warmup], atol=1e-5)
     # the states: a few frames per layer, whatever the length of the audio
     assert sum(s.size for s in plan.step.states) <= 8192
     kinds = {s.kind for s in plan.step.states}
     assert kinds == (
-        {"convolution"} if config is BOARD else {"convolution", "delay"}
-    )  # its one time pool is aligned: no delay
+        {"convolution"} if config in (BOARD, UNPOOLED_FIRST) else {"convolution", "delay"}
+    )  # their time pools are aligned: no delay
     if config is BOARD:  # its last block sees one mel position: the step keeps the kernel's middle taps
         for task in ("asc", "sed"):
             last = plan.step.model.get_layer(f"{task}/conv5_step")

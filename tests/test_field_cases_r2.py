@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from keras_mtl.core.errors import ConfigError, DataError
+from keras_mtl.core.paths import runs_dir
 from keras_mtl.data.items import AudioItem, Event
 from keras_mtl.data.readers import manifest
 from keras_mtl.runs.folder import claim_run_folder
@@ -358,6 +359,7 @@ def test_a_run_refused_for_its_data_leaves_no_empty_run_folder(tmp_path, tiny_en
     # a run folder is claimed before the data is read; when the data is refused the empty folder goes too
     bad = tmp_path / "corpus.csv"
     bad.write_text("filename,scene_label\nmissing.wav,park\n")
+    before = set(runs_dir().glob("*-asc-*"))  # the default folder: runs/ of the checkout
     for extra in (["--output-dir", str(tmp_path / "run")], []):
         result = subprocess.run(
             [*keras_mtl_command(), "train", "--task-set", "asc", "--preset", "tiny", "--epochs", "1"]
@@ -370,4 +372,4 @@ def test_a_run_refused_for_its_data_leaves_no_empty_run_folder(tmp_path, tiny_en
         )
         assert result.returncode == 2, result.stderr[-2000:]
         assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
-    assert not (tmp_path / "run").exists() and not list((tmp_path / "runs").glob("*"))
+    assert not (tmp_path / "run").exists() and set(runs_dir().glob("*-asc-*")) == before

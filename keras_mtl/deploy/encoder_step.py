@@ -15,10 +15,15 @@ variables: the same model runs in LiteRT (host checks) and TFLite-Micro, and the
 default encoder are 4.4 kB, copied once per 40 ms step.
 
 Each branch's embeddings come out ``lag`` steps late (the look-ahead of the "same" padding,
-plus the pooling delays). Frames before the start of the stream are zero in every state, as the
-whole-clip network's zero padding is; but outputs the step computes for those frames are not zero,
-so the first ``warmup`` embeddings differ from the whole-clip network's (the receptive radius over
-the time stride), and every later one equals it up to float rounding (test).
+plus the pooling delays). The step computes outputs for frames before the start of the stream,
+which are not zero where the whole-clip network pads with zeros; the runner
+(``streaming.StreamingRunner.encoder_steps``) and the firmware set the state rows that hold them to
+zero after each step, so the embeddings equal the whole-clip network's from the first one up to float
+rounding — in encoders where such outputs reach the next layer only through its state (the default,
+board and tiny presets; test). Where a convolution unpooled in time feeds another (seed001's first
+blocks) they reach it within the step, and the first embeddings can differ; ``warmup`` bounds how
+many at either end (the receptive radius over the time stride). The last ones differ as well: past
+the clip's end the step runs on pad frames.
 
 With causal convolutions (``model.causal``: a ZeroPadding2D of the span before each convolution in
 time, none after) no layer lags, no frame before the stream is computed, and every embedding equals
@@ -85,7 +90,7 @@ class EncoderStep:
     step_frames: int
     states: list[StepState]
     lags: dict[str, int]  # branch -> embeddings it outputs before the first one of the stream
-    warmup: int  # embeddings at the start of a stream that differ from the whole-clip network's
+    warmup: int  # at most this many embeddings at either end of a clip differ from the whole-clip network's
 
 
 @keras.utils.register_keras_serializable(package="keras_mtl")
@@ -253,6 +258,11 @@ def build_encoder_step(network: keras.Model, branches: list[str], step_frames: i
                 before = _same_padding(frames, kernel[0], 1, dilation[0])[0]
             else:  # frames before the clip padded by the ZeroPadding2D, if any: causal when it is the span
                 before = padded[0][0] if padded is not None else 0
+                if before > span:
+                    raise ConfigError(
+                        f"{name}: {before} frames of time padding before a convolution that spans {span}; "
+                        "the encoder steps at most the span"
+                    )
             if span:
                 x = add_state(x, span, name, "convolution", lag, step_frames // frames)
             weights, columns = layer.get_weights(), None

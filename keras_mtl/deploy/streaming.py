@@ -163,16 +163,18 @@ def plan_streaming(
 
 
 def receptive_radius(model: keras.Model) -> int:
-    """Input frames on each side that can reach an output frame: convolutions add
-    (kernel // 2) * dilation and poolings (pool - 1), times the stride accumulated before them
-    (an upper bound for branching models; time is axis 1)."""
+    """Input frames on each side that can reach an output frame: "same" convolutions add
+    (kernel // 2) * dilation, "valid" ones (kernel - 1) * dilation (all on one side: a causal
+    model's convolutions, padded before them), poolings (pool - 1), each times the stride
+    accumulated before them (an upper bound for branching models; time is axis 1)."""
     radius, stride = 0, 1
     for layer in _layers_in_order(model):
         config = layer.get_config()
         if "kernel_size" in config:
             kernel, step = config["kernel_size"][0], config["strides"][0]
             dilation = config.get("dilation_rate", (1,))[0]
-            radius += (kernel // 2) * dilation * stride
+            reach = kernel // 2 if config.get("padding", "same") == "same" else kernel - 1
+            radius += reach * dilation * stride
             stride *= step
         elif "pool_size" in config:
             pool, step = config["pool_size"][0], (config.get("strides") or config["pool_size"])[0]
@@ -353,8 +355,10 @@ class StreamingRunner:
             states = {s.name: outputs[f"new_{s.name}"] for s in step.states}
             for s in step.states:  # frames before the stream: zero, as the whole-clip network's padding
                 rows = before_stream(s, k + 1, step.step_frames)
-                if rows:
-                    states[s.name] = np.concatenate([zeros[s.name][:, :rows], states[s.name][:, rows:]], axis=1)
+                if rows:  # integers where the call hands the state back as integers, else float zeros
+                    state = states[s.name]
+                    fill = zeros[s.name] if state.dtype == zeros[s.name].dtype else np.zeros_like(state)
+                    states[s.name] = np.concatenate([fill[:, :rows], state[:, rows:]], axis=1)
 
     def stepped_embeddings(self, features: np.ndarray, steps: list | None = None) -> dict[str, np.ndarray]:
         """{branch: (frames, F)} from the encoder's steps over ``features`` (``steps``: the (inputs,
