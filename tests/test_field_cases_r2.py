@@ -354,22 +354,26 @@ def test_a_cp_mobile_run_trains_and_exports(tmp_path):
     assert (run / "export" / "tone_model.tflite").is_file()
 
 
-@pytest.mark.slow
-def test_a_run_refused_for_its_data_leaves_no_empty_run_folder(tmp_path, tiny_env):
+def test_a_run_refused_for_its_data_leaves_no_empty_run_folder(tmp_path):
     # a run folder is claimed before the data is read; when the data is refused the empty folder goes too
+    from tests.test_train_cli import assert_one_line_error, run_train
+
     bad = tmp_path / "corpus.csv"
     bad.write_text("filename,scene_label\nmissing.wav,park\n")
     before = set(runs_dir().glob("*-asc-*"))  # the default folder: runs/ of the checkout
     for extra in (["--output-dir", str(tmp_path / "run")], []):
-        result = subprocess.run(
-            [*keras_mtl_command(), "train", "--task-set", "asc", "--preset", "tiny", "--epochs", "1"]
-            + ["--data-root", f"asc={bad}", *extra],
-            capture_output=True,
-            text=True,
-            env=tiny_env,
-            cwd=tmp_path,
-            timeout=300,
+        result = run_train(
+            "--task-set",
+            "asc",
+            "--preset",
+            "tiny",
+            "--epochs",
+            "1",
+            "--data-root",
+            f"asc={bad}",
+            *extra,
+            env_dirs=tmp_path,
         )
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
+        assert result.returncode == 2
+        assert_one_line_error(result, "corpus.csv")
     assert not (tmp_path / "run").exists() and set(runs_dir().glob("*-asc-*")) == before

@@ -208,25 +208,22 @@ def _encoder_step_lines(plan, encoder) -> list[str]:
         f"#define KM_ENCODER_MEL_INPUT {inputs.index('mel')}",
         f"#define KM_ENCODER_STATE_COUNT {len(states)}",
         f"#define KM_ENCODER_STATE_BYTES {sum(s.size for s in states)}",
-        "static const int kEncoderStateInputs[KM_ENCODER_STATE_COUNT + 1] = {"
-        + "".join(f"{inputs.index(s.name)}, " for s in states)
-        + "-1};",
-        "static const int kEncoderStateOutputs[KM_ENCODER_STATE_COUNT + 1] = {"
-        + "".join(f"{outputs.index(f'new_{s.name}')}, " for s in states)
-        + "-1};",
+        _state_table("kEncoderStateInputs", [inputs.index(s.name) for s in states], -1),
+        _state_table("kEncoderStateOutputs", [outputs.index(f"new_{s.name}") for s in states], -1),
         "static const int kEncoderLags[KM_ENCODER_OUTPUT_COUNT] = {" + ", ".join(map(str, lags)) + "};",
         "// each state's rows (frames), rows + lag, and new rows per step: after n steps its first",
         "// kEncoderStateLead - n * kEncoderStateStepRows rows hold frames from before the stream (set to zero)",
-        "static const int kEncoderStateRows[KM_ENCODER_STATE_COUNT + 1] = {"
-        + "".join(f"{s.shape[0]}, " for s in states)
-        + "1};",
-        "static const int kEncoderStateLead[KM_ENCODER_STATE_COUNT + 1] = {"
-        + "".join(f"{s.shape[0] + s.lag}, " for s in states)
-        + "0};",
-        "static const int kEncoderStateStepRows[KM_ENCODER_STATE_COUNT + 1] = {"
-        + "".join(f"{plan.step.step_frames // s.stride}, " for s in states)
-        + "1};",
+        _state_table("kEncoderStateRows", [s.shape[0] for s in states], 1),
+        _state_table("kEncoderStateLead", [s.shape[0] + s.lag for s in states], 0),
+        _state_table("kEncoderStateStepRows", [plan.step.step_frames // s.stride for s in states], 1),
     ]
+
+
+def _state_table(name: str, values: list[int], last: int) -> str:
+    """A C array of one int per encoder state, one more element (``last``) so that it is never empty."""
+    return (
+        f"static const int {name}[KM_ENCODER_STATE_COUNT + 1] = {{" + "".join(f"{v}, " for v in values) + f"{last}}};"
+    )
 
 
 def pieces_header(plan, tasks, models: dict, operators: dict[str, list[str]], embedding_ms: int) -> str:
