@@ -362,18 +362,8 @@ def test_a_run_refused_for_its_data_leaves_no_empty_run_folder(tmp_path):
     bad.write_text("filename,scene_label\nmissing.wav,park\n")
     before = set(runs_dir().glob("*-asc-*"))  # the default folder: runs/ of the checkout
     for extra in (["--output-dir", str(tmp_path / "run")], []):
-        result = run_train(
-            "--task-set",
-            "asc",
-            "--preset",
-            "tiny",
-            "--epochs",
-            "1",
-            "--data-root",
-            f"asc={bad}",
-            *extra,
-            env_dirs=tmp_path,
-        )
+        args = ["--task-set", "asc", "--preset", "tiny", "--epochs", "1", "--data-root", f"asc={bad}", *extra]
+        result = run_train(*args, env_dirs=tmp_path)
         assert result.returncode == 2
         assert_one_line_error(result, "corpus.csv")
     assert not (tmp_path / "run").exists() and set(runs_dir().glob("*-asc-*")) == before
