@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from keras_mtl.cli import main as cli_main
-from tests.conftest import REPO, keras_mtl_command
+from tests.conftest import REPO, keras_mtl_command, run_cli
 
 
 def test_help_lists_every_verb():
@@ -93,8 +93,6 @@ def test_evaluate_rewrites_metrics_with_the_same_values(tmp_path, tiny_run):
 
 
 def test_evaluate_refuses_a_folder_that_holds_no_run(tmp_path):
-    result = subprocess.run(
-        [*keras_mtl_command(), "evaluate", str(tmp_path)], capture_output=True, text=True, timeout=120
-    )
+    result = run_cli(["evaluate", tmp_path])
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in result.stderr

@@ -258,27 +258,12 @@ def test_cross_corpus_data_is_built_from_the_real_recordings(tmp_path):
     assert cross_corpus.build(REAL_MINI, tmp_path / "data", n_train=4, n_test=2, digit_takes=1) == tasks  # reused
 
 
-def test_an_unknown_batch_norm_mode_is_one_error_line(tiny_env, tmp_path):
-    from tests.conftest import keras_mtl_command
+def test_an_unknown_batch_norm_mode_is_one_error_line(tiny_env, tmp_path, monkeypatch):
+    from tests.conftest import run_cli
 
-    result = subprocess.run(
-        [
-            *keras_mtl_command(),
-            "train",
-            "--task-set",
-            "asc,sed",
-            "--preset",
-            "tiny",
-            "--batch-norm",
-            "group",
-            "--dry-run",
-        ],
-        capture_output=True,
-        text=True,
-        env=tiny_env,
-        cwd=tmp_path,
-        timeout=300,
-    )
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--task-set", "asc,sed", "--preset", "tiny", "--batch-norm", "group", "--dry-run"]
+    result = run_cli(argv, env=tiny_env)
     assert result.returncode == 2
     assert (
         result.stderr.strip().splitlines()[-1].startswith("error: batch_norm must be one of auto, per-task, calibrated")
@@ -333,6 +318,7 @@ def test_the_calibration_stage_trains_on_clean_batches_unless_asked_for_augmente
     assert calibration_batches(tasks, data, tc, None, 0, train_ds) is train_ds  # augmentation off: nothing to drop
 
 
+@pytest.mark.slow  # needs the shared tiny run, trained and exported through the command line
 def test_a_calibrated_run_is_scored_with_the_test_mixture_s_statistics_and_its_gap_is_against_them(tiny_run):
     """normalization_report on a calibrated two-task run: each task is scored as deployed (moving
     statistics), with its test batches' own statistics and with the test mixture's (each task's test batch

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from keras_mtl.deploy import agreement, c_arrays, firmware
 from keras_mtl.deploy.qat import copy_back, quantization_aware
 from keras_mtl.deploy.streaming import StreamingRunner, keras_call, plan_streaming, receptive_radius
 from keras_mtl.deploy.tflite import Int8Model, convert_int8, probe_in_child, search_arena
-from keras_mtl.features.logmel import FrontEndConfig, LogMel
+from keras_mtl.features.logmel import FrontEndConfig, LogMel, mel_weight_matrix
 from keras_mtl.models.mtl import ModelConfig, build_model
 from keras_mtl.runs import config as run_config
 from keras_mtl.tasks.registry import parse_task_set
@@ -464,16 +465,17 @@ def test_generated_sources_compile_and_c_front_end_matches_python(exported, tmp_
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="no host C compiler")
-def test_c_front_end_level_normalisation_matches_python(exported, tmp_path):
+def test_c_front_end_level_normalisation_matches_python(tmp_path):
     """level_seconds > 0: the C front end's running level (km_level_update, float) gives the Python
     front end's features within 1e-3 over a stream whose level jumps by 40 dB, warm-up included; and
-    a gain on the input leaves the features as they were."""
-    settings = (exported / "c" / "model_settings.h").read_text()
-    assert "#define KM_LEVEL_FRAMES 0\n" in settings
+    a gain on the input leaves the features as they were. The header is the export's own
+    (settings_header) with no model pieces: the front end needs no trained run."""
     config = FrontEndConfig(level_seconds=0.5)
-    (tmp_path / "model_settings.h").write_text(
-        settings.replace("#define KM_LEVEL_FRAMES 0\n", f"#define KM_LEVEL_FRAMES {config.level_frames}\n")
-    )
+    plan = SimpleNamespace(step=None, window_frames=1, hop_frames=1, context_frames=0, output_frames=1,
+                           pad_value=np.zeros(config.n_mels), pieces=[])  # fmt: skip
+    settings = c_arrays.settings_header(config, mel_weight_matrix(config), plan, [], {}, {})
+    assert f"#define KM_LEVEL_FRAMES {config.level_frames}\n" in settings and config.level_frames > 0
+    (tmp_path / "model_settings.h").write_text(settings)
     program = tmp_path / "logmel"
     subprocess.run(
         ["gcc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{tmp_path}",
