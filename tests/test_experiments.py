@@ -109,3 +109,13 @@ def test_balancing_experiments_list_single_task_models_and_every_method():
         rows = {row.name: row.settings for row in EXPERIMENTS[name].rows}
         assert [rows[f"single-{t}"]["tasks"] for t in tasks] == [[t] for t in tasks]
         assert all(rows[m] == {"tasks": tasks, "strategy": "soft", "weighting": m} for m in BALANCING)
+
+
+def test_the_distill_experiment_distils_the_clip_tasks_alone_in_one_row():
+    """board-distilled: every task from the default joint model; board-distilled-clip: the same teacher,
+    the frame task's distillation weight 0 (SED distilled from the joint model measured a loss)."""
+    rows = {row.name: row.settings for row in experiments.EXPERIMENTS["distill"].rows}
+    assert rows["board-distilled"]["training"] == {"teachers": ["@default"]}
+    clip = rows["board-distilled-clip"]
+    assert clip["training"] == {"teachers": ["@default"], "distill_weight": {"asc": 1.0, "sed": 0.0}}
+    assert {k: v for k, v in clip.items() if k != "training"} == rows["board"]
