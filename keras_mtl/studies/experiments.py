@@ -146,7 +146,7 @@ def _distill_rows(tasks) -> tuple:
     board = _preset_row("board", tasks)
     channels = run_config.build(run_config.load_preset("board")).model.channels
     half = {"channels": [max(2, round(0.7 * c)) for c in channels]}
-    # distilling SED from the joint model measured a loss (3 seeds: event-F1 -3.8, PSDS1 -4.5 points), ASC a gain
+    # board-distilled-clip: does SED lose by its own distillation term or by ASC's? (ASC's: docs/studies.md)
     clip_only = {t.name: float(t.level == "clip") for t in parse_task_set(",".join(tasks))}
     rows = singles + (
         Row(
