@@ -391,6 +391,7 @@ def test_generated_c_arrays_parse_back_to_the_tflite_bytes(exported):
 @pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("g++") is None, reason="no host C compiler")
 def test_generated_sources_compile_and_c_front_end_matches_python(exported, tmp_path):
     c_dir = exported / "c"
+    assert "#define KM_LEVEL_FRAMES 0\n" in (c_dir / "model_settings.h").read_text()  # the tiny run's level_seconds
     for source in c_dir.glob("*.cc"):
         subprocess.run(
             ["g++", "-std=c++17", "-Wall", "-Werror", "-c", str(source), "-o", str(tmp_path / "m.o")], check=True

@@ -8,8 +8,9 @@
                 + weak, + unlabelled reconstruction, + strong real; and strong real alone); SED
                 event-based and segment-based macro F1
     vae-encoder seed 002 Fig. 3: deterministic vs variational encoder, all four data types
-    distill     issue 29: the board student with and without distillation from the default joint model,
-                against the single-task models and two single-task board models at half its MACs each
+    distill     issue 29: the board student with and without distillation from the default joint model
+                (every task, or the clip tasks alone), against the single-task models and two
+                single-task board models at half its MACs each
 
 Layout: ``<out>/rows/<row>/seed<k>/`` is a normal run folder; a row whose ``metrics.json`` exists
 is not trained again, so an interrupted experiment resumes where it stopped. ``table.md``,
