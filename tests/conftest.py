@@ -144,7 +144,8 @@ def exported(tiny_run):
 def run_cli(argv: list[str], env: dict[str, str] | None = None) -> SimpleNamespace:
     """``keras-mtl ARGV`` through its console entry point in this process, with ``env`` set meanwhile:
     the exit code, stdout and stderr a user sees (``error:`` lines included), without the ~6 s a new
-    Python spends importing TensorFlow. For the commands' refusals; end-to-end runs use subprocesses."""
+    Python spends importing TensorFlow. For the commands' refusals; end-to-end runs use subprocesses.
+    stderr here is Python's sys.stderr only: not TensorFlow's C++ lines on fd 2, not logging output."""
     from keras_mtl.cli.main import run
 
     out, err = io.StringIO(), io.StringIO()
