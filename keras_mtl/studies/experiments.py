@@ -147,7 +147,7 @@ def _distill_rows(tasks) -> tuple:
     board = _preset_row("board", tasks)
     channels = run_config.build(run_config.load_preset("board")).model.channels
     half = {"channels": [max(2, round(0.7 * c)) for c in channels]}
-    # board-distilled-clip: does SED lose by its own distillation term or by ASC's? (ASC's: docs/studies.md)
+    # board-distilled-clip: does SED lose by its own distillation term or by ASC's? (docs/studies.md)
     clip_only = {t.name: float(t.level == "clip") for t in parse_task_set(",".join(tasks))}
     rows = singles + (
         Row(
