@@ -105,3 +105,20 @@ def test_killed_run_resumes_and_finishes(tmp_path, strategy, env):
         [sys.executable, str(TRAIN), "--resume", str(run)], capture_output=True, text=True, env=env, timeout=600
     )
     assert again.returncode == 2 and "has finished" in again.stderr
+
+    if "calibrated" in strategy:
+        # killed after the last epoch's checkpoint, in the evaluation: --resume trains nothing and keeps the
+        # checkpoint's network (it once saved a freshly built one over the trained model.keras)
+        (run / "metrics.json").unlink()
+        (run / "model.keras").unlink()
+        after_kill = subprocess.run(
+            [sys.executable, str(TRAIN), "--resume", str(run)], capture_output=True, text=True, env=env, timeout=600
+        )
+        assert after_kill.returncode == 0, after_kill.stderr[-3000:]
+        assert "network restored from" in after_kill.stderr
+        again_metrics = json.loads((run / "metrics.json").read_text())
+        for task in ("asc", "sed"):
+            ours, theirs = again_metrics["tasks"][task]["metrics"], metrics["tasks"][task]["metrics"]
+            key = "accuracy" if task == "asc" else "frame_roc_auc"
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-6), task
+        assert [int(r["epoch"]) for r in csv.DictReader((run / "history.csv").open())] == list(range(1, 7))

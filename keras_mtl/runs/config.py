@@ -61,6 +61,9 @@ class TrainingConfig:
     # were estimated and as the deployed network hears them; issue 28: speech set AR 13.2% -> 5.4%, asc,sed
     # PSDS1 up, 3 seeds)
     bn_calibration_augment: bool = False
+    # the run's network is the mean of the calibration stage's end-of-epoch weights (stochastic weight
+    # averaging; its batch normalisation is frozen, so the statistics fit the mean)
+    bn_calibration_average: bool = False
     kl_weight: float = 1.0  # mtl-vae: weight of the KL term after the warm-up
     kl_warmup_fraction: float = 0.0  # mtl-vae: the KL weight rises linearly from 0 over this share of the steps
     # knowledge distillation (keras_mtl.training.distill): finished runs whose tasks cover some of this run's

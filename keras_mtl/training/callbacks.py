@@ -1,4 +1,5 @@
-"""Callbacks of a training run: held-out validation per epoch, history and batch-loss CSVs, epoch checkpoints."""
+"""Callbacks of a training run: held-out validation per epoch, history and batch-loss CSVs, epoch
+checkpoints, the calibration stage's weight average."""
 
 from __future__ import annotations
 
@@ -83,8 +84,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
     state, history rows); then ``checkpoint/latest`` names it (atomic rename) and older ones go.
     A run killed at any moment leaves the last complete checkpoint."""
 
-    def __init__(self, folder: Path, strategy, weighting_callback, history_writer):
+    def __init__(self, folder: Path, strategy, weighting_callback, history_writer, average=None):
         super().__init__()
+        self.average = average
         self.folder = folder
         self.strategy = strategy
         self.weighting_callback = weighting_callback
@@ -96,7 +98,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         target = self.folder / name
         tmp = self.folder / f".{name}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        checkpoint_of(self.strategy).write(str(tmp / "state"))
+        checkpoint_of(self.strategy, average=self.average).write(str(tmp / "state"))
         fileio.write_json(
             tmp / "resume.json",
             {
@@ -114,8 +116,50 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def checkpoint_of(strategy, optimizer: bool = True) -> tf.train.Checkpoint:
+class WeightAverage(keras.callbacks.Callback):
+    """Stochastic weight averaging (Izmailov et al. 2018, "Averaging weights leads to wider optima and
+    better generalization") over the calibration stage (``training.bn_calibration_average``): the
+    network's weights at the end of each epoch while ``active`` are summed, and ``apply`` makes their
+    mean the network's. Batch normalisation is frozen in that stage, so its statistics are the same
+    in every summed network and fit the average unchanged. Make it inside the run's distribution
+    scope; its ``variables`` go into the epoch checkpoints (``checkpoint_of``), so --resume goes on
+    summing."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+        self.pairs = [
+            (w, tf.Variable(tf.zeros(w.shape, w.dtype), trainable=False, name="average/" + w.name.replace(":", "_")))
+            for w in network.weights
+            if w.dtype.is_floating
+        ]
+        self.count = tf.Variable(0.0, trainable=False, name="average/count")
+        self.active = False
+
+    @property
+    def variables(self) -> list:
+        return [total for _, total in self.pairs] + [self.count]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.active:
+            return
+        for weight, total in self.pairs:
+            total.assign_add(weight)
+        self.count.assign_add(1.0)
+
+    def apply(self) -> int:
+        """Sets the network's weights to the mean of the summed epochs; returns how many (0: unchanged)."""
+        count = float(self.count.numpy())
+        if count:
+            for weight, total in self.pairs:
+                weight.assign(total / count)
+        return int(count)
+
+
+def checkpoint_of(strategy, optimizer: bool = True, average: WeightAverage | None = None) -> tf.train.Checkpoint:
     parts = {"network": strategy.network, "loss_weights": list(strategy.loss_weights.values())}
+    if average is not None:
+        parts["weight_average"] = average.variables
     if optimizer:
         parts["optimizer"] = strategy.optimizer
     if strategy.teacher is not None:

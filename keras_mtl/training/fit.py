@@ -30,7 +30,14 @@ from keras_mtl.runs.inputs import PreparedData, prepare_data
 from keras_mtl.runs.network import build_network, check_deployable
 from keras_mtl.tasks.registry import resolve_tasks
 from keras_mtl.training import distill, weighting
-from keras_mtl.training.callbacks import BatchLossWriter, EpochCheckpoint, EpochValidation, HistoryWriter, checkpoint_of
+from keras_mtl.training.callbacks import (
+    BatchLossWriter,
+    EpochCheckpoint,
+    EpochValidation,
+    HistoryWriter,
+    WeightAverage,
+    checkpoint_of,
+)
 from keras_mtl.training.distribution import make_distribution, worker_role
 from keras_mtl.training.evaluate import evaluate_tasks
 from keras_mtl.training.registry import STRATEGIES, strategy_of
@@ -262,16 +269,22 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
 
     history_writer = HistoryWriter(out / "history.csv")
     weighting_callback = weighting.make_weighting(config.weighting, strategy)
-    checkpointer = EpochCheckpoint(out / "checkpoint", strategy, weighting_callback, history_writer)
+    fit_started = time.monotonic()
+    phases = strategy.phases()
+    stages = training_stages(config, phases)
+    average = None
+    if stages[-1][0] == CALIBRATION and tc.bn_calibration_average:
+        with scope():
+            average = WeightAverage(network)
+    checkpointer = EpochCheckpoint(out / "checkpoint", strategy, weighting_callback, history_writer, average)
     callbacks = [EpochValidation(strategy, val_ds), weighting_callback, history_writer, checkpointer]
+    if average is not None:  # summed before the epoch's checkpoint is written
+        callbacks.insert(-1, average)
     if not resume:  # a resumed run's batch log would have a hole
         callbacks.insert(0, BatchLossWriter(out / "batch_loss.csv"))
     saved = latest_checkpoint(out) if resume else None
     if resume and saved is None:
         log.warning("%s has no checkpoint yet: training from the start", out)
-    fit_started = time.monotonic()
-    phases = strategy.phases()
-    stages = training_stages(config, phases)
     for index, (phase, first_epoch, last_epoch) in enumerate(stages):
         if saved is not None and saved[1]["epochs_done"] >= last_epoch:
             continue  # a finished phase
@@ -290,11 +303,13 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
             if start_step:
                 strategy.optimizer.iterations.assign(start_step)  # a checkpoint inside the stage restores its own
         checkpointer.phase = index
+        if average is not None:
+            average.active = phase == CALIBRATION
         if saved is not None:
             folder, state = saved
             strategy.optimizer.build(strategy.optimized_variables())
             # at a phase boundary (FreezeMTL) the new phase's optimizer starts fresh
-            checkpoint_of(strategy, optimizer=state["epochs_done"] > first_epoch).read(
+            checkpoint_of(strategy, optimizer=state["epochs_done"] > first_epoch, average=average).read(
                 str(folder / "state")
             ).expect_partial()
             weighting_callback.restore(state["weighting"])
@@ -326,6 +341,15 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
             callbacks=callbacks,
             verbose=1 if interactive() else 2,
         )
+    if saved is not None:  # killed after its last epoch's checkpoint (e.g. in evaluation): its network, not a new one
+        folder, state = saved
+        checkpoint_of(strategy, optimizer=False, average=average).read(str(folder / "state")).expect_partial()
+        weighting_callback.restore(state["weighting"])
+        history_writer.rows = list(state["history"])
+        log.info("%s: every epoch had finished; its network restored from %s", out, folder)
+    averaged = average.apply() if average is not None else 0
+    if averaged:
+        log.info("the network: the mean of the calibration stage's %d epochs' weights", averaged)
     fit_seconds = time.monotonic() - fit_started
 
     facts = {
@@ -340,6 +364,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
         "phases": [p for p in phases if p is not None],
         "epochs": stages[-1][2],
         "bn_calibration_epochs": stages[-1][2] - stages[-1][1] if stages[-1][0] == CALIBRATION else 0,
+        "weight_average_epochs": averaged,
         "steps_per_epoch": steps,
         "seconds": {"data": round(prep_seconds, 1), "training": round(fit_seconds, 1)},
         "data_roots": {k: str(v) for k, v in data.roots.items()},
