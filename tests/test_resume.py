@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from keras_mtl.runs.folder import open_run
+
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "scripts" / "train.py"
 
@@ -53,6 +55,9 @@ def _final_artifacts_are_whole(run: Path):
 )
 def test_killed_run_resumes_and_finishes(tmp_path, strategy, env):
     args = ["--preset", "tiny", "--epochs", "6", "--deterministic", *strategy]
+    if "calibrated" in strategy:  # and the stage's weight average, whose running mean --resume carries on
+        (tmp_path / "average.yaml").write_text("training:\n  bn_calibration_average: true\n")
+        args += ["--config", str(tmp_path / "average.yaml")]
     reference = tmp_path / "reference"
     done = subprocess.run(
         [sys.executable, str(TRAIN), *args, "--output-dir", str(reference)],
@@ -95,6 +100,9 @@ def test_killed_run_resumes_and_finishes(tmp_path, strategy, env):
     metrics = json.loads((run / "metrics.json").read_text())
     expected = json.loads((reference / "metrics.json").read_text())
     assert metrics["epochs"] == expected["epochs"] == total_epochs
+    assert (
+        metrics["weight_average_epochs"] == expected["weight_average_epochs"] == (2 if "calibrated" in strategy else 0)
+    )
     # the same training: the resumed run skips the finished epochs' batches, restores weights, optimizer,
     # teacher and loss weights, and the tiny model has no dropout, so it ends where the uninterrupted run does
     reference_rows = list(csv.DictReader((reference / "history.csv").open()))
@@ -106,19 +114,21 @@ def test_killed_run_resumes_and_finishes(tmp_path, strategy, env):
     )
     assert again.returncode == 2 and "has finished" in again.stderr
 
-    if "calibrated" in strategy:
-        # killed after the last epoch's checkpoint, in the evaluation: --resume trains nothing and keeps the
-        # checkpoint's network (it once saved a freshly built one over the trained model.keras)
-        (run / "metrics.json").unlink()
-        (run / "model.keras").unlink()
-        after_kill = subprocess.run(
-            [sys.executable, str(TRAIN), "--resume", str(run)], capture_output=True, text=True, env=env, timeout=600
-        )
-        assert after_kill.returncode == 0, after_kill.stderr[-3000:]
-        assert "network restored from" in after_kill.stderr
-        again_metrics = json.loads((run / "metrics.json").read_text())
-        for task in ("asc", "sed"):
-            ours, theirs = again_metrics["tasks"][task]["metrics"], metrics["tasks"][task]["metrics"]
-            key = "accuracy" if task == "asc" else "frame_roc_auc"
-            assert ours[key] == pytest.approx(theirs[key], abs=1e-6), task
-        assert [int(r["epoch"]) for r in csv.DictReader((run / "history.csv").open())] == list(range(1, 7))
+    # killed after the last epoch's checkpoint, in the evaluation: --resume trains nothing and keeps the
+    # checkpoint's network (it once saved a freshly built one over the trained model.keras), FreezeMTL's
+    # frozen layers as they were
+    (run / "metrics.json").unlink()
+    (run / "model.keras").unlink()
+    after_kill = subprocess.run(
+        [sys.executable, str(TRAIN), "--resume", str(run)], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert after_kill.returncode == 0, after_kill.stderr[-3000:]
+    assert "network restored from" in after_kill.stderr
+    again_metrics = json.loads((run / "metrics.json").read_text())
+    assert again_metrics["weight_average_epochs"] == metrics["weight_average_epochs"]
+    for task, key in (("asc", "accuracy"), ("sed", "frame_roc_auc")):
+        ours, theirs = again_metrics["tasks"][task]["metrics"], metrics["tasks"][task]["metrics"]
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-6), task
+    assert [int(r["epoch"]) for r in csv.DictReader((run / "history.csv").open())] == list(range(1, total_epochs + 1))
+    saved, uninterrupted = open_run(run).network(), open_run(reference).network()
+    assert len(saved.trainable_weights) == len(uninterrupted.trainable_weights)

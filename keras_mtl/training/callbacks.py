@@ -119,11 +119,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
 class WeightAverage(keras.callbacks.Callback):
     """Stochastic weight averaging (Izmailov et al. 2018, "Averaging weights leads to wider optima and
     better generalization") over the calibration stage (``training.bn_calibration_average``): the
-    network's weights at the end of each epoch while ``active`` are summed, and ``apply`` makes their
-    mean the network's. Batch normalisation is frozen in that stage, so its statistics are the same
-    in every summed network and fit the average unchanged. Make it inside the run's distribution
-    scope; its ``variables`` go into the epoch checkpoints (``checkpoint_of``), so --resume goes on
-    summing."""
+    network's weights at the end of each epoch while ``active`` go into a running mean, and ``apply``
+    makes the mean the network's. Batch normalisation is frozen in that stage: its statistics are the
+    same at every epoch, and a running mean keeps a constant weight bit for bit. Make it inside the
+    run's distribution scope; its ``variables`` go into the epoch checkpoints (``checkpoint_of``), so
+    --resume goes on averaging."""
 
     def __init__(self, network):
         super().__init__()
@@ -138,22 +138,22 @@ class WeightAverage(keras.callbacks.Callback):
 
     @property
     def variables(self) -> list:
-        return [total for _, total in self.pairs] + [self.count]
+        return [mean for _, mean in self.pairs] + [self.count]
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.active:
             return
-        for weight, total in self.pairs:
-            total.assign_add(weight)
         self.count.assign_add(1.0)
+        for weight, mean in self.pairs:
+            mean.assign_add((weight - mean) / tf.cast(self.count, mean.dtype))
 
     def apply(self) -> int:
-        """Sets the network's weights to the mean of the summed epochs; returns how many (0: unchanged)."""
-        count = float(self.count.numpy())
+        """Sets the network's weights to the mean of the averaged epochs; returns how many (0: unchanged)."""
+        count = int(self.count.numpy())
         if count:
-            for weight, total in self.pairs:
-                weight.assign(total / count)
-        return int(count)
+            for weight, mean in self.pairs:
+                weight.assign(mean)
+        return count
 
 
 def checkpoint_of(strategy, optimizer: bool = True, average: WeightAverage | None = None) -> tf.train.Checkpoint:

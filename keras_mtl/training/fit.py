@@ -273,7 +273,10 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
     phases = strategy.phases()
     stages = training_stages(config, phases)
     average = None
-    if stages[-1][0] == CALIBRATION and tc.bn_calibration_average:
+    if tc.bn_calibration_average and stages[-1][0] != CALIBRATION:
+        log.warning("training.bn_calibration_average: this run has no calibration stage (--batch-norm %s)",
+                    config.batch_norm)  # fmt: skip
+    elif tc.bn_calibration_average:
         with scope():
             average = WeightAverage(network)
     checkpointer = EpochCheckpoint(out / "checkpoint", strategy, weighting_callback, history_writer, average)
@@ -346,6 +349,8 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
         checkpoint_of(strategy, optimizer=False, average=average).read(str(folder / "state")).expect_partial()
         weighting_callback.restore(state["weighting"])
         history_writer.rows = list(state["history"])
+        trained = [i for i, stage in enumerate(stages) if stage[0] != CALIBRATION]
+        strategy.begin_phase(trained[-1])  # FreezeMTL: its last phase's layers frozen, as they were saved
         log.info("%s: every epoch had finished; its network restored from %s", out, folder)
     averaged = average.apply() if average is not None else 0
     if averaged:
