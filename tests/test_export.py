@@ -126,6 +126,20 @@ def test_stepped_encoder_equals_the_whole_clip_encoder_but_for_the_last_embeddin
             assert last.kernel_size == (3, 1) and network.get_layer(f"{task}/conv5").kernel_size == (3, 3)
 
 
+def test_a_call_that_hands_back_integer_states_without_prepare_is_refused():
+    """The runner zeroes the states' rows from before the stream with the call's own zero; a call whose
+    states come back as integers but that quantises nothing (no ``prepare``) has no known zero point,
+    and an integer 0 would be a wrong one."""
+    _, _, plan = _plan(config=SMALL)
+    features = np.random.default_rng(0).standard_normal((1 + plan.hop_frames, SMALL.n_mels)).astype(np.float32)
+
+    def integer_states(piece, inputs):
+        return {name: np.rint(value).astype(np.int8) for name, value in keras_call(piece, inputs).items()}
+
+    with pytest.raises(TypeError, match="without a prepare"):
+        list(StreamingRunner(plan, integer_states).encoder_steps(features))
+
+
 @pytest.mark.parametrize(
     "config",
     [dataclasses.replace(SMALL, causal=True), dataclasses.replace(BOARD, causal=True)],

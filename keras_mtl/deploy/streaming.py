@@ -355,9 +355,12 @@ class StreamingRunner:
             states = {s.name: outputs[f"new_{s.name}"] for s in step.states}
             for s in step.states:  # frames before the stream: zero, as the whole-clip network's padding
                 rows = before_stream(s, k + 1, step.step_frames)
-                if rows:  # integers where the call hands the state back as integers, else float zeros
-                    state = states[s.name]
-                    fill = zeros[s.name] if state.dtype == zeros[s.name].dtype else np.zeros_like(state)
+                if rows:  # the call's own zero: quantised where it hands the state back as integers
+                    state, fill = states[s.name], zeros[s.name]
+                    if state.dtype != fill.dtype:
+                        if not np.issubdtype(state.dtype, np.floating):  # an integer 0 is not its zero point
+                            raise TypeError(f"the encoder call returns {s.name} as {state.dtype} without a prepare")
+                        fill = np.zeros_like(state)
                     states[s.name] = np.concatenate([fill[:, :rows], state[:, rows:]], axis=1)
 
     def stepped_embeddings(self, features: np.ndarray, steps: list | None = None) -> dict[str, np.ndarray]:
