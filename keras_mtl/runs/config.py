@@ -62,7 +62,8 @@ class TrainingConfig:
     # PSDS1 up, 3 seeds)
     bn_calibration_augment: bool = False
     # the run's network is the mean of the calibration stage's end-of-epoch weights (stochastic weight
-    # averaging; its batch normalisation is frozen, so the statistics fit the mean)
+    # averaging; its batch normalisation is frozen, so the statistics fit the mean). Off: it did not pay on the
+    # speech set (issue 28, docs/method.md)
     bn_calibration_average: bool = False
     kl_weight: float = 1.0  # mtl-vae: weight of the KL term after the warm-up
     kl_warmup_fraction: float = 0.0  # mtl-vae: the KL weight rises linearly from 0 over this share of the steps

@@ -281,7 +281,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
             average = WeightAverage(network)
     checkpointer = EpochCheckpoint(out / "checkpoint", strategy, weighting_callback, history_writer, average)
     callbacks = [EpochValidation(strategy, val_ds), weighting_callback, history_writer, checkpointer]
-    if average is not None:  # summed before the epoch's checkpoint is written
+    if average is not None:  # averaged in before the epoch's checkpoint is written
         callbacks.insert(-1, average)
     if not resume:  # a resumed run's batch log would have a hole
         callbacks.insert(0, BatchLossWriter(out / "batch_loss.csv"))
