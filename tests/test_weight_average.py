@@ -21,24 +21,24 @@ def test_the_average_is_the_mean_of_the_active_epochs_and_survives_a_checkpoint(
     rng = np.random.default_rng(0)
     states = [[rng.normal(size=w.shape).astype(np.float32) for w in network.get_weights()] for _ in range(4)]
     network.set_weights(states[0])
-    average.on_epoch_end(0)  # not active: an earlier stage's epoch is not summed
+    average.on_epoch_end(0)  # not active: an earlier stage's epoch is not averaged in
     average.active = True
     for epoch, state in enumerate(states[1:3], start=1):
         network.set_weights(state)
         average.on_epoch_end(epoch)
     saved = tf.train.Checkpoint(average=average.variables).write(str(tmp_path / "ckpt"))
 
-    resumed = WeightAverage(network)  # --resume: a new process reads the sums back and goes on
+    resumed = WeightAverage(network)  # --resume: a new process reads the running mean back and goes on
     tf.train.Checkpoint(average=resumed.variables).read(saved).assert_consumed()
     resumed.active = True
     network.set_weights(states[3])
     resumed.on_epoch_end(3)
     assert resumed.apply() == 3
-    for got, *summed in zip(network.get_weights(), *states[1:]):
-        np.testing.assert_allclose(got, np.mean(summed, axis=0), rtol=1e-6, atol=1e-6)
+    for got, *averaged in zip(network.get_weights(), *states[1:]):
+        np.testing.assert_allclose(got, np.mean(averaged, axis=0), rtol=1e-6, atol=1e-6)
 
 
-def test_nothing_summed_leaves_the_network_unchanged():
+def test_nothing_averaged_leaves_the_network_unchanged():
     network = _network()
     before = network.get_weights()
     assert WeightAverage(network).apply() == 0

@@ -286,6 +286,15 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
     if not resume:  # a resumed run's batch log would have a hole
         callbacks.insert(0, BatchLossWriter(out / "batch_loss.csv"))
     saved = latest_checkpoint(out) if resume else None
+
+    def restore(optimizer: bool) -> int:
+        """The saved checkpoint read into the strategy, the weighting and the history; its epochs done."""
+        folder, state = saved
+        checkpoint_of(strategy, optimizer=optimizer, average=average).read(str(folder / "state")).expect_partial()
+        weighting_callback.restore(state["weighting"])
+        history_writer.rows = list(state["history"])
+        return state["epochs_done"]
+
     if resume and saved is None:
         log.warning("%s has no checkpoint yet: training from the start", out)
     for index, (phase, first_epoch, last_epoch) in enumerate(stages):
@@ -309,15 +318,9 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
         if average is not None:
             average.active = phase == CALIBRATION
         if saved is not None:
-            folder, state = saved
             strategy.optimizer.build(strategy.optimized_variables())
             # at a phase boundary (FreezeMTL) the new phase's optimizer starts fresh
-            checkpoint_of(strategy, optimizer=state["epochs_done"] > first_epoch, average=average).read(
-                str(folder / "state")
-            ).expect_partial()
-            weighting_callback.restore(state["weighting"])
-            history_writer.rows = list(state["history"])
-            first_epoch = state["epochs_done"]
+            first_epoch = restore(optimizer=saved[1]["epochs_done"] > first_epoch)
             log.info("resumed %s after epoch %d", out, first_epoch)
             saved = None
         if phase == CALIBRATION:
@@ -345,13 +348,10 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
             verbose=1 if interactive() else 2,
         )
     if saved is not None:  # killed after its last epoch's checkpoint (e.g. in evaluation): its network, not a new one
-        folder, state = saved
-        checkpoint_of(strategy, optimizer=False, average=average).read(str(folder / "state")).expect_partial()
-        weighting_callback.restore(state["weighting"])
-        history_writer.rows = list(state["history"])
+        restore(optimizer=False)
         trained = [i for i, stage in enumerate(stages) if stage[0] != CALIBRATION]
         strategy.begin_phase(trained[-1])  # FreezeMTL: its last phase's layers frozen, as they were saved
-        log.info("%s: every epoch had finished; its network restored from %s", out, folder)
+        log.info("%s: every epoch had finished; its network restored from %s", out, saved[0])
     averaged = average.apply() if average is not None else 0
     if averaged:
         log.info("the network: the mean of the calibration stage's %d epochs' weights", averaged)
