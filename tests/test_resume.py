@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from keras_mtl.runs.folder import open_run
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "scripts" / "train.py"
@@ -109,9 +110,7 @@ def test_killed_run_resumes_and_finishes(tmp_path, strategy, env):
     for column in ("loss", "val_asc_accuracy", "val_sed_frame_f1"):
         assert float(rows[-1][column]) == pytest.approx(float(reference_rows[-1][column]), rel=1e-4, abs=1e-6), column
 
-    again = subprocess.run(
-        [sys.executable, str(TRAIN), "--resume", str(run)], capture_output=True, text=True, env=env, timeout=600
-    )
+    again = run_cli(["train", "--resume", run], env)  # a refusal before training: in this process
     assert again.returncode == 2 and "has finished" in again.stderr
 
     # killed after the last epoch's checkpoint, in the evaluation: --resume trains nothing and keeps the
