@@ -351,6 +351,18 @@ def test_a_presets_task_set_settings_apply_to_that_set_only_and_yield_to_the_use
     assert default.model.shared_blocks is None and default.model.channels == (8, 16, 24, 32, 32)
     kept = experiments.row_config(common.base_config("default", str(dropout)), rows[2], 0, tmp_path / "d").model
     assert kept.dropout == 0.2 and kept.shared_blocks == 4
+    # a task-set entry's epochs yield to the command line's --epochs, in train and in the experiments
+    epochs = tmp_path / "epochs.yaml"
+    epochs.write_text("task_sets:\n  gc,ac,scr,vad:\n    training:\n      epochs: 7\n")
+    assert resolve_config(parse_args(["--task-set", "gc,ac,scr,vad", "--config", str(epochs)])).training.epochs == 7
+    mine = resolve_config(parse_args(["--task-set", "gc,ac,scr,vad", "--config", str(epochs), "--epochs", "2"]))
+    assert mine.training.epochs == 2
+    short = experiments.row_config(common.base_config("default", str(epochs), 2), rows[2], 0, tmp_path / "e")
+    assert short.training.epochs == 2 and short.model.shared_blocks == 4
+    assert (
+        experiments.row_config(common.base_config("default", str(epochs)), rows[2], 0, tmp_path / "f").training.epochs
+        == 7
+    )
 
 
 def test_the_network_takes_the_front_ends_mel_bands(tmp_path):

@@ -90,8 +90,15 @@ def base_config(
             }
         base = run_config.merge(base, user)  # (the user's own task_sets entries merge in too)
     base = run_config.merge(base, {"preset": preset})
-    if epochs is not None:
-        base = run_config.merge(base, {"training": {"epochs": epochs}})
+    if epochs is not None:  # the command line's epochs win over a preset's task-set entry too
+        explicit = {"training": {"epochs": epochs}}
+        sets = base.get("task_sets") or {}
+        if isinstance(sets, dict):
+            base["task_sets"] = {
+                key: run_config.without_keys(value, explicit) if isinstance(value, dict) else value
+                for key, value in sets.items()
+            }
+        base = run_config.merge(base, explicit)
     if data_roots:
         base = run_config.merge(base, {"data_root": parse_data_roots(data_roots)})
     return base

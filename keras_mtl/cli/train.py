@@ -182,7 +182,7 @@ def resolve_config(args):
 
 def config_data(args) -> dict:
     """The run configuration of the parsed options as a nested dict, before it is built: preset < the
-    preset's settings for the task set < --config YAML < the command line."""
+    preset's settings for the task set < --config YAML < its settings for the task set < the command line."""
     from keras_mtl.runs import config as run_config
     from keras_mtl.tasks.registry import parse_task_set, safe_name
 
@@ -191,8 +191,10 @@ def config_data(args) -> dict:
     custom = dict(parse_task_definition(text) for text in args.task)
     task_set = args.task_set or ",".join(user.get("tasks") or preset.get("tasks") or ["asc", "sed"])
     tasks = [t.name for t in parse_task_set(task_set, custom)]
-    # preset < the preset's settings for this task set < the user's YAML < the command line
-    data = run_config.merge(run_config.for_task_set(preset, tasks, user), user)
+    # preset < the preset's settings for this task set < the user's YAML < its settings for this task set <
+    # the command line
+    mine = run_config.for_task_set(user, tasks)
+    data = run_config.merge(run_config.for_task_set(preset, tasks, mine), mine)
     override = {
         "tasks": tasks,
         "strategy": args.strategy.strip().lower(),
