@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 import yaml
 
+from keras_mtl.core.errors import ConfigError
 from keras_mtl.runs.config import load_preset, preset_names
 from tests.conftest import TINY_RUN_ARGS, run_cli
 
@@ -359,10 +360,29 @@ def test_a_presets_task_set_settings_apply_to_that_set_only_and_yield_to_the_use
     assert mine.training.epochs == 2
     short = experiments.row_config(common.base_config("default", str(epochs), 2), rows[2], 0, tmp_path / "e")
     assert short.training.epochs == 2 and short.model.shared_blocks == 4
-    assert (
-        experiments.row_config(common.base_config("default", str(epochs)), rows[2], 0, tmp_path / "f").training.epochs
-        == 7
+    unchanged = experiments.row_config(common.base_config("default", str(epochs)), rows[2], 0, tmp_path / "f")
+    assert unchanged.training.epochs == 7
+    # the YAML's entry (any order) over its top level, its encoder structure replacing the preset entry's, the
+    # same in train and in an experiment's row
+    layered = tmp_path / "layered.yaml"
+    layered.write_text(
+        "model:\n  dropout: 0.2\ntask_sets:\n  vad,scr,ac,gc:\n    model:\n      dropout: 0.3\n"
+        "      channels: [8, 16, 24, 32, 32]\n"
     )
+    trained = resolve_config(parse_args(["--task-set", "gc,ac,scr,vad", "--config", str(layered)])).model
+    row = experiments.row_config(common.base_config("default", str(layered)), rows[2], 0, tmp_path / "g").model
+    for model in (trained, row):
+        assert model.dropout == 0.3 and model.channels == (8, 16, 24, 32, 32)
+        assert model.shared_blocks is None and not model.share_groups
+    assert resolve_config(parse_args(["--task-set", "scr", "--config", str(layered)])).model.dropout == 0.2
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("task_sets:\n  gc,ac,scr,vad:\n    training: 5\n")
+    for make in (
+        lambda: resolve_config(parse_args(["--task-set", "gc,ac,scr,vad", "--config", str(broken)])),
+        lambda: common.base_config("default", str(broken)),
+    ):
+        with pytest.raises(ConfigError, match="training must be a mapping"):
+            make()
 
 
 def test_the_network_takes_the_front_ends_mel_bands(tmp_path):

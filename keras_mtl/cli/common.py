@@ -80,25 +80,12 @@ def base_config(
 
     base = run_config.load_preset(preset)
     if config_path:
-        user = run_config.load_yaml(config_path)
-        # each row's task set picks its preset entry when it is built; the user's YAML still wins
-        sets = base.get("task_sets") or {}
-        if isinstance(sets, dict):
-            base["task_sets"] = {
-                key: run_config.without_keys(value, user) if isinstance(value, dict) else value
-                for key, value in sets.items()
-            }
-        base = run_config.merge(base, user)  # (the user's own task_sets entries merge in too)
+        # each row's task set picks its entry when it is built: the preset's less what the user's YAML
+        # decides for that set, then the YAML's own entry, as `train` resolves them
+        base = run_config.combine_task_sets(base, run_config.load_yaml(config_path))
     base = run_config.merge(base, {"preset": preset})
-    if epochs is not None:  # the command line's epochs win over a preset's task-set entry too
-        explicit = {"training": {"epochs": epochs}}
-        sets = base.get("task_sets") or {}
-        if isinstance(sets, dict):
-            base["task_sets"] = {
-                key: run_config.without_keys(value, explicit) if isinstance(value, dict) else value
-                for key, value in sets.items()
-            }
-        base = run_config.merge(base, explicit)
+    if epochs is not None:  # the command line's epochs win over every task-set entry too
+        base = run_config.combine_task_sets(base, {"training": {"epochs": epochs}})
     if data_roots:
         base = run_config.merge(base, {"data_root": parse_data_roots(data_roots)})
     return base

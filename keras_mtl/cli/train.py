@@ -193,8 +193,7 @@ def config_data(args) -> dict:
     tasks = [t.name for t in parse_task_set(task_set, custom)]
     # preset < the preset's settings for this task set < the user's YAML < its settings for this task set <
     # the command line
-    mine = run_config.for_task_set(user, tasks)
-    data = run_config.merge(run_config.for_task_set(preset, tasks, mine), mine)
+    data = run_config.for_task_set(run_config.combine_task_sets(preset, user), tasks)
     override = {
         "tasks": tasks,
         "strategy": args.strategy.strip().lower(),

@@ -304,14 +304,50 @@ def for_task_set(data: dict, tasks, user: dict | None = None) -> dict:
 
     Raises ConfigError when the section is not a mapping of mappings."""
     data = dict(data)
-    sets = data.pop("task_sets", None) or {}
+    sets = task_set_entries(data.pop("task_sets", None))
+    settings = sets.get(frozenset(str(t) for t in tasks))
+    if settings is None:
+        return data
+    return merge(data, without_keys(settings, user) if user else settings)
+
+
+def task_set_entries(sets) -> dict:
+    """A ``task_sets`` section as {frozenset of task names: settings}. Raises ConfigError when it is
+    not a mapping of mappings, when an entry's section (``model``, ``training``, ...) is not a mapping,
+    or when two keys name the same set."""
+    if not sets:
+        return {}
     if not isinstance(sets, dict) or not all(isinstance(v, dict) for v in sets.values()):
         raise ConfigError("task_sets must map a task set ('gc,ac,scr,vad') to settings")
-    wanted = frozenset(str(t) for t in tasks)
+    out = {}
     for key, settings in sets.items():
-        if frozenset(name.strip() for name in str(key).split(",")) == wanted:
-            return merge(data, without_keys(settings, user) if user else settings)
-    return data
+        for section, value in settings.items():
+            if section in SECTIONS and not isinstance(value, dict):
+                raise ConfigError(f"task_sets: {key}: {section} must be a mapping of settings, not {value!r}")
+        names = frozenset(name.strip() for name in str(key).split(",") if name.strip())
+        if names in out:
+            raise ConfigError(f"task_sets: {key!r} names the same task set as another entry")
+        out[names] = settings
+    return out
+
+
+def combine_task_sets(preset: dict, user: dict) -> dict:
+    """``preset`` with ``user``'s settings over it, as `train` resolves them for every task set: the
+    result's ``task_sets`` holds, for each set either names, the preset's entry less what the user
+    decides for that set (`without_keys` against the user's YAML with its own entry for the set), then
+    the user's entry. Raises ConfigError for a malformed ``task_sets`` section (`task_set_entries`)."""
+    preset, user = dict(preset), dict(user)
+    theirs = task_set_entries(preset.pop("task_sets", None))
+    mine = task_set_entries(user.pop("task_sets", None))
+    combined = {}
+    for names in (*theirs, *(n for n in mine if n not in theirs)):
+        own = mine.get(names, {})
+        entry = without_keys(theirs.get(names, {}), merge(user, own))
+        combined[",".join(sorted(names))] = merge(entry, own)
+    out = merge(preset, user)
+    if combined:
+        out["task_sets"] = combined
+    return out
 
 
 # the encoder's block structure: a user who sets one of these decides all of them
