@@ -297,10 +297,10 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def for_task_set(data: dict, tasks, user: dict | None = None) -> dict:
+def for_task_set(data: dict, tasks) -> dict:
     """``data`` without its ``task_sets`` section, with that section's entry for exactly ``tasks`` (any
-    order; keys like ``gc,ac,scr,vad``) merged in: settings a preset measured for one task set, less
-    what the ``user``'s settings decide (`without_keys`).
+    order; keys like ``gc,ac,scr,vad``) merged in: settings a preset measured for one task set (a user's
+    YAML over a preset: `combine_task_sets` first).
 
     Raises ConfigError when the section is not a mapping of mappings."""
     data = dict(data)
@@ -308,7 +308,7 @@ def for_task_set(data: dict, tasks, user: dict | None = None) -> dict:
     settings = sets.get(frozenset(str(t) for t in tasks))
     if settings is None:
         return data
-    return merge(data, without_keys(settings, user) if user else settings)
+    return merge(data, settings)
 
 
 def task_set_entries(sets) -> dict:
