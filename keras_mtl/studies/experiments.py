@@ -140,7 +140,8 @@ def _preset_row(preset: str, tasks) -> dict:
 
 def _distill_rows(tasks) -> tuple:
     """Issue 29's fair comparison for ``tasks``: the default single-task models; the default joint model
-    (the accurate one, and the teacher); the board student without and with distillation from it; and
+    (the accurate one, and the teacher); the board student without and with distillation from it (or
+    from the single-task models, one teacher a task); and
     the pair of single-task board models a user would build instead, each at about half the board
     model's MACs (its channels scaled by 0.7)."""
     singles = tuple(Row(f"single-{t}", f"single-task {t.upper()} (default)", {"tasks": [t]}) for t in tasks)
@@ -160,6 +161,11 @@ def _distill_rows(tasks) -> tuple:
             "board-distilled",
             "board student distilled from the default joint model",
             run_config.merge(board, {"training": {"teachers": ["@default"]}}),
+        ),
+        Row(
+            "board-distilled-singles",
+            "board student distilled from the default single-task models (one teacher a task)",
+            run_config.merge(board, {"training": {"teachers": [f"@single-{t}" for t in tasks]}}),
         ),
         Row(
             "board-distilled-clip",

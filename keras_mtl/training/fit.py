@@ -317,8 +317,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
         checkpointer.phase = index
         if average is not None:
             average.active = phase == CALIBRATION
-        if saved is not None:
-            strategy.optimizer.build(strategy.optimized_variables())
+        if saved is not None:  # (compile built the optimizer's slots: the checkpoint restores into them)
             # at a phase boundary (FreezeMTL) the new phase's optimizer starts fresh
             first_epoch = restore(optimizer=saved[1]["epochs_done"] > first_epoch)
             log.info("resumed %s after epoch %d", out, first_epoch)

@@ -369,6 +369,14 @@ class MultiTaskStrategy(keras.Model):
 
         tf.distribute.get_replica_context().merge_call(update, args=(decay,))
 
+    def compile(self, *args, **kwargs):
+        """``keras.Model.compile``, then the optimizer's slots made for ``optimized_variables()``: a
+        training function that made them in its first trace would be traced twice (tf.function traces
+        again once variables were created), ~6 s for a small network's multi-task step; HardMTL's turns
+        need them before their branches run; a checkpoint restores into them (``--resume``)."""
+        super().compile(*args, **kwargs)
+        self.optimizer.build(self.optimized_variables())
+
     def optimized_variables(self) -> list:
         """The variables the optimizer keeps state for, in the order it was built with (checkpoints
         match optimizer slots to variables by that order)."""
@@ -480,10 +488,6 @@ class HardMTL(MultiTaskStrategy):
     optimizer update, no weight decay)."""
 
     min_tasks = 2
-
-    def compile(self, *args, **kwargs):
-        super().compile(*args, **kwargs)
-        self.optimizer.build(self.optimized_variables())  # slots exist before the branches run
 
     def turn_variables(self, task):
         return self.heads[task.name].trainable_variables
