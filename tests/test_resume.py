@@ -48,15 +48,17 @@ def _final_artifacts_are_whole(run: Path):
 @pytest.mark.parametrize(
     "strategy",
     [
-        ["--strategy", "cross-soft", "--weighting", "dwa"],
-        ["--strategy", "freeze", "--order", "sed,asc"],
-        ["--strategy", "soft", "--weighting", "uncertainty"],  # learnt log-variances and their optimizer slots
-        ["--batch-norm", "calibrated"],  # epochs 5-6 frozen at the mixture's statistics: killed before, at or in them
+        # the EMA teacher, DWA's loss history, epochs 5-6 frozen at the mixture's statistics (killed before,
+        # at or in them) and the stage's weight average, whose running mean --resume carries on. (What a
+        # step-level balancer keeps, e.g. uncertainty's learnt log-variances and their optimizer slots, is
+        # restored in process for every method: test_balancing.py)
+        ["--strategy", "cross-soft", "--weighting", "dwa", "--batch-norm", "calibrated"],
+        ["--strategy", "freeze", "--order", "sed,asc"],  # two phases, the second with a fresh optimizer
     ],
 )
 def test_killed_run_resumes_and_finishes(tmp_path, strategy, env):
     args = ["--preset", "tiny", "--epochs", "6", "--deterministic", *strategy]
-    if "calibrated" in strategy:  # and the stage's weight average, whose running mean --resume carries on
+    if "calibrated" in strategy:
         (tmp_path / "average.yaml").write_text("training:\n  bn_calibration_average: true\n")
         args += ["--config", str(tmp_path / "average.yaml")]
     reference = tmp_path / "reference"
