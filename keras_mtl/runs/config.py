@@ -65,6 +65,10 @@ class TrainingConfig:
     # averaging; its batch normalisation is frozen, so the statistics fit the mean). Off: it did not pay on the
     # speech set (issue 28, docs/method.md)
     bn_calibration_average: bool = False
+    # which layers the calibration stage trains: "all", or "task": only layers on one task's path (its own
+    # blocks and head), the layers two or more tasks share kept as the re-estimation left them (issue 28,
+    # docs/method.md: on the speech set the clip tasks lose accuracy when the shared encoder trains on)
+    bn_calibration_layers: str = "all"
     kl_weight: float = 1.0  # mtl-vae: weight of the KL term after the warm-up
     kl_warmup_fraction: float = 0.0  # mtl-vae: the KL weight rises linearly from 0 over this share of the steps
     # knowledge distillation (keras_mtl.training.distill): finished runs whose tasks cover some of this run's
@@ -105,6 +109,8 @@ class TrainingConfig:
             raise ConfigError("training.gradnorm_min_share must be in [0, 1]")
         if not (0.0 < self.bn_calibration < 1.0 and self.bn_calibration_learning_rate > 0):
             raise ConfigError("training.bn_calibration must be in (0, 1) and bn_calibration_learning_rate > 0")
+        if self.bn_calibration_layers not in ("all", "task"):
+            raise ConfigError(f"training.bn_calibration_layers must be all or task, not {self.bn_calibration_layers!r}")
         if self.joint_bn_gradient not in ("own", "exact"):
             raise ConfigError(f"training.joint_bn_gradient must be own or exact, not {self.joint_bn_gradient!r}")
         if self.steps_per_epoch is not None and int(self.steps_per_epoch) < 1:

@@ -304,6 +304,11 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
         learning_rate, warmup, start_step = tc.learning_rate, tc.warmup_fraction, 0
         if phase == CALIBRATION:
             strategy.freeze_batch_norm()
+            if tc.bn_calibration_layers == "task":
+                frozen = strategy.freeze_shared_layers()
+                log.info(
+                    "calibration stage: %d shared layers kept as re-estimated (%s)", len(frozen), ", ".join(frozen)
+                )
             learning_rate, warmup = tc.learning_rate * tc.bn_calibration_learning_rate, 0.0
             start_step = first_epoch * steps  # its optimizer counts on: the teacher's EMA decay and ramp-up
         else:
@@ -376,6 +381,7 @@ def train(config: RunConfig, dry_run: bool = False, resume: bool = False, overwr
     }
     if stages[-1][0] == CALIBRATION:  # the saved network is an ordinary one (fine-tuning, QAT, a teacher)
         normalization.freeze_batch_norm(network, frozen=False)
+        strategy.freeze_shared_layers(frozen=False)
     # everything training made is on disk before evaluation, which can fail on labels a metric rejects
     save_network(out, network)
     write_training_facts(out, facts)
