@@ -126,6 +126,31 @@ def test_calibrated_statistics_are_the_mixture_s_and_training_then_normalises_as
         )
 
 
+def test_a_calibration_stage_of_the_tasks_own_layers_leaves_the_shared_ones_as_re_estimated():
+    """training.bn_calibration_layers: task — in the calibration stage only layers on one task's path train;
+    the shared encoder keeps its weights bit for bit, and the saved network is trainable again."""
+    strategy, tasks, data = _train("per-task", steps=5)
+    network = strategy.network
+    strategy.freeze_batch_norm()
+    frozen = strategy.freeze_shared_layers()
+    assert frozen == ["shared/conv1", "shared/conv2"]  # the shared batch normalisations: frozen already
+    strategy.compile(optimizer=make_optimizer(1e-3, total_steps=5, warmup_fraction=0.0))
+    shared = {v.name: v.numpy().copy() for v in network.weights if v.name.startswith("shared/")}
+    heads = {v.name: v.numpy().copy() for v in network.trainable_weights}
+    assert heads and not any(name.startswith("shared/") for name in heads)
+    for _ in range(3):
+        strategy.train_step(data)
+    for v in network.weights:
+        if v.name in shared:
+            np.testing.assert_array_equal(v.numpy(), shared[v.name])
+    assert all(not np.array_equal(v.numpy(), heads[v.name]) for v in network.trainable_weights if "kernel" in v.name)
+    assert strategy.freeze_shared_layers(frozen=False) == frozen
+    normalization.freeze_batch_norm(network, frozen=False)
+    assert all(layer.trainable for layer in network.layers)
+    with pytest.raises(ConfigError, match="bn_calibration_layers"):
+        run_config.TrainingConfig(bn_calibration_layers="heads")
+
+
 def test_pooled_batch_norm_normalises_with_the_mixture_of_the_tasks_batches():
     keras.utils.set_random_seed(1)
     layer = keras.layers.BatchNormalization(momentum=0.9, gamma_initializer="random_normal", beta_initializer="ones")
