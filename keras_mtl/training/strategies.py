@@ -417,26 +417,25 @@ class MultiTaskStrategy(keras.Model):
         self.train_function = None
 
     def freeze_shared_layers(self, frozen: bool = True) -> list:
-        """Every layer on the paths of two or more tasks frozen (``trainable = False``), or with
-        ``frozen=False`` the ones this froze trainable again; the layers' names. The training function is
-        rebuilt by the next ``compile`` (``training.bn_calibration_layers: task``)."""
-        if not frozen:
-            for layer in getattr(self, "_frozen_shared", []):
-                layer.trainable = True
-            names, self._frozen_shared = [layer.name for layer in getattr(self, "_frozen_shared", [])], []
-            self.train_function = None
-            return names
-        owners: dict[int, int] = {}
-        for path in self.paths.values():
-            for layer in path.layers:
-                owners[id(layer)] = owners.get(id(layer), 0) + 1
-        self._frozen_shared = [
-            layer for layer in self.network.layers if owners.get(id(layer), 0) > 1 and layer.trainable_weights
-        ]
-        for layer in self._frozen_shared:
-            layer.trainable = False
+        """Every layer with weights on the paths of two or more tasks frozen (``trainable = False``), or with
+        ``frozen=False`` the ones this froze trainable again; their names. The training function is rebuilt
+        by the next ``compile`` (``training.bn_calibration_layers: task``)."""
+        if frozen:
+            owners: dict[int, int] = {}
+            for path in self.paths.values():
+                for layer in path.layers:
+                    owners[id(layer)] = owners.get(id(layer), 0) + 1
+            names = [
+                layer.name for layer in self.network.layers if owners.get(id(layer), 0) > 1 and layer.trainable_weights
+            ]
+            self.frozen_shared = ",".join(names)  # a string: Keras tracks lists and layers set on a model
+        else:
+            names = [name for name in getattr(self, "frozen_shared", "").split(",") if name]
+            self.frozen_shared = ""
+        for name in names:
+            self.network.get_layer(name).trainable = not frozen
         self.train_function = None
-        return [layer.name for layer in self._frozen_shared]
+        return names
 
     def restart_teacher(self, step: int, copy: bool = True) -> None:
         """The EMA teacher starts again from optimizer step ``step``: its decay ramps up from there as from
