@@ -420,13 +420,11 @@ class MultiTaskStrategy(keras.Model):
         """Every layer with weights on the paths of two or more tasks frozen (``trainable = False``), or with
         ``frozen=False`` the ones this froze trainable again; their names. The training function is rebuilt
         by the next ``compile`` (``training.bn_calibration_layers: task``)."""
-        if frozen:
-            owners: dict[int, int] = {}
-            for path in self.paths.values():
-                for layer in path.layers:
-                    owners[id(layer)] = owners.get(id(layer), 0) + 1
+        if frozen:  # the layers whose trainable weights are all shared (shared_ids, set when the strategy was made)
             names = [
-                layer.name for layer in self.network.layers if owners.get(id(layer), 0) > 1 and layer.trainable_weights
+                layer.name
+                for layer in self.network.layers
+                if layer.trainable_weights and all(id(v) in self.shared_ids for v in layer.trainable_weights)
             ]
             self.frozen_shared = ",".join(names)  # a string: Keras tracks lists and layers set on a model
         else:
